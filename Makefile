@@ -1,0 +1,21 @@
+# Thin wrapper over CMake: `make` builds, `make test` runs the tests, `make bench` runs the benchmarks.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all configure test bench clean
+all: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+configure:
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+
+# Runs every ctest label this machine can run; GPU/MPI tests skip themselves with a message.
+test: all
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: all
+	$(BUILD)/bench/sd_bench_cpu --benchmark_counters_tabular=true
+
+clean:
+	rm -rf $(BUILD)

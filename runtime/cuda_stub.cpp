@@ -1,0 +1,29 @@
+// The CUDA runtime surface in a CPU-only build: no devices, every device call is an error.
+#ifndef SD_WITH_CUDA
+#include "runtime/cuda_api.h"
+#include "runtime/error.h"
+
+namespace sd::cudart {
+
+namespace {
+[[noreturn]] void no_cuda(const char* what) {
+  SD_FAIL(what, ": this build of sd has no CUDA backend (configure with -DSD_CUDA=ON where nvcc exists)");
+}
+}  // namespace
+
+bool built_with_cuda() { return false; }
+int device_count() { return 0; }
+std::string unavailable_reason() { return "CPU-only build (no CUDA backend compiled in)"; }
+std::string device_summary(int) { no_cuda("device_summary"); }
+void set_device(int) { no_cuda("set_device"); }
+void* device_malloc(size_t, int) { no_cuda("device_malloc"); }
+void device_free(void*, int) { no_cuda("device_free"); }
+void memcpy_h2d(void*, const void*, size_t) { no_cuda("memcpy_h2d"); }
+void memcpy_d2h(void*, const void*, size_t) { no_cuda("memcpy_d2h"); }
+void memcpy_d2d(void*, const void*, size_t) { no_cuda("memcpy_d2d"); }
+void memset_device(void*, int, size_t) { no_cuda("memset_device"); }
+void synchronize() {}
+size_t device_free_memory(int) { no_cuda("device_free_memory"); }
+
+}  // namespace sd::cudart
+#endif
