@@ -9,5 +9,13 @@ namespace sd::cuda_kernels {
 // (stride 0 on broadcast dims), any strides and any dtypes.
 void copy_strided(const Tensor& dst, const Tensor& src);
 void fill(const Tensor& dst, double value);
+// dst += alpha * src (src broadcast to dst's shape, same device).
+void axpy(const Tensor& dst, const Tensor& src, double alpha);
 
+}  // namespace sd::cuda_kernels
+
+namespace sd::cuda_kernels {
+// Philox fills with the element-to-counter mapping of runtime/rng.h.
+void fill_uniform(const Tensor& t, uint64_t seed, uint64_t offset, double low, double high);
+void fill_normal(const Tensor& t, uint64_t seed, uint64_t offset, double mean, double std);
 }  // namespace sd::cuda_kernels

@@ -278,4 +278,33 @@ void fill_(const Tensor& t, double value) {
   });
 }
 
+void axpy_(const Tensor& dst, const Tensor& src, double alpha) {
+  SD_CHECK(dst.device() == src.device(), "axpy_: ", dst.str(), " and ", src.str(), " are on different devices");
+  if (dst.numel() == 0) return;
+  Tensor s = broadcast_view(src, dst.shape());
+  if (dst.is_cuda()) {
+#ifdef SD_WITH_CUDA
+    return cuda_kernels::axpy(dst, s, alpha);
+#endif
+  }
+  SD_DISPATCH_FLOAT(dst.dtype(), "axpy_", [&] {
+    using D = scalar_t;
+    using A = acc_t<D>;
+    SD_DISPATCH_FLOAT(s.dtype(), "axpy_", [&] {
+      using S = scalar_t;
+      const A a = A(alpha);
+      StridedOperands<2> ops{{static_cast<char*>(dst.data_ptr()), static_cast<char*>(s.data_ptr())},
+                             {dst.strides().data(), s.strides().data()},
+                             {int64_t(dst.element_size()), int64_t(s.element_size())}};
+      strided_loop<2>(dst.shape(), ops, [a](std::array<char*, 2> p, const std::array<int64_t, 2>& st, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) {
+          D* d = reinterpret_cast<D*>(p[0] + i * st[0]);
+          const S* v = reinterpret_cast<const S*>(p[1] + i * st[1]);
+          *d = D(A(*d) + a * A(*v));
+        }
+      });
+    });
+  });
+}
+
 }  // namespace sd

@@ -130,5 +130,8 @@ Tensor copy_to(const Tensor& t, DType dtype, Device device);
 Tensor contiguous_raw(const Tensor& t);
 // Fill every element of t (any strides) with value.
 void fill_(const Tensor& t, double value);
+// dst += alpha * src, src broadcast to dst, computed in f32 (f64 for f64) and rounded to
+// dst's dtype. The one accumulation kernel: gradients, optimizer updates, in-place adds.
+void axpy_(const Tensor& dst, const Tensor& src, double alpha = 1.0);
 
 }  // namespace sd

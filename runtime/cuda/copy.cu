@@ -101,7 +101,38 @@ Geometry make_geometry(const Tensor& dst, const Tensor* src) {
 
 int grid_for(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 65535)); }
 
+__global__ void axpy_kernel(char* dst, DType dt, int dsize, const char* src, DType st, int ssize, Geometry g,
+                            int64_t n, double alpha) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r = i, doff = 0, soff = 0;
+    for (int d = g.ndim - 1; d >= 0; --d) {
+      int64_t idx = r % g.sizes[d];
+      r /= g.sizes[d];
+      doff += idx * g.dst_strides[d];
+      soff += idx * g.src_strides[d];
+    }
+    char* o = dst + doff * dsize;
+    const double v = load_as_double(src + soff * ssize, st);
+    if (dt == DType::F64) {
+      store_from_double(o, dt, load_as_double(o, dt) + alpha * v);
+    } else {  // f32 arithmetic like the CPU
+      store_from_double(o, dt, double(float(load_as_double(o, dt)) + float(alpha) * float(v)));
+    }
+  }
+}
+
 }  // namespace
+
+void axpy(const Tensor& dst, const Tensor& src, double alpha) {
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  cudart::set_device(dst.device().index);
+  Geometry g = make_geometry(dst, &src);
+  axpy_kernel<<<grid_for(n), 256>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()),
+                                    static_cast<const char*>(src.data_ptr()), src.dtype(), int(src.element_size()),
+                                    g, n, alpha);
+  SD_CUDA_CHECK_LAUNCH("axpy_kernel");
+}
 
 void copy_strided(const Tensor& dst, const Tensor& src) {
   const int64_t n = dst.numel();
