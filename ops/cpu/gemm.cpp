@@ -1,0 +1,111 @@
+#include "ops/cpu/gemm.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "runtime/parallel.h"
+#ifdef SD_WITH_BLAS
+#include <cblas.h>
+#endif
+
+namespace sd::cpu {
+
+namespace {
+
+#ifndef SD_WITH_BLAS
+// Fallback when no BLAS is installed: cache-blocked, parallel over rows of C.
+template <class T>
+void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                   int64_t ldb, T beta, T* C, int64_t ldc) {
+  auto a_at = [&](int64_t i, int64_t k) { return ta ? A[k * lda + i] : A[i * lda + k]; };
+  auto b_at = [&](int64_t k, int64_t j) { return tb ? B[j * ldb + k] : B[k * ldb + j]; };
+  parallel_for(M, N * K, [&](int64_t m0, int64_t m1) {
+    std::vector<T> row(N);
+    for (int64_t i = m0; i < m1; ++i) {
+      std::fill(row.begin(), row.end(), T(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const T av = a_at(i, k);
+        if (!tb) {
+          const T* brow = B + k * ldb;
+          for (int64_t j = 0; j < N; ++j) row[j] += av * brow[j];
+        } else {
+          for (int64_t j = 0; j < N; ++j) row[j] += av * b_at(k, j);
+        }
+      }
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = alpha * row[j] + (beta == T(0) ? T(0) : beta * C[i * ldc + j]);
+    }
+  });
+}
+#endif
+
+// How a [B, R, C] operand is handed to GEMM without copying: row-major (ld = row stride) or
+// transposed row-major (ld = column stride). Anything else is copied first.
+struct Operand {
+  Tensor t;  // possibly a contiguous copy
+  bool trans = false;
+  int64_t ld = 0;
+  int64_t batch_stride = 0;
+};
+
+Operand as_gemm_operand(const Tensor& x, DType compute) {
+  Tensor t = x.dtype() == compute ? x : copy_to(x, compute, Device::cpu());
+  const int64_t R = t.size(1), C = t.size(2);
+  const int64_t sr = t.stride(1), sc = t.stride(2);
+  if ((sc == 1 || C == 1) && sr >= std::max<int64_t>(C, 1)) return {t, false, sr, t.stride(0)};
+  if ((sr == 1 || R == 1) && sc >= std::max<int64_t>(R, 1)) return {t, true, sc, t.stride(0)};
+  Tensor c = copy_to(t, compute, Device::cpu());
+  return {c, false, std::max<int64_t>(C, 1), R * C};
+}
+
+template <class T>
+void batched(const Operand& a, const Operand& b, Tensor& out, int64_t Bn, int64_t M, int64_t N, int64_t K) {
+  const T* pa = static_cast<const T*>(a.t.data_ptr());
+  const T* pb = static_cast<const T*>(b.t.data_ptr());
+  T* pc = static_cast<T*>(out.data_ptr());
+  for (int64_t i = 0; i < Bn; ++i)
+    gemm(a.trans, b.trans, M, N, K, T(1), pa + i * a.batch_stride, a.ld, pb + i * b.batch_stride, b.ld, T(0),
+         pc + i * M * N, std::max<int64_t>(N, 1));
+}
+
+}  // namespace
+
+#ifdef SD_WITH_BLAS
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+#else
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_fallback<float>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  gemm_fallback<double>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+#endif
+
+Tensor bmm(const Tensor& a, const Tensor& b) {
+  const int64_t Bn = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
+  const DType compute = a.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Operand oa = as_gemm_operand(a, compute), ob = as_gemm_operand(b, compute);
+  Tensor out = empty({Bn, M, N}, compute, Device::cpu());
+  if (K == 0) {
+    fill_(out, 0.0);
+  } else if (compute == DType::F64) {
+    batched<double>(oa, ob, out, Bn, M, N, K);
+  } else {
+    batched<float>(oa, ob, out, Bn, M, N, K);
+  }
+  return out.dtype() == a.dtype() ? out : copy_to(out, a.dtype(), Device::cpu());
+}
+
+}  // namespace sd::cpu

@@ -1,0 +1,84 @@
+#include "ops/cpu/pointwise.h"
+
+#include "runtime/strided_loop.h"
+
+namespace sd::cpu {
+
+namespace {
+// View of t broadcast to `shape` (stride 0 where t has size 1 or lacks the dim).
+Tensor broadcast_to_shape(const Tensor& t, const Shape& shape) {
+  Shape st(shape.size(), 0);
+  const size_t lead = shape.size() - t.shape().size();
+  for (size_t i = 0; i < t.shape().size(); ++i) st[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+  return as_strided(t, shape, st, t.offset());
+}
+}  // namespace
+
+Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
+  Tensor out = empty(shape, a.dtype(), a.device());
+  Tensor ab = broadcast_to_shape(a, shape), bb = broadcast_to_shape(b, shape);
+  SD_DISPATCH_FLOAT(a.dtype(), binary_name(k), [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const int64_t es = sizeof(T);
+    StridedOperands<3> ops{{static_cast<char*>(out.data_ptr()), static_cast<char*>(ab.data_ptr()),
+                            static_cast<char*>(bb.data_ptr())},
+                           {out.strides().data(), ab.strides().data(), bb.strides().data()},
+                           {es, es, es}};
+    strided_loop<3>(shape, ops, [k](std::array<char*, 3> p, const std::array<int64_t, 3>& s, int64_t n) {
+      T* o = reinterpret_cast<T*>(p[0]);
+      const char* pa = p[1];
+      const char* pb = p[2];
+      for (int64_t i = 0; i < n; ++i) {
+        A va = A(*reinterpret_cast<const T*>(pa + i * s[1]));
+        A vb = A(*reinterpret_cast<const T*>(pb + i * s[2]));
+        o[i] = T(binary_apply<A>(k, va, vb));
+      }
+    });
+  });
+  return out;
+}
+
+Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  SD_DISPATCH_FLOAT(x.dtype(), unary_name(k), [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const A a0 = A(p0), a1 = A(p1);
+    StridedOperands<2> ops{{static_cast<char*>(out.data_ptr()), static_cast<char*>(x.data_ptr())},
+                           {out.strides().data(), x.strides().data()},
+                           {int64_t(sizeof(T)), int64_t(sizeof(T))}};
+    strided_loop<2>(x.shape(), ops, [&](std::array<char*, 2> p, const std::array<int64_t, 2>& s, int64_t n) {
+      T* o = reinterpret_cast<T*>(p[0]);
+      for (int64_t i = 0; i < n; ++i)
+        o[i] = T(unary_apply<A>(k, A(*reinterpret_cast<const T*>(p[1] + i * s[1])), a0, a1));
+    });
+  });
+  return out;
+}
+
+Tensor unary_backward(UnaryKind k, const Tensor& grad, const Tensor& x, double p0, double p1) {
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  SD_DISPATCH_FLOAT(x.dtype(), unary_name(k), [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const A a0 = A(p0), a1 = A(p1);
+    const int64_t es = sizeof(T);
+    StridedOperands<3> ops{{static_cast<char*>(out.data_ptr()), static_cast<char*>(grad.data_ptr()),
+                            static_cast<char*>(x.data_ptr())},
+                           {out.strides().data(), grad.strides().data(), x.strides().data()},
+                           {es, es, es}};
+    strided_loop<3>(x.shape(), ops, [&](std::array<char*, 3> p, const std::array<int64_t, 3>& s, int64_t n) {
+      T* o = reinterpret_cast<T*>(p[0]);
+      for (int64_t i = 0; i < n; ++i) {
+        A g = A(*reinterpret_cast<const T*>(p[1] + i * s[1]));
+        A v = A(*reinterpret_cast<const T*>(p[2] + i * s[2]));
+        o[i] = T(g * unary_derivative<A>(k, v, a0, a1));
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace sd::cpu
