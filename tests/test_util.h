@@ -1,0 +1,49 @@
+// Shared test helpers: random inputs, non-contiguous copies, closeness checks, the float64
+// finite-difference gradient check, and skips for tests that need a GPU.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "runtime/cuda_api.h"
+#include "runtime/tensor.h"
+
+namespace sd::test {
+
+// Uniform in [lo, hi) from the project's Philox stream `seed` (never zeros by accident).
+Tensor random_tensor(const Shape& shape, DType dtype = DType::F64, uint64_t seed = 1, double lo = -1.0,
+                     double hi = 1.0);
+// Same values, laid out with a stride of 2 along the last dim and the first two dims
+// swapped in storage: exercises kernels on non-contiguous inputs.
+Tensor non_contiguous(const Tensor& t);
+// ||a - b|| / max(||b||, tiny) over all elements, in double.
+double relative_error(const Tensor& actual, const Tensor& expected);
+// Elementwise |a - e| <= atol + rtol |e|; reports the first few offending elements.
+::testing::AssertionResult all_close(const Tensor& actual, const Tensor& expected, double rtol, double atol);
+::testing::AssertionResult all_close(const Tensor& actual, const std::vector<double>& expected, double rtol,
+                                     double atol);
+
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+struct GradcheckOptions {
+  double eps = 1e-6;
+  double rtol = 1e-5;
+  double atol = 1e-7;
+  std::vector<bool> check;  // which inputs to check (default: every floating input)
+};
+
+// Backward of f against central finite differences, all in float64 on the CPU. Inputs must
+// be f64; those checked get requires_grad. f's output is contracted with a random tensor
+// so every output element contributes.
+::testing::AssertionResult gradcheck(const Fn& f, std::vector<Tensor> inputs, GradcheckOptions opt = {});
+
+inline bool has_cuda() { return cudart::device_count() > 0; }
+
+}  // namespace sd::test
+
+#define SD_REQUIRE_CUDA()                                                                \
+  do {                                                                                   \
+    if (!::sd::test::has_cuda()) GTEST_SKIP() << "needs a GPU: " << ::sd::cudart::unavailable_reason(); \
+  } while (0)
