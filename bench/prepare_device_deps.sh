@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Copies the header-only and source dependencies that the lent GPU machine lacks (it has
+# CUDA, CMake and a compiler, but no Debian -dev packages) into .deps/, which is ignored by
+# git and carried to the device with the working tree. Run here, before bench/gpu_check.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf .deps && mkdir -p .deps/include
+cp -r /usr/include/nlohmann .deps/include/
+cp -r /usr/include/stb .deps/include/
+cp -r /usr/src/googletest/googletest .deps/googletest
+du -sh .deps

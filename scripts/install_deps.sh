@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of sd from Debian packages (bookworm or newer).
+# Run as root (or with sudo available). Safe to run again.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config   # C++20 compiler and build tools
+  libgtest-dev googletest libbenchmark-dev              # tests and CPU benchmarks
+  nlohmann-json3-dev                                    # JSON: safetensors headers, configs
+  libstb-dev                                            # image decode/encode (PNG/JPEG)
+  libopenblas-dev                                       # CPU GEMM
+  libomp-dev                                            # OpenMP runtime headers
+  libopenmpi-dev openmpi-bin                            # multi-process training
+  libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install_deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install_deps: all packages present"
+fi
