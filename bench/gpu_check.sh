@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One prepared check for a lent GPU machine (see README "GPU check"). It builds sd with CUDA
+# (all cores), prints the device, runs every `cuda` test against the CPU reference plus the
+# rest of the suite, and prints a short table last. Full logs go to the folder named on the
+# command line.
+#   usage: bench/gpu_check.sh <log_dir>
+# Before sending the tree to the device machine, run bench/prepare_device_deps.sh here (it
+# copies the header-only dependencies that machine lacks into .deps/) and carry .deps.
+set -uo pipefail
+LOG="${1:?usage: bench/gpu_check.sh <log_dir>}"
+mkdir -p "$LOG"
+cd "$(dirname "$0")/.."
+BUILD=build-gpu
+JOBS=$(nproc)
+t0=$(date +%s)
+row() { printf '%-34s %s\n' "$1" "$2" >> "$LOG/table.txt"; }
+: > "$LOG/table.txt"
+
+nvidia-smi > "$LOG/nvidia-smi.txt" 2>&1 || true
+gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+row "gpu" "${gpu:-none found}"
+
+if ! cmake -S . -B "$BUILD" -G Ninja -DSD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="90-real;90a-real" \
+      -DSD_BUILD_BENCH=OFF > "$LOG/configure.log" 2>&1; then
+  row "configure" "FAILED (see configure.log)"; tail -30 "$LOG/configure.log"; cat "$LOG/table.txt"; exit 1
+fi
+if ! ninja -C "$BUILD" -j "$JOBS" > "$LOG/build.log" 2>&1; then
+  row "build" "FAILED (see build.log)"; grep -m 20 -E "error|FAILED" "$LOG/build.log"; cat "$LOG/table.txt"; exit 1
+fi
+row "build (sm_90, $JOBS jobs)" "ok in $(( $(date +%s) - t0 )) s"
+
+"$BUILD/tools/sd_devinfo" > "$LOG/devinfo.txt" 2>&1
+rc=$?
+row "device query + 64 MiB round trip" "$([ $rc -eq 0 ] && echo ok || echo FAILED) ($(grep -m1 -o 'round trip.*' "$LOG/devinfo.txt" | cut -c1-60))"
+
+# Every test: the cuda label compares each kernel with the CPU reference.
+(cd "$BUILD" && ctest -j "$JOBS" --output-on-failure > "../$LOG/ctest_all.log" 2>&1)
+for label in cuda unit gradcheck golden e2e mpi; do
+  (cd "$BUILD" && ctest -L "^${label}\$" -j "$JOBS" > "../$LOG/ctest_$label.log" 2>&1)
+  summary=$(grep -E "tests passed|tests failed" "$LOG/ctest_$label.log" | tail -1)
+  skipped=$(grep -c "(Skipped)" "$LOG/ctest_$label.log")
+  row "ctest -L $label" "${summary:-no tests} (skipped $skipped)"
+done
+grep -E "\*\*\*Failed|Exception|Timeout" "$LOG/ctest_all.log" | head -20 > "$LOG/failures.txt"
+
+row "total wall time" "$(( $(date +%s) - t0 )) s"
+echo
+echo "==== sd gpu_check ($(date -u +%Y-%m-%d)) ===="
+cat "$LOG/devinfo.txt"
+cat "$LOG/failures.txt"
+cat "$LOG/table.txt"
