@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/pointwise.h"
+#include "ops/cuda/pointwise.h"
 #include "ops/op_common.h"
 #include "ops/pointwise_ops.h"
 #include "ops/reduce.h"
@@ -32,8 +33,7 @@ Tensor binary_op(BinaryKind k, const Tensor& a, const Tensor& b) {
   SD_NVTX_RANGE(name);
   check_same(name, {a, b});
   check_floating(name, a);
-  check_cpu(name, {a, b});
-  Tensor out = cpu::binary(k, a, b);
+  Tensor out = SD_DISPATCH_DEVICE(a, cpu::binary(k, a, b), cuda::binary(k, a, b));
   if (auto node = autograd::make_node(name, {a, b})) {
     const bool need_a = node->needs_input_grad(0), need_b = node->needs_input_grad(1);
     // Mul and div need the operands themselves in backward.
@@ -76,8 +76,7 @@ Tensor unary_op(UnaryKind k, const Tensor& x, double p0, double p1) {
   const char* name = unary_name(k);
   SD_NVTX_RANGE(name);
   check_floating(name, x);
-  check_cpu(name, {x});
-  Tensor out = cpu::unary(k, x, p0, p1);
+  Tensor out = SD_DISPATCH_DEVICE(x, cpu::unary(k, x, p0, p1), cuda::unary(k, x, p0, p1));
   if (auto node = autograd::make_node(name, {x})) {
     const bool needs_x = !(k == UnaryKind::AddScalar || k == UnaryKind::MulScalar || k == UnaryKind::RsubScalar ||
                            k == UnaryKind::Neg);
@@ -85,9 +84,12 @@ Tensor unary_op(UnaryKind k, const Tensor& x, double p0, double p1) {
     node->backward = [k, p0, p1, needs_x](Node& n, const std::vector<Tensor>& go) {
       if (!needs_x) {  // constant derivative: no need to keep x alive
         double d = k == UnaryKind::MulScalar ? p0 : (k == UnaryKind::AddScalar ? 1.0 : -1.0);
-        return std::vector<Tensor>{d == 1.0 ? go[0] : cpu::unary(UnaryKind::MulScalar, go[0], d, 0.0)};
+        return std::vector<Tensor>{d == 1.0 ? go[0] : mul_scalar(go[0], d)};
       }
-      return std::vector<Tensor>{cpu::unary_backward(k, go[0], n.saved[0], p0, p1)};
+      const Tensor& g = go[0];
+      const Tensor& x = n.saved[0];
+      return std::vector<Tensor>{SD_DISPATCH_DEVICE(x, cpu::unary_backward(k, g, x, p0, p1),
+                                                    cuda::unary_backward(k, g, x, p0, p1))};
     };
     autograd::set_outputs(node, {out});
   }
@@ -124,8 +126,8 @@ void add_(const Tensor& x, const Tensor& y, double alpha) {
 
 void mul_scalar_(const Tensor& x, double s) {
   detail::check_floating("mul_scalar_", x);
-  detail::check_cpu("mul_scalar_", {x});
-  copy_(x, cpu::unary(UnaryKind::MulScalar, x, s, 0.0));
+  autograd::NoGrad no_grad;
+  copy_(x, mul_scalar(x, s));
 }
 
 }  // namespace sd

@@ -19,3 +19,11 @@ void check_cpu(const char* op, const std::vector<Tensor>& ts);
 std::string describe(const std::vector<Tensor>& ts);
 
 }  // namespace sd::detail
+
+// Picks the kernel by the device of `t`. In a CPU-only build no tensor can live on a GPU,
+// and the CUDA expression is dropped by the preprocessor (its kernels are not compiled).
+#ifdef SD_WITH_CUDA
+#define SD_DISPATCH_DEVICE(t, cpu_expr, cuda_expr) ((t).is_cuda() ? (cuda_expr) : (cpu_expr))
+#else
+#define SD_DISPATCH_DEVICE(t, cpu_expr, cuda_expr) (cpu_expr)
+#endif

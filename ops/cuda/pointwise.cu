@@ -1,0 +1,107 @@
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/pointwise.h"
+
+namespace sd::cuda {
+
+namespace {
+
+Tensor broadcast_to_shape(const Tensor& t, const Shape& shape) {
+  Shape st(shape.size(), 0);
+  const size_t lead = shape.size() - t.shape().size();
+  for (size_t i = 0; i < t.shape().size(); ++i) st[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+  return as_strided(t, shape, st, t.offset());
+}
+
+template <class T>
+__global__ void binary_kernel(BinaryKind k, T* out, const T* a, const T* b, StridedIndexer<2> ix, int64_t n) {
+  using A = acc_t<T>;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t off[2];
+    ix.offsets(i, off);
+    out[i] = from_acc<T>(binary_apply<A>(k, to_acc(a[off[0]]), to_acc(b[off[1]])));
+  }
+}
+
+template <class T>
+__global__ void binary_contiguous_kernel(BinaryKind k, T* out, const T* a, const T* b, int64_t n) {
+  using A = acc_t<T>;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_acc<T>(binary_apply<A>(k, to_acc(a[i]), to_acc(b[i])));
+}
+
+template <class T>
+__global__ void unary_kernel(UnaryKind k, T* out, const T* x, StridedIndexer<1> ix, int64_t n, double p0, double p1) {
+  using A = acc_t<T>;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t off[1];
+    ix.offsets(i, off);
+    out[i] = from_acc<T>(unary_apply<A>(k, to_acc(x[off[0]]), A(p0), A(p1)));
+  }
+}
+
+template <class T>
+__global__ void unary_backward_kernel(UnaryKind k, T* out, const T* g, const T* x, StridedIndexer<2> ix, int64_t n,
+                                      double p0, double p1) {
+  using A = acc_t<T>;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t off[2];
+    ix.offsets(i, off);
+    out[i] = from_acc<T>(to_acc(g[off[0]]) * unary_derivative<A>(k, to_acc(x[off[1]]), A(p0), A(p1)));
+  }
+}
+
+}  // namespace
+
+Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
+  Tensor out = empty(shape, a.dtype(), a.device());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  set_device_of(a);
+  dispatch_float(a.dtype(), binary_name(k), [&]<class T>() {
+    const T* pa = static_cast<const T*>(a.data_ptr());
+    const T* pb = static_cast<const T*>(b.data_ptr());
+    T* po = static_cast<T*>(out.data_ptr());
+    if (a.shape() == shape && b.shape() == shape && a.is_contiguous() && b.is_contiguous()) {
+      binary_contiguous_kernel<T><<<grid_1d(n), 256>>>(k, po, pa, pb, n);
+    } else {
+      Tensor ab = broadcast_to_shape(a, shape), bb = broadcast_to_shape(b, shape);
+      const Tensor* views[2] = {&ab, &bb};
+      binary_kernel<T><<<grid_1d(n), 256>>>(k, po, pa, pb, make_indexer<2>(shape, views), n);
+    }
+    SD_CUDA_CHECK_LAUNCH(binary_name(k));
+  });
+  return out;
+}
+
+Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  set_device_of(x);
+  dispatch_float(x.dtype(), unary_name(k), [&]<class T>() {
+    const Tensor* views[1] = {&x};
+    unary_kernel<T><<<grid_1d(n), 256>>>(k, static_cast<T*>(out.data_ptr()), static_cast<const T*>(x.data_ptr()),
+                                         make_indexer<1>(x.shape(), views), n, p0, p1);
+    SD_CUDA_CHECK_LAUNCH(unary_name(k));
+  });
+  return out;
+}
+
+Tensor unary_backward(UnaryKind k, const Tensor& grad, const Tensor& x, double p0, double p1) {
+  Tensor out = empty(x.shape(), x.dtype(), x.device());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  set_device_of(x);
+  dispatch_float(x.dtype(), unary_name(k), [&]<class T>() {
+    const Tensor* views[2] = {&grad, &x};
+    unary_backward_kernel<T><<<grid_1d(n), 256>>>(k, static_cast<T*>(out.data_ptr()),
+                                                  static_cast<const T*>(grad.data_ptr()),
+                                                  static_cast<const T*>(x.data_ptr()),
+                                                  make_indexer<2>(x.shape(), views), n, p0, p1);
+    SD_CUDA_CHECK_LAUNCH(unary_name(k));
+  });
+  return out;
+}
+
+}  // namespace sd::cuda
