@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/gemm.h"
+#include "ops/cuda/gemm.h"
 #include "ops/elementwise.h"
 #include "ops/op_common.h"
 #include "ops/reduce.h"
@@ -13,8 +14,7 @@ namespace {
 
 // The raw batched product on 3-d operands (no autograd).
 Tensor bmm_raw(const Tensor& a, const Tensor& b) {
-  detail::check_cpu("matmul", {a, b});
-  return cpu::bmm(a, b);
+  return SD_DISPATCH_DEVICE(a, cpu::bmm(a, b), cuda::bmm(a, b));
 }
 
 }  // namespace

@@ -3,8 +3,8 @@
 #include <algorithm>
 
 #include "autograd/node.h"
-#include "ops/cpu/pointwise.h"
 #include "ops/cpu/reduce.h"
+#include "ops/cuda/reduce.h"
 #include "ops/elementwise.h"
 #include "ops/op_common.h"
 #include "ops/view.h"
@@ -31,15 +31,17 @@ Shape drop_dims(const Shape& s, const std::vector<int64_t>& dims) {
 // The raw reduction (no autograd), keepdim shape.
 Tensor sum_raw(const Tensor& x, const std::vector<int64_t>& dims) {
   detail::check_floating("sum", x);
-  detail::check_cpu("sum", {x});
-  return cpu::sum_keepdim(x, dims);
+  return SD_DISPATCH_DEVICE(x, cpu::sum_keepdim(x, dims), cuda::sum_keepdim(x, dims));
 }
 
 Tensor reduce(const char* name, const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim, double scale) {
   SD_NVTX_RANGE(name);
   const std::vector<int64_t> dims = normalize_dims(dims_in, x.dim(), name);
   Tensor out = sum_raw(x, dims);
-  if (scale != 1.0) out = cpu::unary(UnaryKind::MulScalar, out, scale, 0.0);
+  if (scale != 1.0) {
+    autograd::NoGrad no_grad;  // the node below covers the scaling too
+    out = mul_scalar(out, scale);
+  }
   Shape kept = out.shape();
   if (!keepdim) out = as_strided(out, drop_dims(kept, dims), contiguous_strides(drop_dims(kept, dims)), 0);
   if (auto node = autograd::make_node(name, {x})) {
