@@ -1,0 +1,36 @@
+#include "ops/embedding.h"
+
+#include "autograd/node.h"
+#include "ops/cpu/embedding.h"
+#include "ops/op_common.h"
+
+namespace sd {
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  SD_NVTX_RANGE("embedding");
+  const char* op = "embedding";
+  detail::check_floating(op, weight);
+  detail::check_dim(op, weight, 2, "weight [V, D]");
+  SD_CHECK(ids.defined() && (ids.dtype() == DType::I32 || ids.dtype() == DType::I64),
+           "embedding: ids must be i32 or i64, got ", ids.defined() ? ids.str() : std::string("an undefined tensor"));
+  SD_CHECK(ids.device() == weight.device(), "embedding: ids ", ids.str(), " and weight ", weight.str(),
+           " are on different devices");
+  detail::check_cpu(op, {weight, ids});
+  const int64_t V = weight.size(0);
+  // Checked before the (parallel) gather: an exception cannot leave an OpenMP region.
+  int64_t bad = 0;
+  SD_CHECK(!cpu::find_bad_id(ids, V, bad), "embedding: id ", bad, " is out of range for a table of V = ", V,
+           " rows (weight ", weight.str(), ")");
+  Tensor out = cpu::embedding(weight, ids);
+  if (auto node = autograd::make_node(op, {weight})) {
+    node->save(ids);
+    node->backward = [V](Node& n, const std::vector<Tensor>& go) {
+      detail::check_cpu("embedding backward", {go[0]});
+      return std::vector<Tensor>{cpu::embedding_backward(go[0], n.saved[0], V)};
+    };
+    autograd::set_outputs(node, {out});
+  }
+  return out;
+}
+
+}  // namespace sd
