@@ -1,0 +1,490 @@
+// Flash attention forward and backward for f16/bf16 on tensor cores (mma.sync m16n8k16),
+// in the style of FlashAttention-2: each block owns 64 query rows (forward) or 64 keys
+// (backward), streams the other side through shared memory in tiles of 64, and keeps the
+// softmax online, so the [Lq, Lk] score matrix never exists in memory. The head dim is
+// padded to a multiple of 16 in shared memory only (40 -> 48, 80 -> 80, 160 -> 160).
+#include <cmath>
+
+#include "ops/cuda/attention_params.cuh"
+#include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/flash_attention.h"
+#include "ops/cuda/mma_utils.cuh"
+
+namespace sd::cuda {
+
+namespace {
+
+using namespace sd::cuda::mma;
+
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kBlockQ = 64;    // query rows per block (16 per warp) in the forward
+constexpr int kBlockK = 64;    // keys per tile
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float mask_value(const AttnParams& p, int b, int h, int q, int key, bool& keep) {
+  const int64_t off = b * p.mb + h * p.mh + q * p.mq + key * p.mk;
+  if (p.mask_kind == 2) {
+    keep = static_cast<const uint8_t*>(p.mask)[off] != 0;
+    return 0.f;
+  }
+  keep = true;
+  switch (p.mask_dtype) {
+    case DType::F32: return static_cast<const float*>(p.mask)[off];
+    case DType::F16: return __half2float(static_cast<const __half*>(p.mask)[off]);
+    case DType::BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p.mask)[off]);
+    case DType::F64: return float(static_cast<const double*>(p.mask)[off]);
+    default: return 0.f;
+  }
+}
+
+// Score (already multiplied by scale*log2e) after masking; -inf where the key is excluded.
+__device__ __forceinline__ float masked_score(const AttnParams& p, float s, int b, int h, int q, int key) {
+  if (key >= p.Lk || q >= p.Lq || (p.causal && key > q)) return -INFINITY;
+  if (p.mask_kind) {
+    bool keep;
+    const float m = mask_value(p, b, h, q, key, keep);
+    if (!keep) return -INFINITY;
+    s += m * kLog2e;
+  }
+  return s;
+}
+
+// Copies rows [row0, row0+64) x [0, DP) of a [L, D] slab into shared memory with row
+// stride LDS, zero-filling rows >= L and columns >= D. D % 8 == 0 (checked by the host).
+template <class T, int DP, int LDS>
+__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride, int row0, int L, int D) {
+  constexpr int kChunks = DP / 8;
+  for (int c = threadIdx.x; c < 64 * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = row0 + r < L && col < D;
+    const T* s = valid ? src + int64_t(row0 + r) * row_stride + col : src;
+    cp_async_16(dst + r * LDS + col, s, valid ? 16 : 0);
+  }
+}
+
+template <class T, int DP>
+__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(AttnParams p) {
+  constexpr int LDS = DP + 8;  // +16 bytes per row: ldmatrix rows land in distinct banks
+  constexpr int KSTEPS = DP / 16, NT_D = DP / 8, NT_S = kBlockK / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [64][LDS]
+  T* Ks = Qs + kBlockQ * LDS;              // [2][64][LDS]
+  T* Vs = Ks + 2 * kBlockK * LDS;          // [2][64][LDS]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int q0 = blockIdx.x * kBlockQ;
+  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
+  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
+  const float scale_log2 = p.scale * kLog2e;
+
+  load_tile_async<T, DP, LDS>(Qs, qbase, p.qs.l, q0, p.Lq, p.D);
+  load_tile_async<T, DP, LDS>(Ks, kbase, p.ks.l, 0, p.Lk, p.D);
+  load_tile_async<T, DP, LDS>(Vs, vbase, p.vs.l, 0, p.Lk, p.D);
+  cp_async_commit();
+
+  float o[NT_D][4];
+#pragma unroll
+  for (int i = 0; i < NT_D; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  uint32_t qf[KSTEPS][4];
+  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+
+  const int ntiles = (p.Lk + kBlockK - 1) / kBlockK;
+  for (int j = 0; j < ntiles; ++j) {
+    const int buf = j & 1;
+    if (j + 1 < ntiles) {  // prefetch the next tile while this one is used
+      load_tile_async<T, DP, LDS>(Ks + (buf ^ 1) * kBlockK * LDS, kbase, p.ks.l, (j + 1) * kBlockK, p.Lk, p.D);
+      load_tile_async<T, DP, LDS>(Vs + (buf ^ 1) * kBlockK * LDS, vbase, p.vs.l, (j + 1) * kBlockK, p.Lk, p.D);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks)
+        ldmatrix_x4(qf[ks], Qs + (warp * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
+    }
+    const T* Kt = Ks + buf * kBlockK * LDS;
+    const T* Vt = Vs + buf * kBlockK * LDS;
+
+    // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+    float s[NT_S][4];
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+#pragma unroll
+      for (int np = 0; np < NT_S / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Kt + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_16816<T>(s[2 * np], qf[ks], r[0], r[1]);
+        mma_16816<T>(s[2 * np + 1], qf[ks], r[2], r[3]);
+      }
+    }
+
+    // Online softmax in base 2: scores scaled by scale*log2(e), running max m and sum l.
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = j * kBlockK + nt * 8 + t4 * 2 + (e & 1);
+        const float v = masked_score(p, s[nt][e] * scale_log2, b, h, e < 2 ? row0 : row1, key);
+        s[nt][e] = v;
+        mx[e / 2] = fmaxf(mx[e / 2], v);
+      }
+    float mref[2], corr[2], rowsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      mref[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing unmasked yet stays at 0
+      corr[i] = exp2f(m[i] - mref[i]);
+      m[i] = mx[i];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pv = exp2f(s[nt][e] - mref[e / 2]);
+        s[nt][e] = pv;
+        rowsum[e / 2] += pv;
+      }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) l[i] = l[i] * corr[i] + rowsum[i];
+#pragma unroll
+    for (int nt = 0; nt < NT_D; ++nt) {
+      o[nt][0] *= corr[0];
+      o[nt][1] *= corr[0];
+      o[nt][2] *= corr[1];
+      o[nt][3] *= corr[1];
+    }
+
+    // O += P V, P taken from registers as the A operand.
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      uint32_t a[4];
+      c_pair_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < NT_D / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, Vt + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
+        mma_16816<T>(o[2 * np], a, r[0], r[1]);
+        mma_16816<T>(o[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    __syncthreads();  // everyone is done with this buffer before it is refilled
+  }
+
+  float inv[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    inv[i] = l[i] > 0.f ? 1.f / l[i] : 0.f;
+  }
+  T* obase = static_cast<T*>(p.out) + b * p.os.b + h * p.os.h;
+#pragma unroll
+  for (int nt = 0; nt < NT_D; ++nt) {
+    const int col = nt * 8 + t4 * 2;
+    if (col >= p.D) continue;
+    if (row0 < p.Lq)
+      *reinterpret_cast<uint32_t*>(obase + int64_t(row0) * p.os.l + col) = pack2<T>(o[nt][0] * inv[0], o[nt][1] * inv[0]);
+    if (row1 < p.Lq)
+      *reinterpret_cast<uint32_t*>(obase + int64_t(row1) * p.os.l + col) = pack2<T>(o[nt][2] * inv[1], o[nt][3] * inv[1]);
+  }
+  if (t4 == 0) {
+    float* lse = static_cast<float*>(p.lse) + int64_t(bh) * p.Lq;
+    // Natural-log LSE of the scaled scores; +inf marks a row with every key masked.
+    if (row0 < p.Lq) lse[row0] = l[0] > 0.f ? m[0] * kLn2 + logf(l[0]) : INFINITY;
+    if (row1 < p.Lq) lse[row1] = l[1] > 0.f ? m[1] * kLn2 + logf(l[1]) : INFINITY;
+  }
+}
+
+// delta[b, h, q] = sum_d dO[q, d] * O[q, d], one warp per row.
+template <class T>
+__global__ void flash_bwd_delta_kernel(AttnParams p, float* delta) {
+  const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= int64_t(p.B) * p.H * p.Lq) return;
+  const int q = int(row % p.Lq);
+  const int bh = int(row / p.Lq), b = bh / p.H, h = bh % p.H;
+  const T* o = static_cast<const T*>(p.o) + b * p.os.b + h * p.os.h + int64_t(q) * p.os.l;
+  const T* d = static_cast<const T*>(p.dout) + b * p.dos.b + h * p.dos.h + int64_t(q) * p.dos.l;
+  float acc = 0.f;
+  for (int i = lane; i < p.D; i += 32) acc += to_acc(o[i]) * to_acc(d[i]);
+  for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+  if (lane == 0) delta[row] = acc;
+}
+
+template <class T, int DP>
+__global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
+  constexpr int LDS = DP + 8, KSTEPS = DP / 16, NT_D = DP / 8;
+  constexpr int kBlockQB = 64, LDSS = kBlockQB + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);  // [64 keys][LDS]
+  T* Vs = Ks + kBlockK * LDS;              // [64 keys][LDS]
+  T* Qs = Vs + kBlockK * LDS;              // [64 q][LDS]
+  T* dOs = Qs + kBlockQB * LDS;            // [64 q][LDS]
+  T* dSs = dOs + kBlockQB * LDS;           // [64 keys][LDSS]: dS^T of this q tile
+  float* lse2_s = reinterpret_cast<float*>(dSs + kBlockK * LDSS);  // [64]
+  float* delta_s = lse2_s + kBlockQB;                              // [64]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int k0 = blockIdx.x * kBlockK;
+  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
+  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
+  const T* dobase = static_cast<const T*>(p.dout) + b * p.dos.b + h * p.dos.h;
+  const float* lse = static_cast<const float*>(p.lse) + int64_t(bh) * p.Lq;
+  const float* delta = p.delta + int64_t(bh) * p.Lq;
+  float* dq = static_cast<float*>(p.dq) + int64_t(bh) * p.Lq * p.D;
+  const float scale_log2 = p.scale * kLog2e;
+
+  load_tile_async<T, DP, LDS>(Ks, kbase, p.ks.l, k0, p.Lk, p.D);
+  load_tile_async<T, DP, LDS>(Vs, vbase, p.vs.l, k0, p.Lk, p.D);
+  cp_async_commit();
+
+  float dk[NT_D][4], dv[NT_D][4];
+#pragma unroll
+  for (int i = 0; i < NT_D; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+
+  const int key_row0 = k0 + warp * 16 + g;  // this thread's keys: key_row0 and key_row0 + 8
+  // With a causal mask, query tiles that end before this key tile contribute nothing.
+  const int first_q_tile = p.causal ? k0 / kBlockQB : 0;
+  const int nq = (p.Lq + kBlockQB - 1) / kBlockQB;
+  for (int qi = first_q_tile; qi < nq; ++qi) {
+    const int q0 = qi * kBlockQB;
+    __syncthreads();  // the previous tile's Qs/dOs/dSs are no longer read
+    load_tile_async<T, DP, LDS>(Qs, qbase, p.qs.l, q0, p.Lq, p.D);
+    load_tile_async<T, DP, LDS>(dOs, dobase, p.dos.l, q0, p.Lq, p.D);
+    cp_async_commit();
+    if (threadIdx.x < kBlockQB) {
+      const int q = q0 + threadIdx.x;
+      lse2_s[threadIdx.x] = q < p.Lq ? lse[q] * kLog2e : INFINITY;
+      delta_s[threadIdx.x] = q < p.Lq ? delta[q] : 0.f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // S^T = K Q^T: this warp's 16 keys x the tile's 64 queries.
+    float s[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t a[4];
+      ldmatrix_x4(a, Ks + (warp * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Qs + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_16816<T>(s[2 * np], a, r[0], r[1]);
+        mma_16816<T>(s[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    // P^T = exp(S^T * scale - LSE), recomputed from the saved log-sum-exp.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + t4 * 2 + (e & 1);
+        const int key = key_row0 + (e >= 2 ? 8 : 0);
+        const float v = masked_score(p, s[nt][e] * scale_log2, b, h, q0 + c, key);
+        s[nt][e] = v == -INFINITY ? 0.f : exp2f(v - lse2_s[c]);
+      }
+    // dV += P^T dO
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      c_pair_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < NT_D / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, dOs + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
+        mma_16816<T>(dv[2 * np], a, r[0], r[1]);
+        mma_16816<T>(dv[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    // dP^T = V dO^T
+    float dp[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t a[4];
+      ldmatrix_x4(a, Vs + (warp * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, dOs + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_16816<T>(dp[2 * np], a, r[0], r[1]);
+        mma_16816<T>(dp[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    // dS^T = P^T (dP^T - delta) * scale: the softmax backward, with the score scale folded in.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + t4 * 2 + (e & 1);
+        s[nt][e] = s[nt][e] * (dp[nt][e] - delta_s[c]) * p.scale;
+      }
+    // dK += dS^T Q
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      c_pair_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < NT_D / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, Qs + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
+        mma_16816<T>(dk[2 * np], a, r[0], r[1]);
+        mma_16816<T>(dk[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    // dS^T to shared memory: dQ needs it transposed, across all four warps' keys.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int c = nt * 8 + t4 * 2;
+      *reinterpret_cast<uint32_t*>(dSs + (warp * 16 + g) * LDSS + c) = pack2<T>(s[nt][0], s[nt][1]);
+      *reinterpret_cast<uint32_t*>(dSs + (warp * 16 + g + 8) * LDSS + c) = pack2<T>(s[nt][2], s[nt][3]);
+    }
+    __syncthreads();
+    // dQ[16 rows of this warp] += dS K over the tile's 64 keys, 16 columns at a time.
+#pragma unroll
+    for (int np = 0; np < NT_D / 2; ++np) {
+      float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+      for (int kk = 0; kk < kBlockK / 16; ++kk) {
+        uint32_t a[4], r[4];
+        ldmatrix_x4_trans(a, dSs + (kk * 16 + (lane % 8) + (lane / 16) * 8) * LDSS + warp * 16 + ((lane / 8) % 2) * 8);
+        ldmatrix_x4_trans(r, Ks + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
+        mma_16816<T>(acc[0], a, r[0], r[1]);
+        mma_16816<T>(acc[1], a, r[2], r[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = q0 + warp * 16 + g + (e >= 2 ? 8 : 0);
+          const int d = np * 16 + i * 8 + t4 * 2 + (e & 1);
+          if (q < p.Lq && d < p.D) atomicAdd(dq + int64_t(q) * p.D + d, acc[i][e]);
+        }
+    }
+  }
+
+  // dK and dV of this block's keys: [B, H, Lk, D] contiguous outputs.
+  T* dkb = static_cast<T*>(p.dk) + int64_t(bh) * p.Lk * p.D;
+  T* dvb = static_cast<T*>(p.dv) + int64_t(bh) * p.Lk * p.D;
+#pragma unroll
+  for (int nt = 0; nt < NT_D; ++nt) {
+    const int col = nt * 8 + t4 * 2;
+    if (col >= p.D) continue;
+    for (int half = 0; half < 2; ++half) {
+      const int key = key_row0 + half * 8;
+      if (key >= p.Lk) continue;
+      *reinterpret_cast<uint32_t*>(dkb + int64_t(key) * p.D + col) = pack2<T>(dk[nt][2 * half], dk[nt][2 * half + 1]);
+      *reinterpret_cast<uint32_t*>(dvb + int64_t(key) * p.D + col) = pack2<T>(dv[nt][2 * half], dv[nt][2 * half + 1]);
+    }
+  }
+}
+
+template <class T>
+__global__ void convert_dq_kernel(const float* acc, T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_acc<T>(acc[i]);
+}
+
+size_t fwd_smem_bytes(int dp) { return size_t(kBlockQ + 4 * kBlockK) * (dp + 8) * 2; }
+size_t bwd_smem_bytes(int dp) {
+  return size_t(4 * 64) * (dp + 8) * 2 + size_t(kBlockK) * (64 + 8) * 2 + 2 * 64 * sizeof(float);
+}
+
+template <class T, int DP>
+void launch_fwd(const AttnParams& p) {
+  const size_t smem = fwd_smem_bytes(DP);
+  SD_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  dim3 grid((p.Lq + kBlockQ - 1) / kBlockQ, p.B * p.H);
+  flash_fwd_kernel<T, DP><<<grid, kThreads, smem>>>(p);
+  SD_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+}
+
+template <class T, int DP>
+void launch_bwd(const AttnParams& p) {
+  const size_t smem = bwd_smem_bytes(DP);
+  SD_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  dim3 grid((p.Lk + kBlockK - 1) / kBlockK, p.B * p.H);
+  flash_bwd_kernel<T, DP><<<grid, kThreads, smem>>>(p);
+  SD_CUDA_CHECK_LAUNCH("flash_bwd_kernel");
+}
+
+// The padded head dims with a compiled kernel.
+template <class T, class F>
+void by_head_dim(int d, F&& f) {
+  const int dp = (d + 15) / 16 * 16;
+  switch (dp) {
+    case 32: f.template operator()<T, 32>(); break;
+    case 48: f.template operator()<T, 48>(); break;
+    case 64: f.template operator()<T, 64>(); break;
+    case 80: f.template operator()<T, 80>(); break;
+    case 96: f.template operator()<T, 96>(); break;
+    case 128: f.template operator()<T, 128>(); break;
+    case 160: f.template operator()<T, 160>(); break;
+    default: SD_FAIL("flash attention: no kernel for head dim ", d);
+  }
+}
+
+struct LaunchFwd {
+  const AttnParams& p;
+  template <class T, int DP>
+  void operator()() { launch_fwd<T, DP>(p); }
+};
+struct LaunchBwd {
+  const AttnParams& p;
+  template <class T, int DP>
+  void operator()() { launch_bwd<T, DP>(p); }
+};
+
+}  // namespace
+
+bool flash_head_dim_compiled(int d) {
+  const int dp = (d + 15) / 16 * 16;
+  return dp == 32 || dp == 48 || dp == 64 || dp == 80 || dp == 96 || dp == 128 || dp == 160;
+}
+
+void flash_forward(const AttnParams& p, DType dtype) {
+  if (dtype == DType::F16) by_head_dim<__half>(p.D, LaunchFwd{p});
+  else by_head_dim<__nv_bfloat16>(p.D, LaunchFwd{p});
+}
+
+void flash_backward(const AttnParams& p, DType dtype) {
+  const int64_t rows = int64_t(p.B) * p.H * p.Lq;
+  // delta and the f32 dQ accumulator are allocated by the caller (p.delta, p.dq).
+  if (dtype == DType::F16) {
+    flash_bwd_delta_kernel<__half><<<grid_1d(rows * 32, 256), 256>>>(p, const_cast<float*>(p.delta));
+  } else {
+    flash_bwd_delta_kernel<__nv_bfloat16><<<grid_1d(rows * 32, 256), 256>>>(p, const_cast<float*>(p.delta));
+  }
+  SD_CUDA_CHECK_LAUNCH("flash_bwd_delta_kernel");
+  if (dtype == DType::F16) by_head_dim<__half>(p.D, LaunchBwd{p});
+  else by_head_dim<__nv_bfloat16>(p.D, LaunchBwd{p});
+}
+
+void convert_dq(const float* acc, void* out, int64_t n, DType dtype) {
+  if (dtype == DType::F16)
+    convert_dq_kernel<__half><<<grid_1d(n), 256>>>(acc, static_cast<__half*>(out), n);
+  else
+    convert_dq_kernel<__nv_bfloat16><<<grid_1d(n), 256>>>(acc, static_cast<__nv_bfloat16*>(out), n);
+  SD_CUDA_CHECK_LAUNCH("convert_dq_kernel");
+}
+
+}  // namespace sd::cuda
