@@ -40,6 +40,8 @@ AllocatorStats AllocCounters::snapshot() const {
 
 namespace {
 
+std::atomic<bool> g_poison{false};
+
 class CpuAllocator final : public Allocator {
  public:
   void* allocate(size_t nbytes) override {
@@ -81,6 +83,7 @@ class CudaCachingAllocator final : public Allocator {
         void* p = list.back();
         list.pop_back();
         counters_.on_alloc(int64_t(cls));
+        if (g_poison) cudart::memset_device(p, 0xFF, cls);
         return p;
       }
     }
@@ -98,6 +101,7 @@ class CudaCachingAllocator final : public Allocator {
     }
     counters_.on_reserve(int64_t(cls));
     counters_.on_alloc(int64_t(cls));
+    if (g_poison) cudart::memset_device(p, 0xFF, cls);
     return p;
   }
   void deallocate(void* p, size_t nbytes) override {
@@ -156,6 +160,8 @@ Allocator& cuda_allocator(int index) {
   if (!allocators[index]) allocators[index] = std::make_unique<CudaCachingAllocator>(index);
   return *allocators[index];
 }
+
+void set_cuda_alloc_poison(bool on) { g_poison = on; }
 
 Allocator& allocator_for(Device d) { return d.is_cpu() ? cpu_allocator() : cuda_allocator(d.index); }
 

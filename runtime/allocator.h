@@ -34,6 +34,9 @@ Allocator& cpu_allocator();
 // The device allocator of GPU `index` (raises sd::Error without CUDA).
 Allocator& cuda_allocator(int index);
 Allocator& allocator_for(Device d);
+// Test aid: every device allocation is filled with 0xFF bytes (NaN in every float type), so a
+// kernel that leaves an output element unwritten fails its comparison.
+void set_cuda_alloc_poison(bool on);
 
 // Counters shared by allocator implementations: lock-free, peak kept with a CAS loop.
 class AllocCounters {
