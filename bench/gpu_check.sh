@@ -9,6 +9,7 @@
 set -uo pipefail
 LOG="${1:?usage: bench/gpu_check.sh <log_dir>}"
 mkdir -p "$LOG"
+LOG=$(cd "$LOG" && pwd)
 cd "$(dirname "$0")/.."
 BUILD=build-gpu
 JOBS=$(nproc)
@@ -37,7 +38,7 @@ row "device query + 64 MiB round trip" "$([ $rc -eq 0 ] && echo ok || echo FAILE
 # The cuda label compares each kernel with the CPU reference; then everything else.
 for sel in "-L ^cuda$" "-LE ^cuda$"; do
   name=$([ "$sel" = "-L ^cuda$" ] && echo cuda || echo other)
-  (cd "$BUILD" && ctest $sel -j "$JOBS" --output-on-failure --timeout 300 > "../$LOG/ctest_$name.log" 2>&1)
+  (cd "$BUILD" && ctest $sel -j "$JOBS" --output-on-failure --timeout 300 > "$LOG/ctest_$name.log" 2>&1)
   summary=$(grep -E "tests passed|tests failed" "$LOG/ctest_$name.log" | tail -1)
   skipped=$(grep -c "(Skipped)" "$LOG/ctest_$name.log")
   row "ctest ($name labels)" "${summary:-no tests} (skipped $skipped)"

@@ -1,0 +1,58 @@
+// CPU reference ops at representative (scaled-down) SD shapes: conv 3x3, GroupNorm+SiLU and
+// attention, forward only, with achieved GFLOP/s or GB/s.
+#include <benchmark/benchmark.h>
+
+#include "autograd/node.h"
+#include "ops/attention.h"
+#include "ops/conv.h"
+#include "ops/norm.h"
+#include "runtime/rng.h"
+
+namespace sd {
+namespace {
+
+// x [N, C, H, W] -> conv 3x3 pad 1 to O channels.
+void BM_Conv3x3(benchmark::State& state) {
+  const int64_t N = 1, C = state.range(0), HW = state.range(1), O = state.range(2);
+  autograd::NoGrad ng;
+  Tensor x = randn({N, C, HW, HW}), w = randn({O, C, 3, 3}), b = randn({O});
+  for (auto _ : state) {
+    Tensor y = conv2d(x, w, b, {1, 1}, {1, 1});
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  const double flops = 2.0 * N * O * HW * HW * C * 9;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Conv3x3)->Args({320, 32, 320})->Args({640, 16, 640})->Args({128, 64, 128})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_GroupNormSilu(benchmark::State& state) {
+  const int64_t C = state.range(0), HW = state.range(1);
+  autograd::NoGrad ng;
+  Tensor x = randn({2, C, HW, HW}), g = randn({C}), b = randn({C});
+  for (auto _ : state) {
+    Tensor y = group_norm(x, 32, g, b, 1e-5, true);
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  const double bytes = 2.0 * double(x.nbytes());  // one read, one write
+  state.counters["GB/s"] = benchmark::Counter(bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GroupNormSilu)->Args({320, 64})->Args({640, 32})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// q [1, 8, L, D] against L keys (self-attention) or 77 (cross-attention).
+void BM_Attention(benchmark::State& state) {
+  const int64_t L = state.range(0), Lk = state.range(1), D = state.range(2);
+  autograd::NoGrad ng;
+  Tensor q = randn({1, 8, L, D}), k = randn({1, 8, Lk, D}), v = randn({1, 8, Lk, D});
+  for (auto _ : state) {
+    Tensor o = scaled_dot_product_attention(q, k, v);
+    benchmark::DoNotOptimize(o.data_ptr());
+  }
+  const double flops = 4.0 * 8 * L * Lk * D;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Attention)->Args({1024, 1024, 40})->Args({4096, 77, 40})->Args({1024, 1024, 64})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace sd
