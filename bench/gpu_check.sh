@@ -23,7 +23,7 @@ gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,nohea
 row "gpu" "${gpu:-none found}"
 
 if ! cmake -S . -B "$BUILD" -G Ninja -DSD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real \
-      -DSD_BUILD_BENCH=OFF > "$LOG/configure.log" 2>&1; then
+      -DSD_BUILD_BENCH=ON > "$LOG/configure.log" 2>&1; then
   row "configure" "FAILED (see configure.log)"; tail -30 "$LOG/configure.log"; cat "$LOG/table.txt"; exit 1
 fi
 if ! ninja -C "$BUILD" -j "$JOBS" > "$LOG/build.log" 2>&1; then
@@ -45,9 +45,19 @@ for sel in "-L ^cuda$" "-LE ^cuda$"; do
   grep -E "\*\*\*Failed|Exception|Timeout|rel err|Failure" "$LOG/ctest_$name.log" | head -40 >> "$LOG/failures.txt"
 done
 
+# Benchmarks: ours and PyTorch's on the same cases, same card, same run.
+t1=$(date +%s)
+"$BUILD/bench/sd_bench_gpu" --cases bench/gpu/cases.txt > "$LOG/ours.csv" 2> "$LOG/ours.err"
+python3 bench/pytorch/ops.py --cases bench/gpu/cases.txt > "$LOG/torch.csv" 2> "$LOG/torch.err"
+python3 bench/compare.py "$LOG/ours.csv" "$LOG/torch.csv" > "$LOG/compare.txt" 2>&1
+row "benchmarks" "$(( $(date +%s) - t1 )) s ($(grep -c . "$LOG/ours.err") error lines from ours)"
+
 row "total wall time" "$(( $(date +%s) - t0 )) s"
 echo
 echo "==== sd gpu_check ($(date -u +%Y-%m-%d)) ===="
 cat "$LOG/devinfo.txt"
 cat "$LOG/failures.txt"
+head -5 "$LOG/ours.err" 2>/dev/null
 cat "$LOG/table.txt"
+echo
+cat "$LOG/compare.txt" 2>/dev/null

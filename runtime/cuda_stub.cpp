@@ -2,6 +2,7 @@
 #ifndef SD_WITH_CUDA
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
+#include "runtime/stream.h"
 
 namespace sd::cudart {
 
@@ -26,4 +27,22 @@ void synchronize() {}
 size_t device_free_memory(int) { no_cuda("device_free_memory"); }
 
 }  // namespace sd::cudart
+
+namespace sd {
+// Without CUDA there is only the (no-op) default stream.
+Stream Stream::create(int) { SD_FAIL("Stream::create: this build of sd has no CUDA backend"); }
+void Stream::synchronize() const {}
+Stream current_stream() { return Stream(); }
+void* current_stream_handle() { return nullptr; }
+StreamGuard::StreamGuard(const Stream& s) : prev_(s) {}
+StreamGuard::~StreamGuard() {}
+Event::Event() { SD_FAIL("Event: this build of sd has no CUDA backend"); }
+Event::~Event() {}
+void Event::record(const Stream&) {}
+void Event::wait(const Stream&) const {}
+void Event::synchronize() const {}
+float Event::elapsed_ms(const Event&) const { return 0.0f; }
+void* pinned_alloc(size_t) { SD_FAIL("pinned_alloc: this build of sd has no CUDA backend"); }
+void pinned_free(void*) {}
+}  // namespace sd
 #endif

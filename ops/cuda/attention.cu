@@ -6,6 +6,7 @@
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_params.cuh"
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/flash_attention.h"
 
 namespace sd::cuda {
@@ -214,7 +215,7 @@ std::array<Tensor, 2> attention_forward(const Tensor& q, const Tensor& k, const 
   dispatch_plain(q.dtype(), [&]<class T>() {
     const size_t smem = size_t(p.Lk) * sizeof(acc_t<T>);
     SD_CUDA_CHECK(cudaFuncSetAttribute(plain_fwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    plain_fwd_kernel<T><<<dim3(unsigned(Lq), unsigned(B * H)), kPlainThreads, smem>>>(p);
+    plain_fwd_kernel<T><<<dim3(unsigned(Lq), unsigned(B * H)), kPlainThreads, smem, stream()>>>(p);
     SD_CUDA_CHECK_LAUNCH("plain_fwd_kernel");
   });
   return {out, lse};
@@ -254,7 +255,7 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
   dispatch_plain(q.dtype(), [&]<class T>() {
     const size_t smem = 2 * size_t(Lk) * sizeof(acc_t<T>);
     SD_CUDA_CHECK(cudaFuncSetAttribute(plain_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    plain_bwd_kernel<T><<<dim3(unsigned(Lq), unsigned(B * H)), kPlainThreads, smem>>>(p);
+    plain_bwd_kernel<T><<<dim3(unsigned(Lq), unsigned(B * H)), kPlainThreads, smem, stream()>>>(p);
     SD_CUDA_CHECK_LAUNCH("plain_bwd_kernel");
   });
   return {copy_to(dq_acc, q.dtype(), q.device()), copy_to(dk_acc, q.dtype(), q.device()),

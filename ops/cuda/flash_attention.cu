@@ -7,6 +7,7 @@
 
 #include "ops/cuda/attention_params.cuh"
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/mma_utils.cuh"
 
@@ -414,7 +415,7 @@ void launch_fwd(const AttnParams& p) {
   const size_t smem = fwd_smem_bytes(DP);
   SD_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid((p.Lq + kBlockQ - 1) / kBlockQ, p.B * p.H);
-  flash_fwd_kernel<T, DP><<<grid, kThreads, smem>>>(p);
+  flash_fwd_kernel<T, DP><<<grid, kThreads, smem, stream()>>>(p);
   SD_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
@@ -423,7 +424,7 @@ void launch_bwd(const AttnParams& p) {
   const size_t smem = bwd_smem_bytes(DP);
   SD_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid((p.Lk + kBlockK - 1) / kBlockK, p.B * p.H);
-  flash_bwd_kernel<T, DP><<<grid, kThreads, smem>>>(p);
+  flash_bwd_kernel<T, DP><<<grid, kThreads, smem, stream()>>>(p);
   SD_CUDA_CHECK_LAUNCH("flash_bwd_kernel");
 }
 
@@ -470,9 +471,9 @@ void flash_backward(const AttnParams& p, DType dtype) {
   const int64_t rows = int64_t(p.B) * p.H * p.Lq;
   // delta and the f32 dQ accumulator are allocated by the caller (p.delta, p.dq).
   if (dtype == DType::F16) {
-    flash_bwd_delta_kernel<__half><<<grid_1d(rows * 32, 256), 256>>>(p, const_cast<float*>(p.delta));
+    flash_bwd_delta_kernel<__half><<<grid_1d(rows * 32, 256), 256, 0, stream()>>>(p, const_cast<float*>(p.delta));
   } else {
-    flash_bwd_delta_kernel<__nv_bfloat16><<<grid_1d(rows * 32, 256), 256>>>(p, const_cast<float*>(p.delta));
+    flash_bwd_delta_kernel<__nv_bfloat16><<<grid_1d(rows * 32, 256), 256, 0, stream()>>>(p, const_cast<float*>(p.delta));
   }
   SD_CUDA_CHECK_LAUNCH("flash_bwd_delta_kernel");
   if (dtype == DType::F16) by_head_dim<__half>(p.D, LaunchBwd{p});
@@ -481,9 +482,9 @@ void flash_backward(const AttnParams& p, DType dtype) {
 
 void convert_dq(const float* acc, void* out, int64_t n, DType dtype) {
   if (dtype == DType::F16)
-    convert_dq_kernel<__half><<<grid_1d(n), 256>>>(acc, static_cast<__half*>(out), n);
+    convert_dq_kernel<__half><<<grid_1d(n), 256, 0, stream()>>>(acc, static_cast<__half*>(out), n);
   else
-    convert_dq_kernel<__nv_bfloat16><<<grid_1d(n), 256>>>(acc, static_cast<__nv_bfloat16*>(out), n);
+    convert_dq_kernel<__nv_bfloat16><<<grid_1d(n), 256, 0, stream()>>>(acc, static_cast<__nv_bfloat16*>(out), n);
   SD_CUDA_CHECK_LAUNCH("convert_dq_kernel");
 }
 

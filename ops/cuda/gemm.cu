@@ -5,6 +5,7 @@
 
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/gemm.h"
+#include "runtime/cuda/current_stream.cuh"
 
 namespace sd::cuda {
 
@@ -73,9 +74,11 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
   const float one_f = 1.0f, zero_f = 0.0f;
   const void* alpha = a.dtype() == DType::F64 ? static_cast<const void*>(&one_d) : &one_f;
   const void* beta = a.dtype() == DType::F64 ? static_cast<const void*>(&zero_d) : &zero_f;
+  cublasHandle_t handle = handle_for(a.device().index);
+  SD_CUBLAS_CHECK(cublasSetStream(handle, stream()));
   // Row-major C = A B is column-major C^T = B^T A^T: pass b first.
   SD_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-      handle_for(a.device().index), ob.trans ? CUBLAS_OP_T : CUBLAS_OP_N, oa.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
+      handle, ob.trans ? CUBLAS_OP_T : CUBLAS_OP_N, oa.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
       int(N), int(M), int(K), alpha, ob.t.data_ptr(), type, int(ob.ld), ob.batch_stride, oa.t.data_ptr(), type,
       int(oa.ld), oa.batch_stride, beta, out.data_ptr(), type, int(N), M * N, int(Bn), compute,
       CUBLAS_GEMM_DEFAULT));

@@ -1,4 +1,5 @@
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/pointwise.h"
 
 namespace sd::cuda {
@@ -63,11 +64,11 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
     const T* pb = static_cast<const T*>(b.data_ptr());
     T* po = static_cast<T*>(out.data_ptr());
     if (a.shape() == shape && b.shape() == shape && a.is_contiguous() && b.is_contiguous()) {
-      binary_contiguous_kernel<T><<<grid_1d(n), 256>>>(k, po, pa, pb, n);
+      binary_contiguous_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(k, po, pa, pb, n);
     } else {
       Tensor ab = broadcast_to_shape(a, shape), bb = broadcast_to_shape(b, shape);
       const Tensor* views[2] = {&ab, &bb};
-      binary_kernel<T><<<grid_1d(n), 256>>>(k, po, pa, pb, make_indexer<2>(shape, views), n);
+      binary_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(k, po, pa, pb, make_indexer<2>(shape, views), n);
     }
     SD_CUDA_CHECK_LAUNCH(binary_name(k));
   });
@@ -81,7 +82,7 @@ Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
   set_device_of(x);
   dispatch_float(x.dtype(), unary_name(k), [&]<class T>() {
     const Tensor* views[1] = {&x};
-    unary_kernel<T><<<grid_1d(n), 256>>>(k, static_cast<T*>(out.data_ptr()), static_cast<const T*>(x.data_ptr()),
+    unary_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(k, static_cast<T*>(out.data_ptr()), static_cast<const T*>(x.data_ptr()),
                                          make_indexer<1>(x.shape(), views), n, p0, p1);
     SD_CUDA_CHECK_LAUNCH(unary_name(k));
   });
@@ -95,7 +96,7 @@ Tensor unary_backward(UnaryKind k, const Tensor& grad, const Tensor& x, double p
   set_device_of(x);
   dispatch_float(x.dtype(), unary_name(k), [&]<class T>() {
     const Tensor* views[2] = {&grad, &x};
-    unary_backward_kernel<T><<<grid_1d(n), 256>>>(k, static_cast<T*>(out.data_ptr()),
+    unary_backward_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(k, static_cast<T*>(out.data_ptr()),
                                                   static_cast<const T*>(grad.data_ptr()),
                                                   static_cast<const T*>(x.data_ptr()),
                                                   make_indexer<2>(x.shape(), views), n, p0, p1);

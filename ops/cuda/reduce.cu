@@ -1,4 +1,5 @@
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/reduce.h"
 
 namespace sd::cuda {
@@ -72,10 +73,10 @@ Tensor sum_keepdim(const Tensor& x, const std::vector<int64_t>& dims) {
   dispatch_float(x.dtype(), "sum", [&]<class T>() {
     using A = acc_t<T>;
     Tensor partial = empty({outer, splits}, std::is_same_v<A, double> ? DType::F64 : DType::F32, x.device());
-    partial_sums<T><<<dim3(unsigned(outer), unsigned(splits)), kThreads>>>(
+    partial_sums<T><<<dim3(unsigned(outer), unsigned(splits)), kThreads, 0, stream()>>>(
         static_cast<const T*>(dense.data_ptr()), static_cast<A*>(partial.data_ptr()), inner, splits);
     SD_CUDA_CHECK_LAUNCH("partial_sums");
-    finish_sums<T><<<unsigned(outer), kThreads>>>(static_cast<const A*>(partial.data_ptr()),
+    finish_sums<T><<<unsigned(outer), kThreads, 0, stream()>>>(static_cast<const A*>(partial.data_ptr()),
                                                  static_cast<T*>(out.data_ptr()), splits);
     SD_CUDA_CHECK_LAUNCH("finish_sums");
   });

@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "runtime/cuda_api.h"
 #include "runtime/cuda_kernels.h"
 
@@ -128,7 +129,7 @@ void axpy(const Tensor& dst, const Tensor& src, double alpha) {
   if (n == 0) return;
   cudart::set_device(dst.device().index);
   Geometry g = make_geometry(dst, &src);
-  axpy_kernel<<<grid_for(n), 256>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()),
+  axpy_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()),
                                     static_cast<const char*>(src.data_ptr()), src.dtype(), int(src.element_size()),
                                     g, n, alpha);
   SD_CUDA_CHECK_LAUNCH("axpy_kernel");
@@ -140,11 +141,11 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
   SD_CHECK(src.shape() == dst.shape(), "cuda copy: shapes differ: ", src.str(), " -> ", dst.str());
   cudart::set_device(dst.device().index);
   if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
-    SD_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), dst.nbytes(), cudaMemcpyDeviceToDevice));
+    SD_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), dst.nbytes(), cudaMemcpyDeviceToDevice, stream()));
     return;
   }
   Geometry g = make_geometry(dst, &src);
-  copy_kernel<<<grid_for(n), 256>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()),
+  copy_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()),
                                     static_cast<const char*>(src.data_ptr()), src.dtype(),
                                     int(src.element_size()), g, n);
   SD_CUDA_CHECK_LAUNCH("copy_kernel");
@@ -155,7 +156,7 @@ void fill(const Tensor& dst, double value) {
   if (n == 0) return;
   cudart::set_device(dst.device().index);
   Geometry g = make_geometry(dst, nullptr);
-  fill_kernel<<<grid_for(n), 256>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()), g,
+  fill_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<char*>(dst.data_ptr()), dst.dtype(), int(dst.element_size()), g,
                                     n, value);
   SD_CUDA_CHECK_LAUNCH("fill_kernel");
 }

@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "runtime/cuda_api.h"
 
 namespace sd::cudart {
@@ -68,16 +69,20 @@ void device_free(void* p, int device) {
   cudaFree(p);  // never throws: called from destructors
 }
 
+// Copies are ordered on the current stream (kernels before them have finished writing);
+// host-side ones wait for completion because the host buffer may be pageable or reused.
 void memcpy_h2d(void* dst, const void* src, size_t n) {
-  SD_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cuda::stream()));
+  SD_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
 }
 void memcpy_d2h(void* dst, const void* src, size_t n) {
-  SD_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost));
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, cuda::stream()));
+  SD_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
 }
 void memcpy_d2d(void* dst, const void* src, size_t n) {
-  SD_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToDevice));
+  SD_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, cuda::stream()));
 }
-void memset_device(void* dst, int value, size_t n) { SD_CUDA_CHECK(cudaMemset(dst, value, n)); }
+void memset_device(void* dst, int value, size_t n) { SD_CUDA_CHECK(cudaMemsetAsync(dst, value, n, cuda::stream())); }
 void synchronize() {
   if (device_count() > 0) SD_CUDA_CHECK(cudaDeviceSynchronize());
 }

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "runtime/cuda_api.h"
 #include "runtime/cuda_kernels.h"
 #include "runtime/rng_core.h"
@@ -59,7 +60,7 @@ void fill_uniform(const Tensor& t, uint64_t seed, uint64_t offset, double low, d
   const int64_t n = t.numel();
   if (n == 0) return;
   launch_by_dtype(t, (n + 3) / 4, [&](auto* p, int grid) {
-    uniform_kernel<<<grid, 256>>>(p, n, seed, offset, low, high - low);
+    uniform_kernel<<<grid, 256, 0, stream()>>>(p, n, seed, offset, low, high - low);
     SD_CUDA_CHECK_LAUNCH("uniform_kernel");
   });
 }
@@ -68,7 +69,7 @@ void fill_normal(const Tensor& t, uint64_t seed, uint64_t offset, double mean, d
   const int64_t n = t.numel();
   if (n == 0) return;
   launch_by_dtype(t, (n + 1) / 2, [&](auto* p, int grid) {
-    normal_kernel<<<grid, 256>>>(p, n, seed, offset, mean, std);
+    normal_kernel<<<grid, 256, 0, stream()>>>(p, n, seed, offset, mean, std);
     SD_CUDA_CHECK_LAUNCH("normal_kernel");
   });
 }

@@ -7,6 +7,9 @@
 #include "ops/view.h"
 #include "runtime/allocator.h"
 #include "runtime/rng.h"
+#include "runtime/stream.h"
+#include "ops/elementwise.h"
+#include "ops/linear.h"
 #include "tests/test_util.h"
 
 namespace sd {
@@ -80,6 +83,31 @@ TEST(CudaRuntime, CachingAllocatorReusesBlocksAndReportsOutOfMemory) {
   }
   a.empty_cache();
   EXPECT_EQ(a.stats().reserved_bytes, a.stats().current_bytes);
+}
+
+TEST(CudaRuntime, OpsRunOnTheCurrentStreamAndEventsOrderThem) {
+  SD_REQUIRE_CUDA();
+  Tensor a = test::random_tensor({256, 320}, DType::F32, 6), b = test::random_tensor({320, 64}, DType::F32, 7);
+  Tensor ga = copy_to(a, DType::F32, Device::cuda()), gb = copy_to(b, DType::F32, Device::cuda());
+  Tensor expected = matmul(ga, gb) * 2.0 + 1.0;  // default stream
+  Stream s = Stream::create(0);
+  Event start, done;
+  Tensor on_stream;
+  {
+    StreamGuard guard(s);
+    EXPECT_EQ(current_stream_handle(), s.handle());
+    start.record();
+    on_stream = matmul(ga, gb) * 2.0 + 1.0;
+    done.record();
+  }
+  EXPECT_TRUE(current_stream().is_default());
+  done.wait();  // the default stream waits for the side stream before reading its result
+  EXPECT_EQ(on_stream.to_vector(), expected.to_vector());
+  done.synchronize();
+  EXPECT_GE(start.elapsed_ms(done), 0.0f);
+  void* pinned = pinned_alloc(1 << 20);
+  ASSERT_NE(pinned, nullptr);
+  pinned_free(pinned);
 }
 
 }  // namespace

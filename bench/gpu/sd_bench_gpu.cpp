@@ -1,0 +1,232 @@
+// GPU benchmark of sd's ops at SD shapes (bench/gpu/cases.txt), timed with CUDA events:
+// warm-up, then the median of many runs, rotating among input sets larger than the L2 cache
+// so every run reads from device memory. Prints one CSV line per case:
+//   op,dtype,params,ms,flop,bytes
+// bench/pytorch/ops.py times the same cases with PyTorch; bench/compare.py joins the two.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "autograd/engine.h"
+#include "autograd/node.h"
+#include "ops/attention.h"
+#include "ops/conv.h"
+#include "ops/linear.h"
+#include "ops/norm.h"
+#include "ops/softmax.h"
+#include "ops/view.h"
+#include "runtime/allocator.h"
+#include "runtime/cuda_api.h"
+#include "runtime/rng.h"
+
+namespace {
+
+using namespace sd;
+
+struct Case {
+  std::string op;
+  DType dtype;
+  std::map<std::string, int64_t> p;
+  std::string params;  // as written
+  int64_t get(const char* k) const {
+    auto it = p.find(k);
+    SD_CHECK(it != p.end(), "bench case ", op, " ", params, ": missing ", k);
+    return it->second;
+  }
+};
+
+std::vector<Case> read_cases(const std::string& path) {
+  std::ifstream in(path);
+  SD_CHECK(in.good(), "cannot read ", path);
+  std::vector<Case> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream is(line);
+    Case c;
+    std::string dt, kv;
+    is >> c.op >> dt;
+    c.dtype = parse_dtype(dt);
+    while (is >> kv) {
+      auto eq = kv.find('=');
+      c.p[kv.substr(0, eq)] = std::stoll(kv.substr(eq + 1));
+      c.params += (c.params.empty() ? "" : " ") + kv;
+    }
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+Device gpu() { return Device::cuda(0); }
+Tensor rnd(const Shape& s, DType dt, uint64_t seed) {
+  Tensor t = empty(s, dt, gpu());
+  fill_normal_(t, seed, 0);
+  return t;
+}
+// A channels-last [N, C, H, W] view (NHWC storage).
+Tensor rnd_nhwc(int64_t n, int64_t c, int64_t h, int64_t w, DType dt, uint64_t seed) {
+  return permute(rnd({n, h, w, c}, dt, seed), {0, 3, 1, 2});
+}
+
+struct Workload {
+  std::function<void(int)> run;  // run(set index)
+  int sets = 1;
+  double flop = 0, bytes = 0;
+};
+
+// Enough input sets that one pass over them exceeds 3x the L2 (60 MB on H200), at most 8.
+int sets_for(double bytes_per_set) {
+  return int(std::clamp(3.0 * 60e6 / std::max(bytes_per_set, 1.0), 1.0, 8.0));
+}
+
+Workload make(const Case& c) {
+  Workload w;
+  const DType dt = c.dtype;
+  const double es = double(dtype_size(dt));
+  if (c.op == "copy") {
+    const int64_t n = c.get("n");
+    auto src = std::make_shared<Tensor>(rnd({n}, dt, 1));
+    auto dst = std::make_shared<Tensor>(empty({n}, dt, gpu()));
+    w.run = [src, dst](int) { copy_(*dst, *src); };
+    w.bytes = 2.0 * n * es;
+  } else if (c.op == "matmul") {
+    const int64_t M = c.get("M"), N = c.get("N"), K = c.get("K");
+    w.sets = sets_for((M * K + K * N) * es);
+    auto a = std::make_shared<std::vector<Tensor>>(), b = std::make_shared<std::vector<Tensor>>();
+    for (int i = 0; i < w.sets; ++i) {
+      a->push_back(rnd({M, K}, dt, 10 + i));
+      b->push_back(rnd({K, N}, dt, 20 + i));
+    }
+    w.run = [a, b](int i) { matmul((*a)[i], (*b)[i]); };
+    w.flop = 2.0 * M * N * K;
+    w.bytes = (M * K + K * N + M * N) * es;
+  } else if (c.op == "attention_fwd" || c.op == "attention_fwdbwd") {
+    const int64_t B = c.get("B"), H = c.get("H"), Lq = c.get("Lq"), Lk = c.get("Lk"), D = c.get("D");
+    const bool bwd = c.op == "attention_fwdbwd";
+    w.sets = sets_for((2 * B * H * Lq * D + 2 * B * H * Lk * D) * es);
+    auto in = std::make_shared<std::vector<std::array<Tensor, 4>>>();
+    for (int i = 0; i < w.sets; ++i)
+      in->push_back({rnd({B, H, Lq, D}, dt, 30 + i), rnd({B, H, Lk, D}, dt, 40 + i), rnd({B, H, Lk, D}, dt, 50 + i),
+                     rnd({B, H, Lq, D}, dt, 60 + i)});
+    w.run = [in, bwd](int i) {
+      auto& s = (*in)[i];
+      if (!bwd) {
+        autograd::NoGrad ng;
+        scaled_dot_product_attention(s[0], s[1], s[2]);
+        return;
+      }
+      Tensor q = detach(s[0]), k = detach(s[1]), v = detach(s[2]);
+      q.set_requires_grad(true);
+      k.set_requires_grad(true);
+      v.set_requires_grad(true);
+      Tensor o = scaled_dot_product_attention(q, k, v);
+      autograd::backward(o, s[3]);
+    };
+    w.flop = 4.0 * B * H * Lq * Lk * D * (bwd ? 3.5 : 1.0);  // backward = 2.5x forward (FlashAttention convention)
+    w.bytes = (2 * B * H * Lq * D + 2 * B * H * Lk * D) * es * (bwd ? 2 : 1);
+  } else if (c.op == "group_norm_silu") {
+    const int64_t N = c.get("N"), C = c.get("C"), H = c.get("H"), W = c.get("W");
+    w.sets = sets_for(N * C * H * W * es);
+    auto xs = std::make_shared<std::vector<Tensor>>();
+    for (int i = 0; i < w.sets; ++i) xs->push_back(rnd({N, C, H, W}, dt, 70 + i));
+    auto g = std::make_shared<Tensor>(rnd({C}, dt, 7)), b = std::make_shared<Tensor>(rnd({C}, dt, 8));
+    w.run = [xs, g, b](int i) {
+      autograd::NoGrad ng;
+      group_norm((*xs)[i], 32, *g, *b, 1e-5, true);
+    };
+    w.bytes = 2.0 * N * C * H * W * es;
+  } else if (c.op == "conv3x3") {
+    const int64_t N = c.get("N"), C = c.get("C"), H = c.get("H"), W = c.get("W"), O = c.get("O");
+    w.sets = sets_for(N * C * H * W * es);
+    auto xs = std::make_shared<std::vector<Tensor>>();
+    for (int i = 0; i < w.sets; ++i) xs->push_back(rnd_nhwc(N, C, H, W, dt, 80 + i));
+    auto wt = std::make_shared<Tensor>(rnd_nhwc(O, C, 3, 3, dt, 9)), bias = std::make_shared<Tensor>(rnd({O}, dt, 10));
+    w.run = [xs, wt, bias](int i) {
+      autograd::NoGrad ng;
+      conv2d((*xs)[i], *wt, *bias, {1, 1}, {1, 1});
+    };
+    w.flop = 2.0 * N * O * H * W * C * 9;
+    w.bytes = (N * C * H * W + N * O * H * W + O * C * 9) * es;
+  } else if (c.op == "layer_norm" || c.op == "softmax") {
+    const int64_t R = c.get("rows"), D = c.get("D");
+    w.sets = sets_for(R * D * es);
+    auto xs = std::make_shared<std::vector<Tensor>>();
+    for (int i = 0; i < w.sets; ++i) xs->push_back(rnd({R, D}, dt, 90 + i));
+    auto g = std::make_shared<Tensor>(rnd({D}, dt, 11)), b = std::make_shared<Tensor>(rnd({D}, dt, 12));
+    const bool ln = c.op == "layer_norm";
+    w.run = [xs, g, b, ln](int i) {
+      autograd::NoGrad ng;
+      if (ln) layer_norm((*xs)[i], *g, *b, 1e-5);
+      else softmax((*xs)[i], -1);
+    };
+    w.bytes = 2.0 * R * D * es;
+  } else {
+    SD_FAIL("unknown bench op ", c.op);
+  }
+  return w;
+}
+
+double time_median_ms(const Workload& w, int warmup, int reps) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < warmup; ++i) w.run(i % w.sets);
+  cudaDeviceSynchronize();
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(start);
+    w.run(i % w.sets);
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float t = 0;
+    cudaEventElapsedTime(&t, start, stop);
+    ms.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cases_path = "bench/gpu/cases.txt";
+  int reps = 30;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("usage: sd_bench_gpu [--cases bench/gpu/cases.txt] [--reps 30]\n"
+                  "Times each case with CUDA events (median after warm-up) and prints CSV:\n"
+                  "op,dtype,params,ms,flop,bytes\n");
+      return 0;
+    }
+    if (a == "--cases" && i + 1 < argc) cases_path = argv[++i];
+    else if (a == "--reps" && i + 1 < argc) reps = std::stoi(argv[++i]);
+  }
+  if (cudart::device_count() == 0) {
+    std::fprintf(stderr, "sd_bench_gpu: no GPU (%s)\n", cudart::unavailable_reason().c_str());
+    return 1;
+  }
+  std::printf("op,dtype,params,ms,flop,bytes\n");
+  for (const Case& c : read_cases(cases_path)) {
+    try {
+      Workload w = make(c);
+      const double ms = time_median_ms(w, 3, reps);
+      std::printf("%s,%s,%s,%.5f,%.6g,%.6g\n", c.op.c_str(), dtype_name(c.dtype), c.params.c_str(), ms, w.flop, w.bytes);
+    } catch (const std::exception& e) {
+      std::printf("%s,%s,%s,nan,0,0\n", c.op.c_str(), dtype_name(c.dtype), c.params.c_str());
+      std::fprintf(stderr, "sd_bench_gpu: %s %s: %s\n", c.op.c_str(), c.params.c_str(), e.what());
+    }
+    std::fflush(stdout);
+    cuda_allocator(0).empty_cache();
+  }
+  return 0;
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Times bench/gpu/cases.txt with plain PyTorch on the same GPU, the way sd_bench_gpu does:
+CUDA events, warm-up, median of many runs, rotating among input sets larger than the L2 cache.
+Prints CSV: op,dtype,params,ms,flop,bytes  (PyTorch is a baseline here, never part of sd)."""
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
+L2_BYTES = 60e6
+
+
+def read_cases(path):
+    cases = []
+    for line in open(path):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, dt, *kv = line.split()
+        params = {k: int(v) for k, v in (x.split("=") for x in kv)}
+        cases.append((op, dt, " ".join(kv), params))
+    return cases
+
+
+def sets_for(bytes_per_set):
+    return int(min(8, max(1, 3 * L2_BYTES / max(bytes_per_set, 1))))
+
+
+def rnd(shape, dt):
+    return torch.randn(shape, device="cuda", dtype=dt)
+
+
+def make(op, dt, p):
+    es = torch.tensor([], dtype=dt).element_size()
+    if op == "copy":
+        src, dst = rnd((p["n"],), dt), torch.empty(p["n"], device="cuda", dtype=dt)
+        return (lambda i: dst.copy_(src)), 1, 0, 2 * p["n"] * es
+    if op == "matmul":
+        M, N, K = p["M"], p["N"], p["K"]
+        n = sets_for((M * K + K * N) * es)
+        a = [rnd((M, K), dt) for _ in range(n)]
+        b = [rnd((K, N), dt) for _ in range(n)]
+        return (lambda i: torch.matmul(a[i], b[i])), n, 2 * M * N * K, (M * K + K * N + M * N) * es
+    if op in ("attention_fwd", "attention_fwdbwd"):
+        B, H, Lq, Lk, D = p["B"], p["H"], p["Lq"], p["Lk"], p["D"]
+        bwd = op == "attention_fwdbwd"
+        n = sets_for((2 * B * H * Lq * D + 2 * B * H * Lk * D) * es)
+        sets = [(rnd((B, H, Lq, D), dt), rnd((B, H, Lk, D), dt), rnd((B, H, Lk, D), dt), rnd((B, H, Lq, D), dt))
+                for _ in range(n)]
+
+        def run(i):
+            q, k, v, g = sets[i]
+            if not bwd:
+                with torch.no_grad():
+                    F.scaled_dot_product_attention(q, k, v)
+                return
+            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+            F.scaled_dot_product_attention(q, k, v).backward(g)
+        flop = 4 * B * H * Lq * Lk * D * (3.5 if bwd else 1.0)
+        return run, n, flop, (2 * B * H * Lq * D + 2 * B * H * Lk * D) * es * (2 if bwd else 1)
+    if op == "group_norm_silu":
+        N, C, H, W = p["N"], p["C"], p["H"], p["W"]
+        n = sets_for(N * C * H * W * es)
+        xs = [rnd((N, C, H, W), dt) for _ in range(n)]
+        g, b = rnd((C,), dt), rnd((C,), dt)
+        return (lambda i: F.silu(F.group_norm(xs[i], 32, g, b, 1e-5))), n, 0, 2 * N * C * H * W * es
+    if op == "conv3x3":
+        N, C, H, W, O = p["N"], p["C"], p["H"], p["W"], p["O"]
+        n = sets_for(N * C * H * W * es)
+        xs = [rnd((N, C, H, W), dt).to(memory_format=torch.channels_last) for _ in range(n)]
+        w = rnd((O, C, 3, 3), dt).to(memory_format=torch.channels_last)
+        b = rnd((O,), dt)
+        return ((lambda i: F.conv2d(xs[i], w, b, padding=1)), n, 2 * N * O * H * W * C * 9,
+                (N * C * H * W + N * O * H * W + O * C * 9) * es)
+    if op in ("layer_norm", "softmax"):
+        R, D = p["rows"], p["D"]
+        n = sets_for(R * D * es)
+        xs = [rnd((R, D), dt) for _ in range(n)]
+        g, b = rnd((D,), dt), rnd((D,), dt)
+        if op == "layer_norm":
+            return (lambda i: F.layer_norm(xs[i], (D,), g, b, 1e-5)), n, 0, 2 * R * D * es
+        return (lambda i: torch.softmax(xs[i], -1)), n, 0, 2 * R * D * es
+    raise ValueError(op)
+
+
+def median_ms(run, sets, warmup, reps):
+    with torch.enable_grad():
+        for i in range(warmup):
+            run(i % sets)
+        torch.cuda.synchronize()
+        times = []
+        for i in range(reps):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            run(i % sets)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cases", default="bench/gpu/cases.txt")
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    print("op,dtype,params,ms,flop,bytes", flush=True)
+    for op, dt, params, p in read_cases(args.cases):
+        try:
+            run, sets, flop, nbytes = make(op, DTYPES[dt], p)
+            ms = median_ms(run, sets, 3, args.reps)
+        except Exception as exc:  # report and go on: one failing case must not hide the others
+            print(f"# {op} {params}: {exc}", flush=True)
+            ms, flop, nbytes = float("nan"), 0, 0
+        print(f"{op},{dt},{params},{ms:.5f},{flop:.6g},{nbytes:.6g}", flush=True)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
