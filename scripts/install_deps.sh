@@ -14,6 +14,7 @@ PACKAGES=(
   libomp-dev                                            # OpenMP runtime headers
   libopenmpi-dev openmpi-bin                            # multi-process training
   libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer
+  zlib1g-dev                                            # gzip'd CLIP merges (bpe_simple_vocab_16e6.txt.gz)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
