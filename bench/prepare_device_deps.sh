@@ -8,4 +8,8 @@ rm -rf .deps && mkdir -p .deps/include
 cp -r /usr/include/nlohmann .deps/include/
 cp -r /usr/include/stb .deps/include/
 cp -r /usr/src/googletest/googletest .deps/googletest
+# The tokenizer's libraries (shared objects: the build tree's RPATH finds them there).
+mkdir -p .deps/lib
+cp /usr/include/utf8proc.h /usr/include/zlib.h /usr/include/zconf.h .deps/include/
+cp -P /usr/lib/x86_64-linux-gnu/libutf8proc.so* /usr/lib/x86_64-linux-gnu/libz.so* .deps/lib/
 du -sh .deps
