@@ -11,5 +11,7 @@ cp -r /usr/src/googletest/googletest .deps/googletest
 # The tokenizer's libraries (shared objects: the build tree's RPATH finds them there).
 mkdir -p .deps/lib
 cp /usr/include/utf8proc.h /usr/include/zlib.h /usr/include/zconf.h .deps/include/
-cp -P /usr/lib/x86_64-linux-gnu/libutf8proc.so* /usr/lib/x86_64-linux-gnu/libz.so* .deps/lib/
+cp -P /usr/lib/x86_64-linux-gnu/libutf8proc.so* .deps/lib/
+# zlib: that machine has the runtime library; a link lets the build find it without the -dev package.
+ln -s /usr/lib/x86_64-linux-gnu/libz.so.1 .deps/lib/libz.so
 du -sh .deps
