@@ -9,6 +9,8 @@
 
 namespace sd::cuda_kernels {
 
+using cuda::stream;
+
 namespace {
 
 constexpr int kMaxDims = 10;

@@ -11,6 +11,8 @@
 
 namespace sd::cuda_kernels {
 
+using cuda::stream;
+
 namespace {
 
 template <class T>
