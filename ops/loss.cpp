@@ -15,7 +15,6 @@ Tensor mse_loss(const Tensor& pred, const Tensor& target, Reduction reduction, c
   SD_NVTX_RANGE("mse_loss");
   detail::check_same("mse_loss", {pred, target});
   detail::check_floating("mse_loss", pred);
-  detail::check_cpu("mse_loss", {pred, target, sample_weights});
   SD_CHECK(pred.shape() == target.shape(), "mse_loss: pred ", pred.str(), " and target ", target.str(),
            " must have the same shape");
   Tensor sq = square(sub(pred, target));

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ops/cpu/optim.h"
+#include "ops/cuda/optim.h"
 #include "ops/op_common.h"
 
 namespace sd {
@@ -30,13 +31,19 @@ struct InPlaceTargets {
   }
 };
 
-// The defined tensors of a gradient list, checked: floating, on the CPU.
+// One launch covers the whole list, so every tensor must live where the first one does.
+void check_device(const char* op, const Tensor& t, const Tensor& first, size_t i, const char* what) {
+  SD_CHECK(t.device() == first.device(), op, ": tensor ", i, ": ", what, " ", t.str(), " is on another device than ",
+           first.str());
+}
+
+// The defined tensors of a gradient list, checked: floating, all on one device.
 std::vector<Tensor> defined_grads(const char* op, const std::vector<Tensor>& grads) {
   std::vector<Tensor> out;
   for (size_t i = 0; i < grads.size(); ++i) {
     if (!grads[i].defined()) continue;
     SD_CHECK(is_floating(grads[i].dtype()), op, ": tensor ", i, " is ", grads[i].str(), ", not floating");
-    detail::check_cpu(op, {grads[i]});
+    if (!out.empty()) check_device(op, grads[i], out[0], i, "grad");
     out.push_back(grads[i]);
   }
   return out;
@@ -48,7 +55,8 @@ std::vector<Tensor> contiguous_all(const std::vector<Tensor>& ts) {
   return out;
 }
 
-void check_slot(const AdamWSlot& s, size_t i) {
+// `first` is slot 0's master: every tensor of every slot lives on its device.
+void check_slot(const AdamWSlot& s, size_t i, const Tensor& first) {
   const char* op = "fused_adamw_";
   SD_CHECK(s.master.defined() && s.exp_avg.defined() && s.exp_avg_sq.defined(), op, ": slot ", i,
            ": master, exp_avg and exp_avg_sq must all be defined");
@@ -57,18 +65,24 @@ void check_slot(const AdamWSlot& s, size_t i) {
     SD_CHECK(t.shape() == s.master.shape(), op, ": slot ", i, ": ", what, " ", t.str(), " does not match master ",
              s.master.str());
     SD_CHECK(t.is_contiguous(), op, ": slot ", i, ": ", what, " must be contiguous, got ", t.str());
-    detail::check_cpu(op, {t});
+  };
+  auto same_device = [&](const Tensor& t, const char* what) {
+    SD_CHECK(t.device() == first.device(), op, ": slot ", i, ": ", what, " ", t.str(),
+             " is on another device than slot 0's master ", first.str());
   };
   check_state(s.master, "master");
   check_state(s.exp_avg, "exp_avg");
   check_state(s.exp_avg_sq, "exp_avg_sq");
+  same_device(s.master, "master");
+  same_device(s.exp_avg, "exp_avg");
+  same_device(s.exp_avg_sq, "exp_avg_sq");
   if (s.grad.defined()) {
     const DType g = s.grad.dtype();
     SD_CHECK(g == DType::F32 || g == DType::F16 || g == DType::BF16, op, ": slot ", i,
              ": grad must be f32, f16 or bf16, got ", s.grad.str());
     SD_CHECK(s.grad.shape() == s.master.shape(), op, ": slot ", i, ": grad ", s.grad.str(),
              " does not match master ", s.master.str());
-    detail::check_cpu(op, {s.grad});
+    same_device(s.grad, "grad");
   }
   if (s.model_copy.defined()) {
     const DType c = s.model_copy.dtype();
@@ -78,8 +92,19 @@ void check_slot(const AdamWSlot& s, size_t i) {
              " does not match master ", s.master.str());
     SD_CHECK(s.model_copy.is_contiguous(), op, ": slot ", i, ": model_copy must be contiguous, got ",
              s.model_copy.str());
-    detail::check_cpu(op, {s.model_copy});
+    same_device(s.model_copy, "model_copy");
   }
+}
+
+// The kernels of a (non-empty) list run where its first tensor lives.
+double sum_of_squares(const std::vector<Tensor>& ts) {
+  if (ts.empty()) return 0.0;
+  return SD_DISPATCH_DEVICE(ts[0], cpu::sum_of_squares(ts), cuda::sum_of_squares(ts));
+}
+
+bool scale_and_check(const std::vector<Tensor>& ts, double s, bool scale_first) {
+  if (ts.empty()) return false;
+  return SD_DISPATCH_DEVICE(ts[0], cpu::scale_and_check(ts, s, scale_first), cuda::scale_and_check(ts, s, scale_first));
 }
 
 }  // namespace
@@ -95,7 +120,7 @@ void fused_adamw_(std::vector<AdamWSlot>& slots, const AdamWConfig& cfg, int64_t
 
   std::vector<AdamWSlot> work;
   for (size_t i = 0; i < slots.size(); ++i) {
-    check_slot(slots[i], i);
+    check_slot(slots[i], i, slots[0].master);
     if (!slots[i].grad.defined()) continue;  // no gradient reached this parameter
     AdamWSlot s = slots[i];
     s.grad = contiguous_raw(s.grad);  // read only: a copy is enough when it is strided
@@ -114,7 +139,8 @@ void fused_adamw_(std::vector<AdamWSlot>& slots, const AdamWConfig& cfg, int64_t
   s.bc2_sqrt = float(std::sqrt(bc2));
   s.eps = float(cfg.eps);
   s.grad_scale = float(grad_scale);
-  cpu::fused_adamw(work, s);
+  if (work.empty()) return;
+  SD_DISPATCH_DEVICE(work[0].master, cpu::fused_adamw(work, s), cuda::fused_adamw(work, s));
 }
 
 void ema_update_(const std::vector<Tensor>& ema, const std::vector<Tensor>& params, double decay) {
@@ -130,31 +156,33 @@ void ema_update_(const std::vector<Tensor>& ema, const std::vector<Tensor>& para
              ": needs floating tensors, got ema ", ema[i].str(), " and param ", params[i].str());
     SD_CHECK(ema[i].shape() == params[i].shape(), op, ": tensor ", i, ": ema ", ema[i].str(),
              " does not match param ", params[i].str());
-    detail::check_cpu(op, {ema[i], params[i]});
+    check_device(op, ema[i], ema[0], i, "ema");
+    check_device(op, params[i], ema[0], i, "param");
     targets.add(ema[i]);
     srcs.push_back(contiguous_raw(params[i]));
   }
-  cpu::ema_update(targets.work, srcs, decay);
+  if (ema.empty()) return;
+  SD_DISPATCH_DEVICE(ema[0], cpu::ema_update(targets.work, srcs, decay), cuda::ema_update(targets.work, srcs, decay));
   targets.finish();
 }
 
 double global_grad_norm(const std::vector<Tensor>& grads) {
   SD_NVTX_RANGE("global_grad_norm");
-  return std::sqrt(cpu::sum_of_squares(contiguous_all(defined_grads("global_grad_norm", grads))));
+  return std::sqrt(sum_of_squares(contiguous_all(defined_grads("global_grad_norm", grads))));
 }
 
 double clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm) {
   SD_NVTX_RANGE("clip_grad_norm_");
   SD_CHECK(max_norm > 0, "clip_grad_norm_: max_norm must be > 0, got ", max_norm);
   const std::vector<Tensor> gs = defined_grads("clip_grad_norm_", grads);
-  const double norm = std::sqrt(cpu::sum_of_squares(contiguous_all(gs)));
+  const double norm = std::sqrt(sum_of_squares(contiguous_all(gs)));
   // PyTorch multiplies by min(1, max_norm / (norm + 1e-6)); a factor of 1 changes nothing,
   // so only a factor below 1 is applied.
   const double coef = max_norm / (norm + 1e-6);
-  if (std::isfinite(norm) && coef < 1.0) {
+  if (!gs.empty() && std::isfinite(norm) && coef < 1.0) {
     InPlaceTargets targets;
     for (const Tensor& g : gs) targets.add(g);
-    cpu::scale(targets.work, coef);
+    SD_DISPATCH_DEVICE(gs[0], cpu::scale(targets.work, coef), cuda::scale(targets.work, coef));
     targets.finish();
   }
   return norm;
@@ -162,14 +190,14 @@ double clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm) {
 
 bool has_non_finite(const std::vector<Tensor>& ts) {
   SD_NVTX_RANGE("has_non_finite");
-  return cpu::scale_and_check(contiguous_all(defined_grads("has_non_finite", ts)), 1.0, false);
+  return scale_and_check(contiguous_all(defined_grads("has_non_finite", ts)), 1.0, false);
 }
 
 bool unscale_and_check_(const std::vector<Tensor>& grads, double inv_scale) {
   SD_NVTX_RANGE("unscale_and_check_");
   InPlaceTargets targets;
   for (const Tensor& g : defined_grads("unscale_and_check_", grads)) targets.add(g);
-  const bool bad = cpu::scale_and_check(targets.work, inv_scale, true);
+  const bool bad = scale_and_check(targets.work, inv_scale, true);
   targets.finish();
   return bad;
 }

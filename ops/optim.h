@@ -1,7 +1,8 @@
 // Optimizer-side kernels for training: fused multi-tensor AdamW with f32 master weights,
 // EMA of weights, gradient norm and clipping, and the non-finite checks of loss scaling.
 // None of these record autograd history; all update their tensors in place and run in
-// parallel over the elements of all tensors together (many small tensors in one call).
+// parallel over the elements of all tensors together (many small tensors in one call; on a
+// GPU one kernel launch per call). Every tensor of a call lives on one device.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -17,7 +18,7 @@ struct AdamWConfig {
 // One trainable tensor: f32 master weights and moments; grad in f32/f16/bf16; model_copy
 // (f16/bf16, or undefined) receives the updated master rounded to its dtype (mixed-precision
 // training keeps the compute copy in 16 bits). All defined tensors have the same shape and
-// are contiguous CPU tensors. A slot whose grad is undefined is skipped (the parameter got
+// are contiguous, on slot 0's device. A slot whose grad is undefined is skipped (the parameter got
 // no gradient this step, as PyTorch skips p.grad is None).
 struct AdamWSlot {
   Tensor master, grad, exp_avg, exp_avg_sq, model_copy;
@@ -33,7 +34,8 @@ void fused_adamw_(std::vector<AdamWSlot>& slots, const AdamWConfig& cfg, int64_t
 void ema_update_(const std::vector<Tensor>& ema, const std::vector<Tensor>& params, double decay);
 
 // L2 norm over every element of every (defined) tensor, accumulated in double. The sum is
-// taken in a fixed order, so the result does not depend on the thread count.
+// taken in a fixed order, so the result does not depend on the thread count (on a GPU: the
+// same bits run to run; CPU and GPU orders differ, so they agree to double rounding).
 double global_grad_norm(const std::vector<Tensor>& grads);
 
 // torch.nn.utils.clip_grad_norm_ (L2): returns the norm before clipping and multiplies every

@@ -1,3 +1,5 @@
+// Compiled with -ffp-contract=off (CMakeLists.txt): no a*b+c is fused, so the AdamW and EMA
+// statements round exactly as the explicitly rounded CUDA kernels (ops/cuda/optim.cu) do.
 #include "ops/cpu/optim.h"
 
 #include <cmath>
