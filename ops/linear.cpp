@@ -92,6 +92,36 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   SD_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", weight.str());
   SD_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ", x.str(), " does not match weight ",
            weight.str());
+#ifdef SD_WITH_CUDA
+  // On the GPU, bias and product in one cuBLASLt call (bias epilogue), with its own backward.
+  if (x.is_cuda() && bias.defined() && x.dtype() != DType::F64 && x.dim() >= 2 && bias.dtype() == x.dtype() &&
+      bias.dim() == 1 && bias.size(0) == weight.size(0) && weight.is_contiguous() && bias.is_contiguous()) {
+    detail::check_same("linear", {x, weight, bias});
+    Shape out_shape = x.shape();
+    out_shape.back() = weight.size(0);
+    Tensor x2 = contiguous_raw(detach(x));
+    x2 = as_strided(x2, {x.numel() / x.size(-1), x.size(-1)}, {x.size(-1), 1}, x2.offset());
+    Tensor y2 = cuda::linear_bias(x2, weight, bias);
+    Tensor y = as_strided(y2, out_shape, contiguous_strides(out_shape), 0);
+    if (auto node = autograd::make_node("linear", {x, weight, bias})) {
+      const bool need_x = node->needs_input_grad(0), need_w = node->needs_input_grad(1),
+                 need_b = node->needs_input_grad(2);
+      node->save(need_w ? x2 : Tensor());
+      node->save(need_x ? weight : Tensor());
+      const Shape xs = x.shape();
+      node->backward = [need_x, need_w, need_b, xs](Node& n, const std::vector<Tensor>& go) {
+        Tensor g2 = reshape(go[0], {-1, go[0].size(-1)});
+        Tensor gx, gw, gb;
+        if (need_x) gx = reshape(matmul(g2, n.saved[1]), xs);
+        if (need_w) gw = matmul(transpose(g2, 0, 1), n.saved[0]);
+        if (need_b) gb = sum(g2, {0});
+        return std::vector<Tensor>{gx, gw, gb};
+      };
+      autograd::set_outputs(node, {y});
+    }
+    return y;
+  }
+#endif
   Tensor y = matmul(x.dim() == 1 ? unsqueeze(x, 0) : x, transpose(weight, 0, 1));
   if (x.dim() == 1) y = squeeze(y, 0);
   if (bias.defined()) {

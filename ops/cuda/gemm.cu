@@ -1,6 +1,9 @@
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "ops/cuda/cuda_common.cuh"
@@ -83,6 +86,90 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
       int(oa.ld), oa.batch_stride, beta, out.data_ptr(), type, int(N), M * N, int(Bn), compute,
       CUBLAS_GEMM_DEFAULT));
   return out;
+}
+
+namespace {
+
+// One cuBLASLt handle and workspace per device, and the algorithm picked for each shape.
+struct LtState {
+  cublasLtHandle_t handle = nullptr;
+  Tensor workspace;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int>, cublasLtMatmulAlgo_t> algos;
+};
+
+LtState& lt_state(int device) {
+  static std::mutex mu;
+  static std::map<int, LtState> states;
+  std::lock_guard<std::mutex> lock(mu);
+  LtState& st = states[device];
+  if (!st.handle) {
+    cudart::set_device(device);
+    SD_CUBLAS_CHECK(cublasLtCreate(&st.handle));
+    st.workspace = empty({32 << 20}, DType::U8, Device::cuda(device));
+  }
+  return st;
+}
+
+struct LtDescs {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  ~LtDescs() {
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+  }
+};
+
+}  // namespace
+
+Tensor linear_bias(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  SD_CHECK(x.is_contiguous() && w.is_contiguous() && bias.is_contiguous(), "linear_bias: needs contiguous operands");
+  Tensor y = empty({M, N}, x.dtype(), x.device());
+  if (y.numel() == 0) return y;
+  set_device_of(x);
+  LtState& st = lt_state(x.device().index);
+  const cudaDataType_t type = cuda_type(x.dtype());
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  if (x.dtype() == DType::F32 && g_allow_tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+  SD_CHECK(x.dtype() != DType::F64, "linear_bias: f64 goes through bmm");
+  // Column-major view: D^T [N, M] = op(W) [N, K] * X^T [K, M], W stored [N, K] row-major = [K, N] col-major.
+  LtDescs d;
+  SD_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, compute, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  SD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  SD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+  SD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  const void* bias_ptr = bias.data_ptr();
+  SD_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
+  const cudaDataType_t bias_type = type;
+  SD_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+  SD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, type, uint64_t(K), uint64_t(N), int64_t(K)));
+  SD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, type, uint64_t(K), uint64_t(M), int64_t(K)));
+  SD_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, type, uint64_t(N), uint64_t(M), int64_t(N)));
+  const auto key = std::make_tuple(M, N, K, int(x.dtype()));
+  auto it = st.algos.find(key);
+  if (it == st.algos.end()) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    SD_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = uint64_t(st.workspace.nbytes());
+    SD_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    cublasStatus_t stt = cublasLtMatmulAlgoGetHeuristic(st.handle, d.op, d.a, d.b, d.c, d.c, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    SD_CHECK(stt == CUBLAS_STATUS_SUCCESS && found > 0, "linear_bias: cuBLASLt has no algorithm for ", M, "x", N,
+             "x", K, " ", dtype_name(x.dtype()));
+    it = st.algos.emplace(key, result.algo).first;
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  SD_CUBLAS_CHECK(cublasLtMatmul(st.handle, d.op, &alpha, w.data_ptr(), d.a, x.data_ptr(), d.b, &beta, y.data_ptr(),
+                                 d.c, y.data_ptr(), d.c, &it->second, st.workspace.data_ptr(),
+                                 size_t(st.workspace.nbytes()), stream()));
+  return y;
 }
 
 }  // namespace sd::cuda
