@@ -117,11 +117,21 @@ cudnnMathType_t requested_math(const Problem& p) {
   return CUDNN_TENSOR_OP_MATH;
 }
 
+// true on success; false when cuDNN reports that it does not support what was asked (any
+// status of the NOT_SUPPORTED category): the caller then falls back to im2col. Any other
+// failure raises sd::Error.
+bool ok_or_unsupported(cudnnStatus_t st, const char* what) {
+  if (st == CUDNN_STATUS_SUCCESS) return true;
+  if (CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED) return false;
+  SD_FAIL("conv2d: cuDNN error ", cudnnGetErrorString(st), " in ", what);
+}
+
 // A dense [n, c, h, w] in the problem's layout, described by its strides.
-void set_image(const TensorDesc& t, const Problem& p, int64_t n, int64_t c, int64_t h, int64_t w) {
+bool set_image(const TensorDesc& t, const Problem& p, int64_t n, int64_t c, int64_t h, int64_t w) {
   const Shape st = p.channels_last ? channels_last_strides({n, c, h, w}) : contiguous_strides({n, c, h, w});
-  SD_CUDNN_CHECK(cudnnSetTensor4dDescriptorEx(t.d, cudnn_type(p.dtype), int(n), int(c), int(h), int(w), int(st[0]),
-                                              int(st[1]), int(st[2]), int(st[3])));
+  return ok_or_unsupported(cudnnSetTensor4dDescriptorEx(t.d, cudnn_type(p.dtype), int(n), int(c), int(h), int(w),
+                                                        int(st[0]), int(st[1]), int(st[2]), int(st[3])),
+                           "cudnnSetTensor4dDescriptorEx");
 }
 
 struct Descs {
@@ -130,16 +140,17 @@ struct Descs {
   ConvDesc conv;
 };
 
-void set_descs(Descs& d, const Problem& p) {
-  set_image(d.x, p, p.N, p.C, p.H, p.W);
-  set_image(d.y, p, p.N, p.O, p.Ho, p.Wo);
-  SD_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d.w.d, cudnn_type(p.dtype),
-                                            p.channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, int(p.O),
-                                            int(p.C), int(p.kh), int(p.kw)));
-  SD_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d.conv.d, int(p.g.pad_h), int(p.g.pad_w), int(p.g.stride_h),
-                                                 int(p.g.stride_w), 1, 1, CUDNN_CROSS_CORRELATION,
-                                                 CUDNN_DATA_FLOAT));
-  SD_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.d, requested_math(p)));
+bool set_descs(Descs& d, const Problem& p) {
+  return set_image(d.x, p, p.N, p.C, p.H, p.W) && set_image(d.y, p, p.N, p.O, p.Ho, p.Wo) &&
+         ok_or_unsupported(cudnnSetFilter4dDescriptor(d.w.d, cudnn_type(p.dtype),
+                                                      p.channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW,
+                                                      int(p.O), int(p.C), int(p.kh), int(p.kw)),
+                           "cudnnSetFilter4dDescriptor") &&
+         ok_or_unsupported(cudnnSetConvolution2dDescriptor(d.conv.d, int(p.g.pad_h), int(p.g.pad_w),
+                                                           int(p.g.stride_h), int(p.g.stride_w), 1, 1,
+                                                           CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+                           "cudnnSetConvolution2dDescriptor") &&
+         ok_or_unsupported(cudnnSetConvolutionMathType(d.conv.d, requested_math(p)), "cudnnSetConvolutionMathType");
 }
 
 // ---- algorithm choice, cached per problem ----
@@ -214,10 +225,23 @@ Choice cached_choice(const Problem& p, Dir dir, F&& choose) {
   return c;
 }
 
+// After cuDNN refused to run its chosen algorithm: that problem uses im2col from now on.
+void mark_unsupported(const Problem& p, Dir dir, cudnnStatus_t st) {
+  {
+    std::lock_guard<std::mutex> lock(g_cache_mu);
+    cache()[key_of(p, dir)] = Choice{};
+  }
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true))
+    std::fprintf(stderr, "sd: cuDNN declined a convolution (%s); that shape uses im2col + cuBLAS\n",
+                 cudnnGetErrorString(st));
+}
+
 Tensor workspace(size_t bytes, int device) {
   return bytes ? empty({int64_t(bytes)}, DType::U8, Device::cuda(device)) : Tensor();
 }
 void* ptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+size_t bytes(const Tensor& t) { return t.defined() ? t.nbytes() : 0; }
 
 // cuDNN's legacy API indexes with int: every tensor must stay within that range.
 bool fits_int32(const Problem& p) {
@@ -263,7 +287,7 @@ bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const 
   if (!runnable(p)) return false;
   cudnnHandle_t h = handle_for(p.device);
   Descs d;
-  set_descs(d, p);
+  if (!set_descs(d, p)) return false;
   const Tensor w = weight_in_layout(p, w_in);
   auto ws_of = [&](cudnnConvolutionFwdAlgo_t algo, size_t& ws) {
     return cudnnGetConvolutionForwardWorkspaceSize(h, d.x.d, d.w.d, d.conv.d, d.y.d, algo, &ws);
@@ -273,14 +297,18 @@ bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const 
     SD_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &n));
     std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(size_t(std::max(n, 1)));
     int got = 0;
-    SD_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x.d, d.w.d, d.conv.d, d.y.d, n, &got, perf.data()));
+    if (!ok_or_unsupported(
+            cudnnGetConvolutionForwardAlgorithm_v7(h, d.x.d, d.w.d, d.conv.d, d.y.d, n, &got, perf.data()),
+            "cudnnGetConvolutionForwardAlgorithm_v7"))
+      return Choice{};
     if (benchmark_setting().load()) {
       Tensor ws = workspace(max_workspace(perf.data(), got, p, d.conv, ws_of), p.device);
-      const size_t ws_bytes = ws.defined() ? ws.nbytes() : 0;
       // Runs every algorithm on the real buffers; y is written again below.
-      SD_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, d.x.d, x.data_ptr(), d.w.d, w.data_ptr(), d.conv.d,
-                                                            d.y.d, y.data_ptr(), n, &got, perf.data(), ptr(ws),
-                                                            ws_bytes));
+      if (!ok_or_unsupported(cudnnFindConvolutionForwardAlgorithmEx(h, d.x.d, x.data_ptr(), d.w.d, w.data_ptr(),
+                                                                    d.conv.d, d.y.d, y.data_ptr(), n, &got,
+                                                                    perf.data(), ptr(ws), bytes(ws)),
+                             "cudnnFindConvolutionForwardAlgorithmEx"))
+        return Choice{};
     }
     return first_usable(perf.data(), got, p, d.conv, ws_of);
   });
@@ -288,17 +316,19 @@ bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const 
   SD_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.d, c.math));
   Tensor ws = workspace(c.workspace, p.device);
   const float one = 1.0f, zero = 0.0f;
-  SD_CUDNN_CHECK(cudnnConvolutionForward(h, &one, d.x.d, x.data_ptr(), d.w.d, w.data_ptr(), d.conv.d,
-                                         cudnnConvolutionFwdAlgo_t(c.algo), ptr(ws), c.workspace, &zero, d.y.d,
-                                         y.data_ptr()));
-  return true;
+  const cudnnStatus_t st =
+      cudnnConvolutionForward(h, &one, d.x.d, x.data_ptr(), d.w.d, w.data_ptr(), d.conv.d,
+                              cudnnConvolutionFwdAlgo_t(c.algo), ptr(ws), c.workspace, &zero, d.y.d, y.data_ptr());
+  if (ok_or_unsupported(st, "cudnnConvolutionForward")) return true;
+  mark_unsupported(p, Dir::Forward, st);
+  return false;
 }
 
 bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, const Tensor& dx) {
   if (!runnable(p)) return false;
   cudnnHandle_t h = handle_for(p.device);
   Descs d;
-  set_descs(d, p);
+  if (!set_descs(d, p)) return false;
   const Tensor w = weight_in_layout(p, w_in);
   auto ws_of = [&](cudnnConvolutionBwdDataAlgo_t algo, size_t& ws) {
     return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w.d, d.y.d, d.conv.d, d.x.d, algo, &ws);
@@ -308,14 +338,18 @@ bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, co
     SD_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &n));
     std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(size_t(std::max(n, 1)));
     int got = 0;
-    SD_CUDNN_CHECK(
-        cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w.d, d.y.d, d.conv.d, d.x.d, n, &got, perf.data()));
+    if (!ok_or_unsupported(
+            cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w.d, d.y.d, d.conv.d, d.x.d, n, &got, perf.data()),
+            "cudnnGetConvolutionBackwardDataAlgorithm_v7"))
+      return Choice{};
     if (benchmark_setting().load()) {
       Tensor ws = workspace(max_workspace(perf.data(), got, p, d.conv, ws_of), p.device);
-      const size_t ws_bytes = ws.defined() ? ws.nbytes() : 0;
-      SD_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w.d, w.data_ptr(), d.y.d, dy.data_ptr(),
-                                                                 d.conv.d, d.x.d, dx.data_ptr(), n, &got,
-                                                                 perf.data(), ptr(ws), ws_bytes));
+      if (!ok_or_unsupported(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w.d, w.data_ptr(), d.y.d,
+                                                                         dy.data_ptr(), d.conv.d, d.x.d,
+                                                                         dx.data_ptr(), n, &got, perf.data(),
+                                                                         ptr(ws), bytes(ws)),
+                             "cudnnFindConvolutionBackwardDataAlgorithmEx"))
+        return Choice{};
     }
     return first_usable(perf.data(), got, p, d.conv, ws_of);
   });
@@ -323,17 +357,20 @@ bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, co
   SD_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.d, c.math));
   Tensor ws = workspace(c.workspace, p.device);
   const float one = 1.0f, zero = 0.0f;
-  SD_CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, d.w.d, w.data_ptr(), d.y.d, dy.data_ptr(), d.conv.d,
-                                              cudnnConvolutionBwdDataAlgo_t(c.algo), ptr(ws), c.workspace, &zero,
-                                              d.x.d, dx.data_ptr()));
-  return true;
+  const cudnnStatus_t st =
+      cudnnConvolutionBackwardData(h, &one, d.w.d, w.data_ptr(), d.y.d, dy.data_ptr(), d.conv.d,
+                                   cudnnConvolutionBwdDataAlgo_t(c.algo), ptr(ws), c.workspace, &zero, d.x.d,
+                                   dx.data_ptr());
+  if (ok_or_unsupported(st, "cudnnConvolutionBackwardData")) return true;
+  mark_unsupported(p, Dir::Data, st);
+  return false;
 }
 
 bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw) {
   if (!runnable(p)) return false;
   cudnnHandle_t h = handle_for(p.device);
   Descs d;
-  set_descs(d, p);
+  if (!set_descs(d, p)) return false;
   // cuDNN writes the filter gradient in the filter layout; channels-last problems get a
   // buffer [O, kh, kw, C] that is copied into the contiguous dw afterwards.
   const Tensor dwl = filter_is_in_layout(p, dw) ? dw : empty_image(dw.shape(), dw.dtype(), dw.device(), true);
@@ -345,14 +382,18 @@ bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, cons
     SD_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &n));
     std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(size_t(std::max(n, 1)));
     int got = 0;
-    SD_CUDNN_CHECK(
-        cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x.d, d.y.d, d.conv.d, d.w.d, n, &got, perf.data()));
+    if (!ok_or_unsupported(
+            cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x.d, d.y.d, d.conv.d, d.w.d, n, &got, perf.data()),
+            "cudnnGetConvolutionBackwardFilterAlgorithm_v7"))
+      return Choice{};
     if (benchmark_setting().load()) {
       Tensor ws = workspace(max_workspace(perf.data(), got, p, d.conv, ws_of), p.device);
-      const size_t ws_bytes = ws.defined() ? ws.nbytes() : 0;
-      SD_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x.d, x.data_ptr(), d.y.d, dy.data_ptr(),
-                                                                   d.conv.d, d.w.d, dwl.data_ptr(), n, &got,
-                                                                   perf.data(), ptr(ws), ws_bytes));
+      if (!ok_or_unsupported(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x.d, x.data_ptr(), d.y.d,
+                                                                           dy.data_ptr(), d.conv.d, d.w.d,
+                                                                           dwl.data_ptr(), n, &got, perf.data(),
+                                                                           ptr(ws), bytes(ws)),
+                             "cudnnFindConvolutionBackwardFilterAlgorithmEx"))
+        return Choice{};
     }
     return first_usable(perf.data(), got, p, d.conv, ws_of);
   });
@@ -360,9 +401,14 @@ bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, cons
   SD_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.d, c.math));
   Tensor ws = workspace(c.workspace, p.device);
   const float one = 1.0f, zero = 0.0f;
-  SD_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, d.x.d, x.data_ptr(), d.y.d, dy.data_ptr(), d.conv.d,
-                                                cudnnConvolutionBwdFilterAlgo_t(c.algo), ptr(ws), c.workspace,
-                                                &zero, d.w.d, dwl.data_ptr()));
+  const cudnnStatus_t st =
+      cudnnConvolutionBackwardFilter(h, &one, d.x.d, x.data_ptr(), d.y.d, dy.data_ptr(), d.conv.d,
+                                     cudnnConvolutionBwdFilterAlgo_t(c.algo), ptr(ws), c.workspace, &zero, d.w.d,
+                                     dwl.data_ptr());
+  if (!ok_or_unsupported(st, "cudnnConvolutionBackwardFilter")) {
+    mark_unsupported(p, Dir::Filter, st);
+    return false;
+  }
   if (!dwl.same(dw)) copy_(dw, dwl);
   return true;
 }

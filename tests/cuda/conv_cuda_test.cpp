@@ -140,22 +140,35 @@ TEST(CudaConv, GenericStridedInputIsCopied) {
 
 TEST(CudaConv, OutputLayoutFollowsInput) {
   SD_REQUIRE_CUDA();
+  // Channels-last in, channels-last out; the upstream gradient is channels-last too (as in a
+  // channels-last network), and every gradient still matches the CPU's.
+  const Tensor w_cpu = random_tensor({16, 8, 3, 3}, DType::F32, 320, -0.2, 0.2);
+  const Tensor b_cpu = random_tensor({16}, DType::F32, 321);
+  const Tensor nhwc_cpu = random_tensor({2, 7, 5, 8}, DType::F32, 322);
+  const Tensor g_nhwc = random_tensor({2, 7, 5, 16}, DType::F32, 323);
+  auto run = [&](Device dev) {
+    std::vector<Tensor> leaves = {copy_to(nhwc_cpu, DType::F32, dev), copy_to(w_cpu, DType::F32, dev),
+                                  copy_to(b_cpu, DType::F32, dev)};
+    for (Tensor& t : leaves) t.set_requires_grad(true);
+    Tensor y = conv2d(permute(leaves[0], {0, 3, 1, 2}), leaves[1], leaves[2], {1, 1}, {1, 1});
+    autograd::backward(y, permute(copy_to(g_nhwc, DType::F32, dev), {0, 3, 1, 2}));
+    leaves.push_back(y);
+    return leaves;
+  };
+  const std::vector<Tensor> ref = run(Device::cpu());
   for (const auto& [bname, backend] : kBackends) {
     BackendScope scope(backend);
     SCOPED_TRACE(bname);
-    Tensor wg = copy_to(random_tensor({16, 8, 3, 3}, DType::F32, 320), DType::F16, Device::cuda());
-    wg.set_requires_grad(true);
-    Tensor nhwc = copy_to(random_tensor({2, 7, 5, 8}, DType::F32, 321), DType::F16, Device::cuda());
-    nhwc.set_requires_grad(true);
-    Tensor x = permute(nhwc, {0, 3, 1, 2});
-    Tensor y = conv2d(x, wg, Tensor(), {1, 1}, {1, 1});
+    const std::vector<Tensor> got = run(Device::cuda());
+    const Tensor& y = got[3];
     EXPECT_TRUE(cuda::is_channels_last_dense(y) && !y.is_contiguous()) << y.str();
-    autograd::backward(y, copy_to(random_tensor(y.shape(), DType::F32, 322), DType::F16, Device::cuda()));
-    EXPECT_TRUE(nhwc.grad().defined() && wg.grad().defined());
-    EXPECT_TRUE(wg.grad().is_contiguous());
+    EXPECT_LT(test::relative_error(y, ref[3]), 1e-5);
+    for (size_t i = 0; i < 3; ++i) EXPECT_LT(test::relative_error(got[i].grad(), ref[i].grad()), 1e-5) << "input " << i;
+    EXPECT_TRUE(got[1].grad().is_contiguous());
 
-    Tensor xn = copy_to(random_tensor({2, 8, 7, 5}, DType::F32, 323), DType::F16, Device::cuda());
-    Tensor yn = conv2d(xn, wg, Tensor(), {2, 2}, {1, 1});
+    const Tensor wg = copy_to(w_cpu, DType::F16, Device::cuda());
+    const Tensor x = permute(copy_to(nhwc_cpu, DType::F16, Device::cuda()), {0, 3, 1, 2});
+    Tensor yn = conv2d(copy_to(x, DType::F16, Device::cuda()), wg, Tensor(), {2, 2}, {1, 1});  // NCHW copy of x
     EXPECT_TRUE(yn.is_contiguous()) << yn.str();
     // The VAE's pad keeps channels-last, and so does the strided conv after it.
     Tensor yp = conv2d(pad2d(x, 0, 1, 0, 1), wg, Tensor(), {2, 2}, {0, 0});
