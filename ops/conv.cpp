@@ -2,11 +2,26 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/conv.h"
+#include "ops/cuda/conv.h"
+#include "ops/cuda/layout.h"
 #include "ops/op_common.h"
 #include "ops/reduce.h"
 #include "ops/view.h"
 
 namespace sd {
+
+#ifndef SD_WITH_CUDA
+// A CPU-only build has no GPU convolution; its controls exist so that callers (tests,
+// tools) need no #ifdef, and they do nothing.
+namespace cuda {
+void set_conv_backend(ConvBackend) {}
+ConvBackend conv_backend() { return ConvBackend::Auto; }
+bool cudnn_available() { return false; }
+void set_conv_benchmark(bool) {}
+void clear_conv_algo_cache() {}
+void set_conv_im2col_budget(int64_t) {}
+}  // namespace cuda
+#endif
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::array<int64_t, 2> stride,
               std::array<int64_t, 2> padding) {
@@ -28,10 +43,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::ar
   SD_CHECK(x.size(2) + 2 * padding[0] >= weight.size(2) && x.size(3) + 2 * padding[1] >= weight.size(3),
            "conv2d: kernel ", weight.str(), " is larger than the padded input ", x.str(), " (padding ", padding[0],
            ", ", padding[1], ")");
-  detail::check_cpu(op, {x, weight, bias});
 
   const cpu::Conv2dGeom g{stride[0], stride[1], padding[0], padding[1]};
-  Tensor out = cpu::conv2d(x, weight, bias, g);
+  Tensor out = SD_DISPATCH_DEVICE(x, cpu::conv2d(x, weight, bias, g), cuda::conv2d(x, weight, bias, g));
   if (auto node = autograd::make_node(op, {x, weight, bias})) {
     const bool need_x = node->needs_input_grad(0), need_w = node->needs_input_grad(1),
                need_b = node->needs_input_grad(2);
@@ -39,12 +53,18 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::ar
     node->save(need_w ? x : Tensor());
     node->save(need_x ? weight : Tensor());
     const Shape x_shape = x.shape(), w_shape = weight.shape();
+    // On the GPU, grad_x takes x's layout (channels-last or NCHW), like the forward output.
+    [[maybe_unused]] const bool x_channels_last = cuda::prefers_channels_last(x);
     node->backward = [=](Node& n, const std::vector<Tensor>& go) {
-      detail::check_cpu("conv2d backward", {go[0]});
+      const Tensor& gy = go[0];
       Tensor gx, gw, gb;
-      if (need_x) gx = cpu::conv2d_grad_input(go[0], n.saved[1], x_shape, g);
-      if (need_w) gw = cpu::conv2d_grad_weight(go[0], n.saved[0], w_shape, g);
-      if (need_b) gb = sum(go[0], {0, 2, 3});
+      if (need_x)
+        gx = SD_DISPATCH_DEVICE(gy, cpu::conv2d_grad_input(gy, n.saved[1], x_shape, g),
+                                cuda::conv2d_grad_input(gy, n.saved[1], x_shape, g, x_channels_last));
+      if (need_w)
+        gw = SD_DISPATCH_DEVICE(gy, cpu::conv2d_grad_weight(gy, n.saved[0], w_shape, g),
+                                cuda::conv2d_grad_weight(gy, n.saved[0], w_shape, g));
+      if (need_b) gb = sum(gy, {0, 2, 3});
       return std::vector<Tensor>{gx, gw, gb};
     };
     autograd::set_outputs(node, {out});
@@ -62,8 +82,15 @@ Tensor pad2d(const Tensor& x, int64_t left, int64_t right, int64_t top, int64_t 
   Shape shape = x.shape();
   shape[shape.size() - 2] = top + H + bottom;
   shape[shape.size() - 1] = left + W + right;
-  // The border from a fill, the interior a strided copy: both run on any device.
-  Tensor out = full(shape, value, x.dtype(), x.device());
+  // The border from a fill, the interior a strided copy: both run on any device. On the GPU
+  // a channels-last image stays channels-last (the VAE pads before its strided convs).
+  Tensor out;
+  if (x.is_cuda() && cuda::prefers_channels_last(x)) {
+    out = cuda::empty_image(shape, x.dtype(), x.device(), true);
+    fill_(out, value);
+  } else {
+    out = full(shape, value, x.dtype(), x.device());
+  }
   const Shape& st = out.strides();
   copy_(as_strided(out, x.shape(), st, top * st[st.size() - 2] + left * st.back()), x);
   if (is_floating(x.dtype())) {

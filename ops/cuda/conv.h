@@ -1,0 +1,48 @@
+// CUDA 2-d convolution (groups = 1, dilation = 1), the GPU side of ops/conv.h.
+//
+// Two backends compute the same thing. cuDNN (where the build found it): NCHW or
+// channels-last tensors are handed over as they are, f16/bf16 run on tensor cores with f32
+// accumulation, f32 without TF32 unless cuda::set_allow_tf32(true); the algorithm is picked
+// once per problem (shape, dtype, layout, direction) and cached. im2col + cuBLAS: the
+// fallback without cuDNN, and for f64, for problems cuDNN has no algorithm for, and for
+// tensors past cuDNN's 32-bit index range; it processes the batch in chunks so that the
+// column buffer stays within a budget.
+//
+// Layout: the output (and grad_input) is channels-last when the input x is a channels-last
+// view (see ops/cuda/layout.h), NCHW otherwise; inputs in any other strides are copied to
+// NCHW first. grad_weight is always a contiguous [O, C, kh, kw], like the weight.
+#pragma once
+#include <cstdint>
+
+#include "ops/cpu/conv.h"
+#include "runtime/tensor.h"
+
+namespace sd::cuda {
+
+// x [N, C, H, W], weight [O, C, kh, kw], bias [O] or undefined -> [N, O, Ho, Wo].
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const cpu::Conv2dGeom& g);
+// dL/dx [N, C, H, W] (channels-last when `channels_last`, the layout x had) from grad_out.
+Tensor conv2d_grad_input(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
+                         const cpu::Conv2dGeom& g, bool channels_last);
+// dL/dW [O, C, kh, kw], contiguous.
+Tensor conv2d_grad_weight(const Tensor& grad_out, const Tensor& x, const Shape& w_shape, const cpu::Conv2dGeom& g);
+
+// ---- backend controls (tests and benchmarks) ----
+enum class ConvBackend {
+  Auto,    // cuDNN where available (and it has an algorithm for the problem), else im2col
+  Im2col,  // always im2col + cuBLAS
+};
+// The initial backend is Im2col when the environment sets SD_CONV_IM2COL=1, else Auto.
+void set_conv_backend(ConvBackend b);
+ConvBackend conv_backend();
+// Whether this build links cuDNN and a cuDNN handle could be created.
+bool cudnn_available();
+// true: pick cuDNN algorithms by timing them (cudnnFind*Ex) instead of the heuristics
+// (cudnnGet*_v7). Initially set by SD_CUDNN_BENCHMARK=1. Clears the algorithm cache.
+void set_conv_benchmark(bool on);
+void clear_conv_algo_cache();
+// Bytes the im2col column buffer may take (the batch is chunked to fit, at least one image
+// per chunk); 0 restores the default (256 MiB).
+void set_conv_im2col_budget(int64_t bytes);
+
+}  // namespace sd::cuda

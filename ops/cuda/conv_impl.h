@@ -1,0 +1,47 @@
+// Internal interface between the conv2d entry points (conv.cu) and its two backends
+// (conv_cudnn.cu, conv_im2col.cu). Plain C++. Every tensor handed to a backend is dense in
+// the problem's layout (NCHW or channels-last, see layout.h), the weight a contiguous
+// [O, C, kh, kw], all on one GPU with one floating dtype.
+#pragma once
+#include <cstdint>
+
+#include "ops/cpu/conv.h"
+#include "runtime/tensor.h"
+
+namespace sd::cuda::conv_detail {
+
+struct Problem {
+  int64_t N, C, H, W;  // input [N, C, H, W]
+  int64_t O, kh, kw;   // weight [O, C, kh, kw]
+  int64_t Ho, Wo;      // output [N, O, Ho, Wo]
+  cpu::Conv2dGeom g;
+  bool channels_last;  // layout of input, output and their gradients
+  DType dtype;
+  int device;
+  int64_t K() const { return C * kh * kw; }
+  int64_t L() const { return Ho * Wo; }
+};
+
+Problem make_problem(const Shape& x, const Shape& w, const cpu::Conv2dGeom& g, bool channels_last, DType dtype,
+                     int device);
+
+// cuDNN backend: false when it cannot run this problem (not built in, no handle, f64, past
+// 32-bit sizes, no acceptable algorithm); the caller then uses im2col. Outputs are
+// preallocated in the problem's layout; grad_weight's `dw` is a contiguous [O, C, kh, kw].
+bool cudnn_usable();
+bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w, const Tensor& y);
+bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w, const Tensor& dx);
+bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw);
+void cudnn_set_benchmark(bool on);
+void cudnn_clear_cache();
+
+// im2col + cuBLAS backend: always runs. Same contracts.
+void im2col_forward(const Problem& p, const Tensor& x, const Tensor& w, const Tensor& y);
+void im2col_grad_input(const Problem& p, const Tensor& dy, const Tensor& w, const Tensor& dx);
+void im2col_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw);
+void im2col_set_budget(int64_t bytes);
+
+// y [N, O, Ho, Wo] (dense in the problem's layout) += bias [O] broadcast.
+void add_bias(const Problem& p, const Tensor& y, const Tensor& bias);
+
+}  // namespace sd::cuda::conv_detail
