@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/norm.h"
+#include "ops/cuda/norm.h"
 #include "ops/op_common.h"
 
 namespace sd {
@@ -27,9 +28,9 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
            " are not divisible by groups=", groups);
   check_param("group_norm", "weight", weight, C, x);
   check_param("group_norm", "bias", bias, C, x);
-  detail::check_cpu("group_norm", {x, weight, bias});
 
-  cpu::NormForward f = cpu::group_norm_forward(x, groups, weight, bias, eps, fuse_silu);
+  cpu::NormForward f = SD_DISPATCH_DEVICE(x, cpu::group_norm_forward(x, groups, weight, bias, eps, fuse_silu),
+                                          cuda::group_norm_forward(x, groups, weight, bias, eps, fuse_silu));
   if (auto node = autograd::make_node("group_norm", {x, weight, bias})) {
     const bool need_x = node->needs_input_grad(0), need_w = node->needs_input_grad(1),
                need_b = node->needs_input_grad(2);
@@ -39,8 +40,12 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
     node->save(weight);
     node->save(fuse_silu ? bias : Tensor());  // the pre-activation is recomputed for SiLU's derivative
     node->backward = [groups, fuse_silu, need_x, need_w, need_b](Node& n, const std::vector<Tensor>& go) {
-      cpu::NormGrads g = cpu::group_norm_backward(go[0], n.saved[0], n.saved[1], n.saved[2], n.saved[3], n.saved[4],
-                                                  groups, fuse_silu, need_x, need_w, need_b);
+      const std::vector<Tensor>& s = n.saved;
+      cpu::NormGrads g = SD_DISPATCH_DEVICE(s[0],
+                                            cpu::group_norm_backward(go[0], s[0], s[1], s[2], s[3], s[4], groups,
+                                                                     fuse_silu, need_x, need_w, need_b),
+                                            cuda::group_norm_backward(go[0], s[0], s[1], s[2], s[3], s[4], groups,
+                                                                      fuse_silu, need_x, need_w, need_b));
       return std::vector<Tensor>{g.dx, g.dweight, g.dbias};
     };
     autograd::set_outputs(node, {f.y});
@@ -55,9 +60,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   const int64_t D = x.size(-1);
   check_param("layer_norm", "weight", weight, D, x);
   check_param("layer_norm", "bias", bias, D, x);
-  detail::check_cpu("layer_norm", {x, weight, bias});
 
-  cpu::NormForward f = cpu::layer_norm_forward(x, weight, bias, eps);
+  cpu::NormForward f = SD_DISPATCH_DEVICE(x, cpu::layer_norm_forward(x, weight, bias, eps),
+                                          cuda::layer_norm_forward(x, weight, bias, eps));
   if (auto node = autograd::make_node("layer_norm", {x, weight, bias})) {
     const bool need_x = node->needs_input_grad(0), need_w = node->needs_input_grad(1),
                need_b = node->needs_input_grad(2);
@@ -66,8 +71,10 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
     node->save(f.rstd);
     node->save(weight);
     node->backward = [need_x, need_w, need_b](Node& n, const std::vector<Tensor>& go) {
+      const std::vector<Tensor>& s = n.saved;
       cpu::NormGrads g =
-          cpu::layer_norm_backward(go[0], n.saved[0], n.saved[1], n.saved[2], n.saved[3], need_x, need_w, need_b);
+          SD_DISPATCH_DEVICE(s[0], cpu::layer_norm_backward(go[0], s[0], s[1], s[2], s[3], need_x, need_w, need_b),
+                             cuda::layer_norm_backward(go[0], s[0], s[1], s[2], s[3], need_x, need_w, need_b));
       return std::vector<Tensor>{g.dx, g.dweight, g.dbias};
     };
     autograd::set_outputs(node, {f.y});
