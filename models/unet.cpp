@@ -62,7 +62,10 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& cfg) : config_(cfg)
     o.heads = cfg.attention_heads.back();
     o.cross_attention_dim = cfg.cross_attention_dim.back();
     if (cfg.mid_block_type == "UNetMidBlock2DCrossAttn") mid = std::make_shared<UNetMidBlock2DCrossAttn>(o);
-    else mid = std::make_shared<UNetMidBlock2D>(o, /*add_attention=*/false);
+    else {
+      o.num_layers = 0;  // diffusers' get_mid_block builds "UNetMidBlock2D" with num_layers 0: one resnet
+      mid = std::make_shared<UNetMidBlock2D>(o, /*add_attention=*/false);
+    }
   }
 
   // Up: block i works at the resolution of down block n-1-i; its last resnet's skip comes from

@@ -132,21 +132,23 @@ Tensor UNetMidBlock2DCrossAttn::forward(const Tensor& x, const BlockContext& ctx
 
 UNetMidBlock2D::UNetMidBlock2D(const UNetBlockOptions& o, bool add_attention, int64_t attention_head_dim) {
   const int64_t c = o.in_channels;
-  const int64_t layers = add_attention ? o.num_layers : 0;  // the UNet's "UNetMidBlock2D" passes num_layers 0
   const int64_t head_dim = attention_head_dim > 0 ? attention_head_dim : c;
+  // diffusers adds one resnet per layer whether or not that layer has an attention.
   std::vector<std::shared_ptr<ResnetBlock2D>> rs{make_resnet(o, c, c)};
-  for (int64_t i = 0; i < layers; ++i) {
-    AttentionOptions a;
-    a.query_dim = c;
-    a.heads = c / head_dim;
-    a.dim_head = head_dim;
-    a.bias = true;
-    a.upcast_softmax = true;
-    a.norm_num_groups = o.resnet_groups;
-    a.eps = o.resnet_eps;
-    a.residual_connection = true;
-    a.rescale_output_factor = o.output_scale_factor;
-    attentions.push_back(register_module("attentions." + std::to_string(i), std::make_shared<Attention>(a)));
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    if (add_attention) {
+      AttentionOptions a;
+      a.query_dim = c;
+      a.heads = c / head_dim;
+      a.dim_head = head_dim;
+      a.bias = true;
+      a.upcast_softmax = true;
+      a.norm_num_groups = o.resnet_groups;
+      a.eps = o.resnet_eps;
+      a.residual_connection = true;
+      a.rescale_output_factor = o.output_scale_factor;
+      attentions.push_back(register_module("attentions." + std::to_string(i), std::make_shared<Attention>(a)));
+    }
     rs.push_back(make_resnet(o, c, c));
   }
   for (size_t i = 0; i < rs.size(); ++i) resnets.push_back(register_module("resnets." + std::to_string(i), rs[i]));
@@ -155,9 +157,9 @@ UNetMidBlock2D::UNetMidBlock2D(const UNetBlockOptions& o, bool add_attention, in
 Tensor UNetMidBlock2D::forward(const Tensor& x, const BlockContext& ctx) const {
   SD_NVTX_RANGE("UNetMidBlock2D");
   Tensor h = run_resnet(*resnets[0], x, ctx);
-  for (size_t i = 0; i < attentions.size(); ++i) {
-    h = attentions[i]->forward(h);
-    h = run_resnet(*resnets[i + 1], h, ctx);
+  for (size_t i = 1; i < resnets.size(); ++i) {
+    if (!attentions.empty()) h = attentions[i - 1]->forward(h);
+    h = run_resnet(*resnets[i], h, ctx);
   }
   return h;
 }

@@ -96,10 +96,10 @@ class UNetMidBlock2DCrossAttn : public UNetMidBlock {
   std::vector<std::shared_ptr<Transformer2DModel>> attentions;
 };
 
-// add_attention false: just resnets.0 (what the UNet's "UNetMidBlock2D" builds, num_layers 0).
-// add_attention true: resnets.0, then per layer attentions.{j} (Attention with group_norm,
-// residual, rescale by output_scale_factor, heads = C / attention_head_dim, q/k/v biases) and
-// resnets.{j+1}: the VAE's mid block.
+// resnets.0, then per layer (num_layers) attentions.{j} when add_attention (Attention with
+// group_norm, residual, rescale by output_scale_factor, heads = C / attention_head_dim, q/k/v
+// biases) and resnets.{j+1}. The VAE's mid block has 1 layer with attention; the UNet's
+// "UNetMidBlock2D" (SSD-1B) has 0 layers, i.e. one resnet.
 class UNetMidBlock2D : public UNetMidBlock {
  public:
   UNetMidBlock2D(const UNetBlockOptions& o, bool add_attention, int64_t attention_head_dim = 0 /* = C */);

@@ -241,6 +241,12 @@ TEST(UNetBlocks, VaeSidePathsMatchDiffusers) {
   UNetMidBlock2D mid(o, /*add_attention=*/true, /*attention_head_dim=*/8);
   EXPECT_EQ(mid.attentions.at(0)->opt.heads, 2);
   check(mid, "mid", [&](const Tensor& x) { return mid.forward(x, BlockContext{}); });
+  // Without attention (the VAE's mid_block_add_attention false) each layer still adds a resnet.
+  UNetMidBlock2D plain(o, /*add_attention=*/false);
+  EXPECT_EQ(plain.resnets.size(), 2u);
+  EXPECT_TRUE(plain.attentions.empty());
+  o.num_layers = 0;
+  EXPECT_EQ(UNetMidBlock2D(o, false).resnets.size(), 1u);
   // The temb contract of ResnetBlock2D.
   EXPECT_THROW(resnet.forward(f.get("resnet_in"), zeros({2, 4})), Error);
 }
@@ -367,13 +373,14 @@ TEST(GradUNet, CheckpointingGivesTheSameGradients) {
   MinusculeInputs in;
   Tensor weights = test::random_tensor({1, 4, 3, 3}, DType::F64, 40);
   int checkpoint_nodes = 0;
-  auto grads = [&](bool ckpt) {
+  // inputs_grad false is the training case: only the parameters want gradients.
+  auto grads = [&](bool ckpt, bool inputs_grad) {
     m.gradient_checkpointing = ckpt;
     for (auto& [k, p] : m.named_parameters()) p->slot->zero_grad();
     Tensor x = detach(in.sample);
-    x.set_requires_grad(true);
+    x.set_requires_grad(inputs_grad);
     Tensor ctx = detach(in.context);
-    ctx.set_requires_grad(true);
+    ctx.set_requires_grad(inputs_grad);
     Tensor out = m.forward(x, in.timestep, ctx, {in.text_embeds, in.time_ids}, in.cond);
     // Count the recomputation nodes on the tape.
     checkpoint_nodes = 0;
@@ -387,18 +394,21 @@ TEST(GradUNet, CheckpointingGivesTheSameGradients) {
       for (const Edge& e : n->next) todo.push_back(e.node);
     }
     autograd::backward(sum_all(out * weights));
-    std::vector<Tensor> g{x.grad(), ctx.grad()};
+    std::vector<Tensor> g;
+    if (inputs_grad) g = {x.grad(), ctx.grad()};
     for (auto& [k, p] : m.named_parameters()) g.push_back(p->slot->grad());
     return g;
   };
-  const auto plain = grads(false);
-  EXPECT_EQ(checkpoint_nodes, 0);
-  const auto ckpt = grads(true);
-  EXPECT_EQ(checkpoint_nodes, 8 + 4);  // every resnet (8) and transformer block (4)
-  ASSERT_EQ(plain.size(), ckpt.size());
-  for (size_t i = 0; i < plain.size(); ++i) {
-    ASSERT_TRUE(plain[i].defined() && ckpt[i].defined()) << "gradient " << i;
-    EXPECT_TRUE(test::all_close(ckpt[i], plain[i], 1e-12, 1e-14)) << "gradient " << i;
+  for (bool inputs_grad : {true, false}) {
+    const auto plain = grads(false, inputs_grad);
+    EXPECT_EQ(checkpoint_nodes, 0);
+    const auto ckpt = grads(true, inputs_grad);
+    EXPECT_EQ(checkpoint_nodes, 8 + 4);  // every resnet (8) and transformer block (4)
+    ASSERT_EQ(plain.size(), ckpt.size());
+    for (size_t i = 0; i < plain.size(); ++i) {
+      ASSERT_TRUE(plain[i].defined() && ckpt[i].defined()) << "gradient " << i << " inputs_grad " << inputs_grad;
+      EXPECT_TRUE(test::all_close(ckpt[i], plain[i], 1e-12, 1e-14)) << "gradient " << i << " inputs_grad " << inputs_grad;
+    }
   }
 }
 
