@@ -213,7 +213,11 @@ std::shared_ptr<UNet2DConditionModel> UNet2DConditionModel::from_pretrained(cons
   LoadOptions opt;
   opt.dtype = dtype;
   opt.device = device;
-  model->load(*SafetensorsSource::open(find_diffusers_weights(dir, variant)), opt);
+  const auto src = SafetensorsSource::open(find_diffusers_weights(dir, variant));
+  const LoadReport report = model->load(*src, opt);
+  // The config determines every parameter: a tensor nothing uses means file and config disagree.
+  SD_CHECK(report.unexpected.empty(), "UNet weights ", src->describe(), " do not match ", dir,
+           "/config.json: ", report.str());
   return model;
 }
 

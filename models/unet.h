@@ -32,7 +32,8 @@ class UNet2DConditionModel : public Module {
 
   // A diffusers unet/ folder: config.json plus diffusion_pytorch_model[.variant].safetensors,
   // or its shard index diffusion_pytorch_model.safetensors.index[.variant].json. Weights are
-  // converted to `dtype` on `device` while loading; every parameter must be present.
+  // converted to `dtype` on `device` while loading; every parameter must be present and every
+  // tensor of the file used.
   static std::shared_ptr<UNet2DConditionModel> from_pretrained(const std::string& dir, DType dtype = DType::F32,
                                                                Device device = Device::cpu(),
                                                                const std::string& variant = "");

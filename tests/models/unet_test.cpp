@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -306,6 +307,20 @@ TEST(GoldenUNet, WrongInputsAreClearErrors) {
   // The fp16 variant is the only file of sd1: asking for the plain name lists what was looked for.
   const std::string msg = error_of([] { UNet2DConditionModel::from_pretrained(test::unet_golden_dir("sd1")); });
   EXPECT_NE(msg.find("diffusion_pytorch_model.safetensors"), std::string::npos) << msg;
+  // A weight file with a tensor the config does not build is rejected, naming the tensor.
+  {
+    const std::string dir = std::string(::testing::TempDir()) + "unet_extra_key";
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(test::unet_golden_dir("lcm") + "/config.json", dir + "/config.json",
+                               std::filesystem::copy_options::overwrite_existing);
+    auto lcm = UNet2DConditionModel::from_pretrained(test::unet_golden_dir("lcm"));
+    auto tensors = lcm->state_dict();
+    tensors.emplace_back("class_embedding.linear_1.weight", zeros({4, 4}));
+    save_safetensors(dir + "/diffusion_pytorch_model.safetensors", tensors);
+    EXPECT_NE(error_of([&] { UNet2DConditionModel::from_pretrained(dir); }).find("class_embedding.linear_1.weight"),
+              std::string::npos);
+    std::filesystem::remove_all(dir);
+  }
   // A [1] timestep broadcasts over the batch like a scalar.
   Tensor one = m->forward(s, slice(t, 0, 0, 1), e, added);
   Tensor both = m->forward(s, full({2}, t.to_vector()[0]), e, added);
