@@ -44,6 +44,15 @@ std::vector<std::pair<std::string, Module::Param*>> Module::named_parameters(con
   return out;
 }
 
+std::vector<std::pair<std::string, Module*>> Module::named_modules(const std::string& name) {
+  std::vector<std::pair<std::string, Module*>> out{{name, this}};
+  for (auto& [child_name, m] : children_) {
+    auto sub = m->named_modules(name.empty() ? child_name : name + "." + child_name);
+    out.insert(out.end(), sub.begin(), sub.end());
+  }
+  return out;
+}
+
 std::vector<std::pair<std::string, Tensor>> Module::state_dict() {
   std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, p] : named_parameters())

@@ -50,6 +50,9 @@ class Module {
   // Every parameter below this module, with its full dotted name.
   std::vector<std::pair<std::string, Param*>> named_parameters(const std::string& prefix = "");
   std::vector<std::pair<std::string, Tensor>> state_dict();
+  // This module (named `name`) and every module below it, parents before children, with full
+  // dotted names ("down_blocks.0.resnets.1.conv1"): how adapters find the layers they attach to.
+  std::vector<std::pair<std::string, Module*>> named_modules(const std::string& name = "");
   LoadReport load(const TensorSource& src, const LoadOptions& opt = {}, const std::string& prefix = "");
   // Deterministic initialisation (Philox stream `seed`, one offset per parameter).
   void init_parameters(uint64_t seed, DType dtype = DType::F32, Device device = Device::cpu());
