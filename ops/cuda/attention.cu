@@ -243,9 +243,26 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
     p.delta = static_cast<const float*>(delta.data_ptr());
+    // Few key tiles (cross-attention) would leave most SMs idle: split the queries too.
+    const int64_t key_blocks = (Lk + 63) / 64, q_tiles = (Lq + 63) / 64;
+    int sms = 0;
+    SD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index));
+    const int64_t want = (2 * int64_t(sms) + key_blocks * B * H - 1) / (key_blocks * B * H);
+    p.q_splits = int(std::clamp<int64_t>(want, 1, std::min<int64_t>(q_tiles, 64)));
+    Tensor dk_acc, dv_acc;
+    if (p.q_splits > 1) {
+      dk_acc = zeros({B, H, Lk, D}, DType::F32, q.device());
+      dv_acc = zeros({B, H, Lk, Dv}, DType::F32, q.device());
+      p.dk_acc = static_cast<float*>(dk_acc.data_ptr());
+      p.dv_acc = static_cast<float*>(dv_acc.data_ptr());
+    }
     flash_backward(p, q.dtype());
     Tensor dq = empty({B, H, Lq, D}, q.dtype(), q.device());
     convert_dq(static_cast<const float*>(dq_acc.data_ptr()), dq.data_ptr(), dq.numel(), q.dtype());
+    if (p.q_splits > 1) {
+      convert_dq(static_cast<const float*>(dk_acc.data_ptr()), dk.data_ptr(), dk.numel(), q.dtype());
+      convert_dq(static_cast<const float*>(dv_acc.data_ptr()), dv.data_ptr(), dv.numel(), q.dtype());
+    }
     return {dq, dk, dv};
   }
   Tensor dk_acc = zeros({B, H, Lk, D}, acc_dtype, q.device());

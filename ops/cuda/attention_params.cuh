@@ -35,6 +35,9 @@ struct AttnParams {
   void* dk;           // [B, H, Lk, D] (flash: element type, plain: accumulator type)
   void* dv;           // [B, H, Lk, Dv]
   const float* delta; // [B, H, Lq]: rowsum(dO * O), flash backward only
+  int q_splits = 1;   // flash backward: blocks sharing one key tile's query range
+  float* dk_acc = nullptr;  // flash backward with q_splits > 1: f32 [B, H, Lk, D] (zeroed)
+  float* dv_acc = nullptr;
 };
 
 }  // namespace sd::cuda

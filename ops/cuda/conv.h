@@ -38,7 +38,8 @@ ConvBackend conv_backend();
 // Whether this build links cuDNN and a cuDNN handle could be created.
 bool cudnn_available();
 // true: pick cuDNN algorithms by timing them (cudnnFind*Ex) instead of the heuristics
-// (cudnnGet*_v7). Initially set by SD_CUDNN_BENCHMARK=1. Clears the algorithm cache.
+// (cudnnGet*_v7). On by default (each shape is timed once, then cached); SD_CUDNN_BENCHMARK=0
+// starts with the heuristics instead. Clears the algorithm cache.
 void set_conv_benchmark(bool on);
 void clear_conv_algo_cache();
 // Bytes the im2col column buffer may take (the batch is chunked to fit, at least one image

@@ -23,6 +23,14 @@ constexpr int kBlockK = 64;    // keys per tile
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// 2^x on the special-function unit (flush-to-zero; 2^-inf = 0). exp2f() adds range
+// handling around the same instruction, which costs more than the exponent itself here.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float mask_value(const AttnParams& p, int b, int h, int q, int key, bool& keep) {
   const int64_t off = b * p.mb + h * p.mh + q * p.mq + key * p.mk;
   if (p.mask_kind == 2) {
@@ -129,30 +137,43 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(AttnParams p) {
     }
 
     // Online softmax in base 2: scores scaled by scale*log2(e), running max m and sum l.
-    float mx[2] = {m[0], m[1]};
+    // Tiles with nothing masked (no mask, not causal, all keys valid) skip the per-element
+    // checks: the max is taken on raw scores and the scale folds into one FMA before exp2.
+    const bool plain = !p.causal && p.mask_kind == 0 && (j + 1) * kBlockK <= p.Lk;
+    const float mul = plain ? scale_log2 : 1.f;
+    float mx[2] = {-INFINITY, -INFINITY};
+    if (plain) {
 #pragma unroll
-    for (int nt = 0; nt < NT_S; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = j * kBlockK + nt * 8 + t4 * 2 + (e & 1);
-        const float v = masked_score(p, s[nt][e] * scale_log2, b, h, e < 2 ? row0 : row1, key);
-        s[nt][e] = v;
-        mx[e / 2] = fmaxf(mx[e / 2], v);
+      for (int nt = 0; nt < NT_S; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
       }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j * kBlockK + nt * 8 + t4 * 2 + (e & 1);
+          const float v = masked_score(p, s[nt][e] * scale_log2, b, h, e < 2 ? row0 : row1, key);
+          s[nt][e] = v;
+          mx[e / 2] = fmaxf(mx[e / 2], v);
+        }
+    }
     float mref[2], corr[2], rowsum[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      mx[i] = fmaxf(m[i], mx[i] * mul);            // in scaled units (scale > 0)
       mref[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing unmasked yet stays at 0
-      corr[i] = exp2f(m[i] - mref[i]);
+      corr[i] = fast_exp2(m[i] - mref[i]);
       m[i] = mx[i];
     }
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float pv = exp2f(s[nt][e] - mref[e / 2]);
+        const float pv = fast_exp2(fmaf(s[nt][e], mul, -mref[e / 2]));
         s[nt][e] = pv;
         rowsum[e / 2] += pv;
       }
@@ -262,7 +283,12 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
   // With a causal mask, query tiles that end before this key tile contribute nothing.
   const int first_q_tile = p.causal ? k0 / kBlockQB : 0;
   const int nq = (p.Lq + kBlockQB - 1) / kBlockQB;
-  for (int qi = first_q_tile; qi < nq; ++qi) {
+  // With few key tiles (cross-attention: 77 keys) the query tiles are split over gridDim.z
+  // blocks so the GPU fills up; their dK/dV partials then meet in f32 accumulators.
+  const int per_split = (nq - first_q_tile + int(gridDim.z) - 1) / int(gridDim.z);
+  const int q_begin = first_q_tile + int(blockIdx.z) * per_split;
+  const int q_end = min(nq, q_begin + per_split);
+  for (int qi = q_begin; qi < q_end; ++qi) {
     const int q0 = qi * kBlockQB;
     __syncthreads();  // the previous tile's Qs/dOs/dSs are no longer read
     load_tile_async<T, DP, LDS>(Qs, qbase, p.qs.l, q0, p.Lq, p.D);
@@ -292,16 +318,24 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
         mma_16816<T>(s[2 * np + 1], a, r[2], r[3]);
       }
     }
-    // P^T = exp(S^T * scale - LSE), recomputed from the saved log-sum-exp.
+    // P^T = exp(S^T * scale - LSE), recomputed from the saved log-sum-exp; tiles with nothing
+    // masked skip the per-element checks.
+    if (!p.causal && p.mask_kind == 0 && k0 + kBlockK <= p.Lk && q0 + kBlockQB <= p.Lq) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + t4 * 2 + (e & 1);
-        const int key = key_row0 + (e >= 2 ? 8 : 0);
-        const float v = masked_score(p, s[nt][e] * scale_log2, b, h, q0 + c, key);
-        s[nt][e] = v == -INFINITY ? 0.f : exp2f(v - lse2_s[c]);
-      }
+        for (int e = 0; e < 4; ++e) s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, -lse2_s[nt * 8 + t4 * 2 + (e & 1)]));
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + t4 * 2 + (e & 1);
+          const int key = key_row0 + (e >= 2 ? 8 : 0);
+          const float v = masked_score(p, s[nt][e] * scale_log2, b, h, q0 + c, key);
+          s[nt][e] = v == -INFINITY ? 0.f : fast_exp2(v - lse2_s[c]);
+        }
+    }
     // dV += P^T dO
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -383,9 +417,12 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
     }
   }
 
-  // dK and dV of this block's keys: [B, H, Lk, D] contiguous outputs.
+  // dK and dV of this block's keys: [B, H, Lk, D] contiguous outputs (or f32 accumulators
+  // when the query range was split).
   T* dkb = static_cast<T*>(p.dk) + int64_t(bh) * p.Lk * p.D;
   T* dvb = static_cast<T*>(p.dv) + int64_t(bh) * p.Lk * p.D;
+  float* dka = p.dk_acc ? p.dk_acc + int64_t(bh) * p.Lk * p.D : nullptr;
+  float* dva = p.dv_acc ? p.dv_acc + int64_t(bh) * p.Lk * p.D : nullptr;
 #pragma unroll
   for (int nt = 0; nt < NT_D; ++nt) {
     const int col = nt * 8 + t4 * 2;
@@ -393,8 +430,16 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
     for (int half = 0; half < 2; ++half) {
       const int key = key_row0 + half * 8;
       if (key >= p.Lk) continue;
-      *reinterpret_cast<uint32_t*>(dkb + int64_t(key) * p.D + col) = pack2<T>(dk[nt][2 * half], dk[nt][2 * half + 1]);
-      *reinterpret_cast<uint32_t*>(dvb + int64_t(key) * p.D + col) = pack2<T>(dv[nt][2 * half], dv[nt][2 * half + 1]);
+      const int64_t off = int64_t(key) * p.D + col;
+      if (dka) {
+        atomicAdd(dka + off, dk[nt][2 * half]);
+        atomicAdd(dka + off + 1, dk[nt][2 * half + 1]);
+        atomicAdd(dva + off, dv[nt][2 * half]);
+        atomicAdd(dva + off + 1, dv[nt][2 * half + 1]);
+      } else {
+        *reinterpret_cast<uint32_t*>(dkb + off) = pack2<T>(dk[nt][2 * half], dk[nt][2 * half + 1]);
+        *reinterpret_cast<uint32_t*>(dvb + off) = pack2<T>(dv[nt][2 * half], dv[nt][2 * half + 1]);
+      }
     }
   }
 }
@@ -423,7 +468,7 @@ template <class T, int DP>
 void launch_bwd(const AttnParams& p) {
   const size_t smem = bwd_smem_bytes(DP);
   SD_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  dim3 grid((p.Lk + kBlockK - 1) / kBlockK, p.B * p.H);
+  dim3 grid((p.Lk + kBlockK - 1) / kBlockK, p.B * p.H, p.q_splits);
   flash_bwd_kernel<T, DP><<<grid, kThreads, smem, stream()>>>(p);
   SD_CUDA_CHECK_LAUNCH("flash_bwd_kernel");
 }

@@ -114,7 +114,9 @@ TEST(CudaNorm, GroupNormOddShapes) {
   SD_REQUIRE_CUDA();
   const std::pair<Shape, int64_t> shapes[] = {{{2, 6, 7, 5}, 3},  {{3, 6, 11}, 3},     {{3, 6}, 2},
                                               {{1, 4, 3, 3}, 4},  {{2, 16, 4, 8}, 2},  {{2, 24, 5, 3, 2}, 6},
-                                              {{1, 10, 1, 1}, 5}, {{2, 64, 9, 9}, 32}};
+                                              {{1, 10, 1, 1}, 2}, {{2, 64, 9, 9}, 32}};
+  // (Not 2 elements per group: there x-hat is exactly +-1 whatever x is, dx is 0 up to eps, and
+  // both devices return rounding noise that a relative comparison cannot judge.)
   int i = 0;
   for (const auto& [shape, G] : shapes)
     for (int variant = 0; variant < 8; ++variant)
