@@ -46,6 +46,7 @@ for sel in "-L ^cuda$" "-LE ^cuda$"; do
 done
 
 # Benchmarks: ours and PyTorch's on the same cases, same card, same run.
+row "pytorch" "$(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1 | tail -1)"
 t1=$(date +%s)
 "$BUILD/bench/sd_bench_gpu" --cases bench/gpu/cases.txt > "$LOG/ours.csv" 2> "$LOG/ours.err"
 python3 bench/pytorch/ops.py --cases bench/gpu/cases.txt > "$LOG/torch.csv" 2> "$LOG/torch.err"
