@@ -53,6 +53,10 @@ python3 bench/pytorch/ops.py --cases bench/gpu/cases.txt > "$LOG/torch.csv" 2> "
 python3 bench/compare.py "$LOG/ours.csv" "$LOG/torch.csv" > "$LOG/compare.txt" 2>&1
 row "benchmarks" "$(( $(date +%s) - t1 )) s ($(grep -c . "$LOG/ours.err") error lines from ours)"
 
+# Goldens that need a GPU to make: torch's CUDA randn for a few seeds (sd_infer --rng torch-cuda).
+python3 tests/golden/record_torch_cuda_randn.py "$LOG/torch_cuda_randn.safetensors" > "$LOG/torch_randn.log" 2>&1 \
+  && row "torch cuda randn golden" "recorded" || row "torch cuda randn golden" "FAILED (see torch_randn.log)"
+
 row "total wall time" "$(( $(date +%s) - t0 )) s"
 echo
 echo "==== sd gpu_check ($(date -u +%Y-%m-%d)) ===="
