@@ -160,7 +160,13 @@ std::string unet_config_json(ModelFamily family, Prediction prediction, const Ke
   j["cross_attention_dim"] = cross;
   j["use_linear_projection"] = linear_proj;
   j["attention_head_dim"] = heads_for(family, channels);
-  j["transformer_layers_per_block"] = compact(depth);
+  // One depth shared by every level with attention is written as that number (the refiner's 4);
+  // levels without attention ignore it.
+  std::vector<int64_t> attn_depth;
+  for (int i = 0; i < levels; ++i)
+    if (down_types[size_t(i)] == "CrossAttnDownBlock2D") attn_depth.push_back(depth[size_t(i)]);
+  const json compact_attn = compact(attn_depth);
+  j["transformer_layers_per_block"] = !attn_depth.empty() && compact_attn.is_number() ? compact_attn : json(depth);
   if (reverse_needed) j["reverse_transformer_layers_per_block"] = reverse;
   if (has_prefix(keys, "mid_block.attentions.")) {
     j["mid_block_type"] = "UNetMidBlock2DCrossAttn";

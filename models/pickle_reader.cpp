@@ -158,7 +158,8 @@ class Machine {
     p_ = nl + 1;
     return s;
   }
-  int64_t parse_int_line(const std::string& text) {
+  // A protocol-0 integer line; nullopt when it is a valid integer beyond 64 bits.
+  std::optional<int64_t> parse_int_line(const std::string& text) {
     std::string t = text;
     if (!t.empty() && t.back() == 'L') t.pop_back();  // protocol-0 LONG
     if (t == "00") return 0;                          // INT spellings of False/True
@@ -169,12 +170,16 @@ class Machine {
     unsigned __int128 v = 0;
     for (; i < t.size(); ++i) {
       if (t[i] < '0' || t[i] > '9') fail("bad integer '", text, "'");
-      v = v * 10 + unsigned(t[i] - '0');
-      if (v > (unsigned __int128)INT64_MAX + 1) fail("integer '", text, "' does not fit in 64 bits");
+      if (v <= (unsigned __int128)INT64_MAX + 1) v = v * 10 + unsigned(t[i] - '0');
     }
+    if (v > (unsigned __int128)INT64_MAX + (t[0] == '-' ? 1 : 0)) return std::nullopt;
     if (t[0] == '-') return v == (unsigned __int128)INT64_MAX + 1 ? INT64_MIN : -int64_t(v);
-    if (v > (unsigned __int128)INT64_MAX) fail("integer '", text, "' does not fit in 64 bits");
     return int64_t(v);
+  }
+  uint64_t memo_index(const std::string& text) {
+    const std::optional<int64_t> v = parse_int_line(text);
+    if (!v || *v < 0) fail("bad memo index '", text, "'");
+    return uint64_t(*v);
   }
 
   // ---- stack
@@ -231,16 +236,22 @@ class Machine {
     if (it == memo_.end()) fail("memo entry ", idx, " was never stored");
     return it->second;
   }
+  ValuePtr big_integer(std::string digits) {
+    auto v = make(Kind::Int);
+    v->big = true;
+    v->s = std::move(digits);
+    return v;
+  }
   ValuePtr long_bytes(const char* b, uint64_t n) {
-    // Little-endian two's complement of n bytes; anything wider than 64 bits must be a sign extension.
+    // Little-endian two's complement of n bytes; wider than 64 bits only by sign extension, or big.
     if (n == 0) return integer(0);
     const bool neg = uint8_t(b[n - 1]) & 0x80;
     for (uint64_t i = 8; i < n; ++i)
-      if (uint8_t(b[i]) != (neg ? 0xFF : 0x00)) fail("integer of ", n, " bytes does not fit in 64 bits");
+      if (uint8_t(b[i]) != (neg ? 0xFF : 0x00)) return big_integer(std::string(b, size_t(n)));
     uint64_t v = neg ? ~uint64_t(0) : 0;
     for (uint64_t i = std::min<uint64_t>(n, 8); i-- > 0;) v = (v << 8) | uint8_t(b[i]);
     if (n < 8 && neg) v |= ~uint64_t(0) << (8 * n);
-    if (n >= 8 && ((v >> 63) != 0) != neg) fail("integer of ", n, " bytes does not fit in 64 bits");
+    if (n >= 8 && ((v >> 63) != 0) != neg) return big_integer(std::string(b, size_t(n)));
     return integer(int64_t(v));
   }
 
@@ -248,18 +259,21 @@ class Machine {
     if (kv.size() % 2) fail("SETITEMS with an odd number of items");
     if (target->is(Kind::Object)) return;  // an opaque object's __setitem__: never run
     if (!target->is(Kind::Dict)) fail("SETITEM(S) on ", target->describe());
+    // Later assignments to a str/int key replace earlier ones, as in a Python dict (an index per
+    // dict keeps this linear for state dicts of thousands of entries).
+    auto& index = dict_index_[target.get()];
     for (size_t i = 0; i < kv.size(); i += 2) {
       const ValuePtr& k = kv[i];
-      // Later assignments replace earlier ones, as in a Python dict.
-      bool replaced = false;
-      if (k->is(Kind::String) || k->is(Kind::Int))
-        for (auto& [ek, ev] : target->dict)
-          if (ek->kind == k->kind && ek->s == k->s && ek->i == k->i) {
-            ev = kv[i + 1];
-            replaced = true;
-            break;
-          }
-      if (!replaced) target->dict.emplace_back(k, kv[i + 1]);
+      if (k->is(Kind::String) || k->is(Kind::Int)) {
+        std::string id(1, k->is(Kind::String) ? 's' : k->big ? 'b' : 'i');
+        id.append(k->is(Kind::Int) && !k->big ? std::to_string(k->i) : k->s);
+        auto [it, inserted] = index.emplace(std::move(id), target->dict.size());
+        if (!inserted) {
+          target->dict[it->second].second = kv[i + 1];
+          continue;
+        }
+      }
+      target->dict.emplace_back(k, kv[i + 1]);
     }
   }
   void append_items(const ValuePtr& target, std::vector<ValuePtr> items) {
@@ -280,10 +294,11 @@ class Machine {
   std::vector<ValuePtr> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, ValuePtr> memo_;
+  std::unordered_map<const Value*, std::unordered_map<std::string, size_t>> dict_index_;
 };
 
 int64_t as_int(const ValuePtr& v, const char* what, const std::string& where) {
-  SD_CHECK(v && v->is(Kind::Int), "pickle: ", where, ": ", what, " must be an int, got ", v ? v->describe() : "null");
+  SD_CHECK(v && v->is(Kind::Int) && !v->big, "pickle: ", where, ": ", what, " must be an int, got ", v ? v->describe() : "null");
   return v->i;
 }
 
@@ -422,19 +437,19 @@ ValuePtr Machine::run() {
       case BININT: push(integer(int32_t(uint32_t(le(4))))); break;
       case BININT1: push(integer(int64_t(le(1)))); break;
       case BININT2: push(integer(int64_t(le(2)))); break;
-      case INT: {
+      case INT:
+      case LONG: {
         const std::string t = line();
-        const int64_t v = parse_int_line(t);
-        if (t == "00" || t == "01") {
+        const std::optional<int64_t> v = parse_int_line(t);
+        if (op == INT && (t == "00" || t == "01")) {
           auto b = make(Kind::Bool);
-          b->b = v != 0;
+          b->b = t == "01";
           push(b);
         } else {
-          push(integer(v));
+          push(v ? integer(*v) : big_integer(t));
         }
         break;
       }
-      case LONG: push(integer(parse_int_line(line()))); break;
       case LONG1: {
         const uint64_t n = le(1);
         push(long_bytes(take(n), n));
@@ -571,11 +586,11 @@ ValuePtr Machine::run() {
         break;
       }
 
-      case PUT: memo_put(uint64_t(parse_int_line(line()))); break;
+      case PUT: memo_put(memo_index(line())); break;
       case BINPUT: memo_put(le(1)); break;
       case LONG_BINPUT: memo_put(le(4)); break;
       case MEMOIZE: memo_put(memo_.size()); break;
-      case GET: push(memo_get(uint64_t(parse_int_line(line())))); break;
+      case GET: push(memo_get(memo_index(line()))); break;
       case BINGET: push(memo_get(le(1))); break;
       case LONG_BINGET: push(memo_get(le(4))); break;
 
@@ -677,7 +692,7 @@ ValuePtr Value::get(const std::string& key) const {
 std::string Value::describe() const {
   switch (kind) {
     case Kind::String: return "str '" + (s.size() > 40 ? s.substr(0, 40) + "..." : s) + "'";
-    case Kind::Int: return "int " + std::to_string(i);
+    case Kind::Int: return big ? "int (beyond 64 bits)" : "int " + std::to_string(i);
     case Kind::List:
     case Kind::Tuple: return std::string(kind_name(kind)) + "(" + std::to_string(items.size()) + ")";
     case Kind::Dict: return "dict(" + std::to_string(dict.size()) + ")";

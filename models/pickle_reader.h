@@ -47,6 +47,9 @@ struct Value {
   Kind kind = Kind::None;
   bool b = false;
   int64_t i = 0;
+  // An int beyond 64 bits (Python ints are unbounded): `i` is 0 and `s` holds its digits as the
+  // pickle gave them (little-endian two's complement bytes, or decimal text). Never a size.
+  bool big = false;
   double f = 0;
   std::string s;                                     // String / Bytes; Global and Object: "module.name"
   std::vector<ValuePtr> items;                       // List, Tuple

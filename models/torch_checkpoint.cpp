@@ -60,7 +60,8 @@ TorchCheckpoint load_torch_checkpoint(const std::string& path) {
     // ('storage', StorageType, key, location, numel)
     SD_CHECK(pid.is(pickle::Kind::Tuple) && pid.items.size() == 5 && pid.items[0]->is(pickle::Kind::String) &&
                  pid.items[0]->s == "storage" && pid.items[1]->is(pickle::Kind::Global) &&
-                 pid.items[2]->is(pickle::Kind::String) && pid.items[4]->is(pickle::Kind::Int),
+                 pid.items[2]->is(pickle::Kind::String) && pid.items[4]->is(pickle::Kind::Int) &&
+                 !pid.items[4]->big,
              "torch checkpoint '", path, "': unexpected persistent id ", pid.describe());
     const std::string& key = pid.items[2]->s;
     auto cached = storages.find(key);
@@ -102,7 +103,7 @@ TorchCheckpoint load_torch_checkpoint(const std::string& path) {
            ", not a dict of tensors");
   pickle::ValuePtr sd = ck.root;
   if (pickle::ValuePtr inner = ck.root->get("state_dict"); inner && inner->is(pickle::Kind::Dict)) sd = inner;
-  if (pickle::ValuePtr step = ck.root->get("global_step"); step && step->is(pickle::Kind::Int)) ck.global_step = step->i;
+  if (pickle::ValuePtr step = ck.root->get("global_step"); step && step->is(pickle::Kind::Int) && !step->big) ck.global_step = step->i;
   for (const auto& [k, v] : sd->dict) {
     if (!k->is(pickle::Kind::String)) {
       ck.skipped.push_back(k->describe());
