@@ -449,6 +449,8 @@ const char* const kScheduleBuffers[] = {
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
     "logvar", "denoiser.sigmas", "denoiser.log_sigmas",
+    // ComfyUI's markers of v-prediction / zero-terminal-SNR models (read by detect_checkpoint).
+    "v_pred", "ztsnr",
 };
 
 bool is_known_leftover(const std::string& key) {
@@ -685,6 +687,8 @@ DetectedCheckpoint detect_checkpoint(const KeyShapes& keys) {
   if (const Shape* s = shape_of(unet + "input_blocks.0.0.weight"); s && s->size() == 4) d.unet_in_channels = (*s)[1];
   d.inpainting = d.unet_in_channels == 9;
   d.has_ema = keys.count(ema_key(unet + "input_blocks.0.0.weight")) > 0;
+  if (keys.count("v_pred")) d.prediction = Prediction::VPrediction;
+  d.zero_terminal_snr = keys.count("ztsnr") > 0;
 
   // Text encoders first: their prefixes name the family outright.
   if (any_with_prefix(keys, "conditioner.embedders.1.model.")) d.family = ModelFamily::SDXL;

@@ -35,8 +35,9 @@ const char* family_name(ModelFamily f);  // "sd1", "sd2", "sdxl", "sdxl_refiner"
 // Accepts the names above plus "sd15", "sd21", "sdxl_base", "refiner"; sd::Error otherwise.
 ModelFamily parse_family(const std::string& name);
 
-// What the UNet predicts. Not decidable from the key names or shapes (SD2 768-v and 512-base
-// checkpoints have identical tensors), so detection always says Unknown and the caller decides.
+// What the UNet predicts. Not decidable from the weights (SD2 768-v and 512-base checkpoints have
+// identical tensors), so detection says Unknown and the caller decides -- unless the file carries
+// ComfyUI's marker key "v_pred" (an empty tensor some SDXL v-prediction finetunes hold).
 enum class Prediction { Unknown, Epsilon, VPrediction };
 const char* prediction_name(Prediction p);  // "unknown", "epsilon", "v_prediction"
 Prediction parse_prediction(const std::string& name);  // "epsilon"/"eps", "v_prediction"/"v"
@@ -148,7 +149,8 @@ std::string ema_key(const std::string& original_unet_key);
 
 struct DetectedCheckpoint {
   ModelFamily family = ModelFamily::Unknown;
-  Prediction prediction = Prediction::Unknown;  // never decided from keys; see Prediction
+  Prediction prediction = Prediction::Unknown;  // VPrediction only from a "v_pred" marker key
+  bool zero_terminal_snr = false;               // ComfyUI's "ztsnr" marker key
   bool has_unet = false;
   bool inpainting = false;           // conv_in takes 9 channels (latents + mask + masked image)
   int64_t unet_in_channels = 0;      // 4 normally, 9 inpainting, 8 instruct-pix2pix; 0 without a UNet

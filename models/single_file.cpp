@@ -67,7 +67,8 @@ class TorchOriginal final : public OriginalTensorFile {
     }
   }
   DType dtype(const std::string& key) const override { return at(key).dtype(); }
-  Tensor get(const std::string& key) const override { return at(key); }
+  // A fresh handle on the same data, so callers can rename or mark it without touching ours.
+  Tensor get(const std::string& key) const override { return detach(at(key)); }
   std::optional<int64_t> global_step() const { return global_step_; }
 
  private:
@@ -369,6 +370,7 @@ void save_single_file(const std::string& path, const ComponentTensors& component
   const CheckpointLayout layout = layout_for_diffusers_keys(family, shapes);
   std::vector<std::pair<std::string, Tensor>> tensors = to_original_tensors(components, layout);
   for (auto& [_, t] : tensors) t = convert_floating(t, options.dtype);
+  if (options.prediction == Prediction::VPrediction) tensors.emplace_back("v_pred", empty({0}));
   std::map<std::string, std::string> metadata = options.metadata;
   metadata["format"] = "pt";
   save_safetensors(path, tensors, metadata);
@@ -470,6 +472,15 @@ DiffusersFolder read_diffusers_folder(const std::string& dir, const std::string&
   SD_CHECK(!folder.components.empty(), "diffusers folder: '", dir,
            "' has none of unet/, vae/, text_encoder/, text_encoder_2/");
   folder.family = detect_diffusers_family(shapes_of(folder.components));
+  const fs::path sched = fs::path(dir) / "scheduler" / "scheduler_config.json";
+  if (fs::is_regular_file(sched)) {
+    std::ifstream in(sched);
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("prediction_type") && j["prediction_type"].is_string()) {
+      const std::string p = j["prediction_type"];
+      if (p == "epsilon" || p == "v_prediction") folder.prediction = parse_prediction(p);
+    }
+  }
   return folder;
 }
 
@@ -477,12 +488,16 @@ void diffusers_folder_to_single_file(const std::string& dir, const std::string& 
                                      const FolderToFileOptions& options) {
   DiffusersFolder folder = read_diffusers_folder(dir, options.variant);
   const ModelFamily family = options.family != ModelFamily::Unknown ? options.family : folder.family;
-  save_single_file(out_file, folder.components, family, options.save);
+  SingleFileSaveOptions save = options.save;
+  if (save.prediction == Prediction::Unknown) save.prediction = folder.prediction;
+  save_single_file(out_file, folder.components, family, save);
 }
 
 void single_file_to_diffusers_folder(const std::string& file, const std::string& out_dir,
                                      const FileToFolderOptions& options) {
   const SingleFileCheckpoint ck = load_single_file(file, options.load);
+  const Prediction prediction =
+      options.prediction != Prediction::Unknown ? options.prediction : ck.detected.prediction;
   SD_CHECK(!ck.components.empty(), "single file '", file, "': no UNet, VAE or text encoder found (",
            ck.detected.describe(), ")");
   const fs::path out(out_dir);
@@ -493,7 +508,7 @@ void single_file_to_diffusers_folder(const std::string& file, const std::string&
     const KeyShapes& ks = shapes.at(name);
     // Configs first: they check what the weights cannot tell (e.g. SD2's prediction type).
     std::string config;
-    if (name == kUnet) config = unet_config_json(ck.family, options.prediction, ks);
+    if (name == kUnet) config = unet_config_json(ck.family, prediction, ks);
     else if (name == kVae) config = vae_config_json(ck.family, ks);
     else config = text_encoder_config_json(ck.family, name, ks);
     std::vector<std::pair<std::string, Tensor>> tensors;
@@ -507,7 +522,7 @@ void single_file_to_diffusers_folder(const std::string& file, const std::string&
   }
   if (ck.components.count(kUnet)) {
     fs::create_directories(out / "scheduler");
-    write_text(out / "scheduler" / "scheduler_config.json", scheduler_config_json(ck.family, options.prediction));
+    write_text(out / "scheduler" / "scheduler_config.json", scheduler_config_json(ck.family, prediction));
     written.push_back("scheduler");
   }
   if (!options.tokenizer_from.empty()) {
@@ -522,9 +537,8 @@ void single_file_to_diffusers_folder(const std::string& file, const std::string&
       written.push_back("tokenizer_2");
     }
   }
-  const Prediction pred = ck.components.count(kUnet) ? options.prediction
-                          : options.prediction == Prediction::Unknown ? Prediction::Epsilon
-                                                                      : options.prediction;
+  const Prediction pred = ck.components.count(kUnet) || prediction != Prediction::Unknown ? prediction
+                                                                                          : Prediction::Epsilon;
   write_text(out / "model_index.json", model_index_json(ck.family, pred, ck.detected.inpainting, written));
 }
 

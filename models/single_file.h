@@ -94,6 +94,8 @@ struct SingleFileSaveOptions {
   std::optional<DType> dtype;
   // Written in addition to {"format": "pt"}.
   std::map<std::string, std::string> metadata;
+  // VPrediction adds ComfyUI's "v_pred" marker (an empty tensor), which detect_checkpoint reads back.
+  Prediction prediction = Prediction::Unknown;
 };
 
 // diffusers names -> original names (q/k/v joined into in_proj, linear -> 1x1 conv, projection
@@ -112,6 +114,8 @@ void save_single_file(const std::string& path, const ComponentTensors& component
 struct DiffusersFolder {
   ComponentTensors components;  // unet, vae, text_encoder, text_encoder_2 as far as present
   ModelFamily family = ModelFamily::Unknown;
+  // scheduler/scheduler_config.json's prediction_type, when the folder has one.
+  Prediction prediction = Prediction::Unknown;
 };
 
 // Reads the weights of each component folder (diffusion_pytorch_model / model, .safetensors,
@@ -122,6 +126,7 @@ DiffusersFolder read_diffusers_folder(const std::string& dir, const std::string&
 struct FolderToFileOptions {
   ModelFamily family = ModelFamily::Unknown;  // Unknown = detect from the components
   std::string variant;
+  // save.prediction Unknown = the folder's scheduler config decides (v_prediction -> "v_pred" marker).
   SingleFileSaveOptions save;
 };
 void diffusers_folder_to_single_file(const std::string& dir, const std::string& out_file,
@@ -129,7 +134,8 @@ void diffusers_folder_to_single_file(const std::string& dir, const std::string& 
 
 struct FileToFolderOptions {
   SingleFileLoadOptions load;
-  // Needed for SD2 (v or epsilon cannot be told from the weights); SD1/SDXL default to epsilon.
+  // Needed for SD2 (v or epsilon cannot be told from the weights) unless the file has a "v_pred"
+  // marker; SD1/SDXL default to epsilon.
   Prediction prediction = Prediction::Unknown;
   std::optional<DType> dtype;  // convert floating tensors (e.g. F16)
   // A folder holding vocab.json and merges.txt (e.g. another pipeline's tokenizer/): copied into

@@ -170,6 +170,9 @@ ZipArchive ZipArchive::open(const std::string& path) {
     const uint16_t lextra = r.u16(e.local_header + 28, "local extra length");
     e.data_offset = e.local_header + 30 + lname + lextra;
     r.need(e.data_offset, e.compressed_size, "entry data");
+    // Two entries of one name would make "which one is read" a matter of reader: refuse.
+    SD_CHECK(z.by_name_.emplace(e.name, z.entries_.size()).second, "zip: '", path, "' holds two entries named '",
+             e.name, "'");
     z.entries_.push_back(std::move(e));
     off += 46 + uint64_t(name_len) + extra_len + comment_len;
   }
@@ -177,9 +180,8 @@ ZipArchive ZipArchive::open(const std::string& path) {
 }
 
 const ZipArchive::Entry* ZipArchive::find(const std::string& name) const {
-  for (const Entry& e : entries_)
-    if (e.name == name) return &e;
-  return nullptr;
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 
 ZipArchive::Bytes ZipArchive::read(const Entry& e) const {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace sd {
@@ -51,6 +52,7 @@ class ZipArchive {
   const char* base_ = nullptr;
   size_t file_size_ = 0;
   std::vector<Entry> entries_;
+  std::unordered_map<std::string, size_t> by_name_;  // a .ckpt has one entry per storage: thousands
 };
 
 }  // namespace sd

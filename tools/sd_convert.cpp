@@ -32,7 +32,8 @@ void usage(FILE* out) {
                "options:\n"
                "  --family F        model family, when detection from the keys is not wanted or fails\n"
                "  --prediction P    epsilon or v_prediction; needed for SD2 when writing a folder (the\n"
-               "                    weights of 768-v and 512-base models look alike)\n"
+               "                    weights of 768-v and 512-base models look alike) unless the file has\n"
+               "                    ComfyUI's v_pred marker; v_prediction writes that marker into files\n"
                "  --use_ema         take the UNet from the model_ema.* copy of a training checkpoint\n"
                "  --half            store floating tensors as float16\n"
                "  --variant V       read <name>.<V>.safetensors files of a diffusers folder (e.g. fp16)\n"
@@ -102,6 +103,7 @@ int main(int argc, char** argv) {
       o.family = family;
       o.variant = variant;
       o.save.dtype = dtype;
+      o.save.prediction = prediction;
       diffusers_folder_to_single_file(from, to, o);
     } else if (to_file) {
       SingleFileLoadOptions lo;
@@ -112,11 +114,18 @@ int main(int argc, char** argv) {
                ck.detected.describe(), ")");
       SingleFileSaveOptions so;
       so.dtype = dtype;
+      so.prediction = prediction != Prediction::Unknown ? prediction : ck.detected.prediction;
       save_single_file(to, ck.stored_tensors(), ck.family, so);
       if (!ck.unknown.empty())
         std::fprintf(stderr, "sd_convert: %zu keys no rule maps were left out, e.g. %s\n", ck.unknown.size(),
                      ck.unknown.front().c_str());
     } else {
+      SingleFileLoadOptions lo;
+      lo.family = family;
+      const SingleFileCheckpoint ck = load_single_file(from, lo);  // reads the index only
+      if (!ck.unknown.empty())
+        std::fprintf(stderr, "sd_convert: %zu keys no rule maps are left out, e.g. %s\n", ck.unknown.size(),
+                     ck.unknown.front().c_str());
       FileToFolderOptions o;
       o.load.family = family;
       o.load.use_ema = use_ema;

@@ -704,6 +704,25 @@ TEST(CheckpointDiffusersAgreement, TinySd1CkptMatchesTheSafetensorsFile) {
   EXPECT_GT(compared, 300u);
 }
 
+TEST(CheckpointDiffusersAgreement, VPredictionTravelsAsComfyUiMarker) {
+  // A folder whose scheduler predicts v -> a file with the "v_pred" marker -> detected -> a folder
+  // whose scheduler predicts v again, with no option given anywhere.
+  const fs::path dir = temp_dir("vpred");
+  fs::copy(kData + "/single_file/sd1_tiny_diffusers", dir / "in", fs::copy_options::recursive);
+  fs::create_directories(dir / "in" / "scheduler");
+  std::ofstream(dir / "in" / "scheduler" / "scheduler_config.json") << R"({"prediction_type": "v_prediction"})";
+  const std::string file = (dir / "v.safetensors").string();
+  diffusers_folder_to_single_file((dir / "in").string(), file);
+  EXPECT_TRUE(SafetensorsFile::open(file).contains("v_pred"));
+  const SingleFileCheckpoint ck = load_single_file(file);
+  EXPECT_EQ(int(ck.detected.prediction), int(Prediction::VPrediction));
+  EXPECT_EQ(ck.ignored, std::vector<std::string>{"v_pred"});
+  single_file_to_diffusers_folder(file, (dir / "out").string());
+  std::ifstream in(dir / "out" / "scheduler" / "scheduler_config.json");
+  EXPECT_EQ(nlohmann::json::parse(in).at("prediction_type"), "v_prediction");
+  fs::remove_all(dir);
+}
+
 // ---------------------------------------------------------------- configs
 
 nlohmann::json read_json(const fs::path& p) {
