@@ -207,6 +207,11 @@ class Machine {
   }
 
   // ---- values
+  // `parent` now holds `child`: keep the nesting depth bounded.
+  void adopt(Value& parent, const ValuePtr& child) {
+    if (child->depth + 1 > parent.depth) parent.depth = child->depth + 1;
+    if (parent.depth > kMaxDepth) fail("containers nested deeper than ", kMaxDepth);
+  }
   ValuePtr str(Kind k, const char* data, uint64_t n) {
     auto v = make(k);
     v->s.assign(data, size_t(n));
@@ -219,6 +224,13 @@ class Machine {
   }
   ValuePtr tuple(std::vector<ValuePtr> items) {
     auto v = make(Kind::Tuple);
+    for (const ValuePtr& i : items) adopt(*v, i);
+    v->items = std::move(items);
+    return v;
+  }
+  ValuePtr list(std::vector<ValuePtr> items) {
+    auto v = make(Kind::List);
+    for (const ValuePtr& i : items) adopt(*v, i);
     v->items = std::move(items);
     return v;
   }
@@ -264,6 +276,8 @@ class Machine {
     auto& index = dict_index_[target.get()];
     for (size_t i = 0; i < kv.size(); i += 2) {
       const ValuePtr& k = kv[i];
+      adopt(*target, k);
+      adopt(*target, kv[i + 1]);
       if (k->is(Kind::String) || k->is(Kind::Int)) {
         std::string id(1, k->is(Kind::String) ? 's' : k->big ? 'b' : 'i');
         id.append(k->is(Kind::Int) && !k->big ? std::to_string(k->i) : k->s);
@@ -279,7 +293,10 @@ class Machine {
   void append_items(const ValuePtr& target, std::vector<ValuePtr> items) {
     if (target->is(Kind::Object)) return;
     if (!target->is(Kind::List)) fail("APPEND(S)/ADDITEMS on ", target->describe());
-    for (auto& v : items) target->items.push_back(std::move(v));
+    for (auto& v : items) {
+      adopt(*target, v);
+      target->items.push_back(std::move(v));
+    }
   }
 
   // REDUCE / NEWOBJ / OBJ: apply an allowlisted global to arguments, by our own rules.
@@ -366,11 +383,9 @@ ValuePtr Machine::apply(const ValuePtr& callable, const ValuePtr& args) {
       }
       return d;
     }
-    case GlobalRole::Set: {
-      auto l = make(Kind::List);
-      if (!a.empty() && (a[0]->is(Kind::List) || a[0]->is(Kind::Tuple))) l->items = a[0]->items;
-      return l;
-    }
+    case GlobalRole::Set:
+      return list(!a.empty() && (a[0]->is(Kind::List) || a[0]->is(Kind::Tuple)) ? a[0]->items
+                                                                                : std::vector<ValuePtr>{});
     case GlobalRole::Size: {
       if (a.size() != 1 || !(a[0]->is(Kind::Tuple) || a[0]->is(Kind::List))) fail("torch.Size needs one tuple");
       return tuple(a[0]->items);
@@ -540,12 +555,7 @@ ValuePtr Machine::run() {
         break;
       }
       case EMPTY_LIST: push(make(Kind::List)); break;
-      case LIST: {
-        auto l = make(Kind::List);
-        l->items = pop_mark();
-        push(l);
-        break;
-      }
+      case LIST: push(list(pop_mark())); break;
       case APPEND: {
         auto v = pop();
         append_items(top(), {v});
@@ -562,12 +572,7 @@ ValuePtr Machine::run() {
         append_items(top(), std::move(items));
         break;
       }
-      case FROZENSET: {
-        auto l = make(Kind::List);
-        l->items = pop_mark();
-        push(l);
-        break;
-      }
+      case FROZENSET: push(list(pop_mark())); break;
       case EMPTY_DICT: push(make(Kind::Dict)); break;
       case DICT: {
         auto d = make(Kind::Dict);

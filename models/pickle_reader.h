@@ -59,6 +59,7 @@ struct Value {
   DType dtype = DType::U8;
   int64_t numel = 0;
   Tensor tensor;                                     // Tensor
+  uint32_t depth = 0;                                // nesting of containers below (bounded, see unpickle)
 
   bool is(Kind k) const { return kind == k; }
   // Dict lookup by string key; nullptr when absent (or not a dict).
@@ -72,7 +73,9 @@ struct Hooks {
   std::function<ValuePtr(const Value& pid)> persistent_load;
 };
 
-// Interprets one pickle (up to its STOP); `where` names the source in error messages.
+// Interprets one pickle (up to its STOP); `where` names the source in error messages. Containers
+// nested deeper than kMaxDepth are refused (releasing a deeper chain would recurse that deep).
+inline constexpr uint32_t kMaxDepth = 1000;
 ValuePtr unpickle(const char* data, size_t size, const Hooks& hooks, const std::string& where);
 
 // The element type of a torch storage class name ("torch.HalfStorage" -> F16); nullopt for a name

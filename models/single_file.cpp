@@ -341,7 +341,7 @@ std::vector<std::pair<std::string, Tensor>> to_original_tensors(const ComponentT
     static const char* const qkv[] = {"q_proj", "k_proj", "v_proj"};
     for (int i = 0; i < 3; ++i)
       SD_CHECK(f.parts[size_t(i)].defined(), "to_original_tensors: '", name, "' needs q, k and v; ", qkv[i],
-               " is missing (have '", f.names[0] + f.names[1] + f.names[2], "')");
+               " is missing (have '", f.names[0], "', '", f.names[1], "', '", f.names[2], "')");
     const Tensor& q = f.parts[0];
     for (int i = 1; i < 3; ++i)
       SD_CHECK(f.parts[size_t(i)].shape() == q.shape() && f.parts[size_t(i)].dtype() == q.dtype(),

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "models/checkpoint_keys.h"
+#include "models/clip_text.h"
 #include "models/diffusers_configs.h"
 #include "models/single_file.h"
 #include "runtime/safetensors.h"
@@ -702,6 +703,35 @@ TEST(CheckpointDiffusersAgreement, TinySd1CkptMatchesTheSafetensorsFile) {
   EXPECT_EQ(ck.components.at(kVae)->keys().size(), 248u);
   EXPECT_EQ(ck.components.at(kTextEncoder)->keys().size(), 2u * 16 + 4);
   EXPECT_GT(compared, 300u);
+}
+
+TEST(CheckpointDiffusersAgreement, TextEncodersLoadThroughTheSingleFileSources) {
+  // Module::load reading a component source gives the same model (same outputs) as the folder.
+  struct Case {
+    const char* file;
+    const char* folder;
+    const char* component;
+  } cases[] = {{"sd1_tiny.safetensors", "sd1_tiny_diffusers", kTextEncoder},
+               {"sd1_tiny.ckpt", "sd1_tiny_diffusers", kTextEncoder},
+               {"sdxl_tiny.safetensors", "sdxl_tiny_diffusers", kTextEncoder2}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.file);
+    const std::string folder = kData + "/single_file/" + c.folder + "/" + c.component;
+    auto reference = ClipTextModel::from_pretrained(folder);
+    ClipTextModel model(ClipTextConfig::from_file(folder + "/config.json"));
+    const SingleFileCheckpoint ck = load_single_file(kData + "/single_file/" + c.file);
+    const LoadReport r = model.load_transformers(*ck.components.at(c.component));
+    EXPECT_TRUE(r.missing.empty());
+    EXPECT_TRUE(r.unexpected.empty());
+    const Tensor ids = from_vector({14, 3, 7, 1, 15, 15, 15, 15, 14, 9, 0, 12, 5, 2, 15, 15}, {2, 8}, DType::I64);
+    ClipTextRequest req;
+    req.pooled = true;
+    req.text_embeds = std::string(c.component) == kTextEncoder2;
+    const ClipTextOutput a = model.forward(ids, req), b = reference->forward(ids, req);
+    EXPECT_TRUE(bit_equal(a.last_hidden_state, b.last_hidden_state));
+    EXPECT_TRUE(bit_equal(a.pooled, b.pooled));
+    if (req.text_embeds) EXPECT_TRUE(bit_equal(a.text_embeds, b.text_embeds));
+  }
 }
 
 TEST(CheckpointDiffusersAgreement, VPredictionTravelsAsComfyUiMarker) {

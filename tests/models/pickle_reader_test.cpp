@@ -113,7 +113,7 @@ TEST(CheckpointPickle, GlobalsOffTheAllowlistAreRefusedByName) {
     const char* global;
   } cases[] = {
       // GLOBAL os.system + REDUCE("echo pwned")
-      {"os.system", bytes("\x80\x02""cos\nsystem\nq\x00X\x0a\x00\x00\x00echo pwnedq\x01\x85R."), "'os.system'"},
+      {"os.system", bytes("\x80\x02""cos\nsystem\nq\x00X\x0a\x00\x00\x00""echo pwnedq\x01\x85R."), "'os.system'"},
       // pickle.dumps(os.system): the reference alone is refused
       {"posix.system", bytes("\x80\x02\x63\x70\x6f\x73\x69\x78\x0a\x73\x79\x73\x74\x65\x6d\x0a\x71\x00\x2e"), "'posix.system'"},
       // protocol 4: STACK_GLOBAL builtins.eval + REDUCE
@@ -182,6 +182,14 @@ TEST(CheckpointPickle, DamagedAndUnsupportedInputIsAnError) {
     const std::string msg = error_of([&] { load(c.pickle); });
     EXPECT_NE(msg.find(c.message), std::string::npos) << "expected '" << c.message << "', got '" << msg << "'";
   }
+  // 100000 nested lists (built innermost-last, then APPENDed): refused, not a stack overflow.
+  std::string deep = bytes("\x80\x02");
+  for (int i = 0; i < 100000; ++i) deep += ']';
+  for (int i = 0; i < 99999; ++i) deep += 'a';
+  deep += '.';
+  EXPECT_NE(error_of([&] { load(deep); }).find("nested deeper"), std::string::npos);
+  // A list holding itself (through the memo) is not a problem while nothing walks it.
+  EXPECT_NO_THROW(load(bytes("\x80\x02]q\x00h\x00""a.")));
   // Protocol-0 ints, floats and memo work.
   const ValuePtr v = load(bytes("(I42\nI01\nL-7L\nF2.5\nI123456789012345678901234567890\np0\ng0\nl."));
   ASSERT_EQ(v->items.size(), 6u);
