@@ -68,8 +68,9 @@ TEST(CudaVae, TiledDecodeHoldsOneTileOfActivations) {
   EXPECT_LT(tiled * 4, whole);
 }
 
-// Real SD VAE shapes (random weights): peak memory and time of a 2048x2048 decode, tiled with the
-// default 64-latent tiles and whole. Minutes of GPU time: run on demand (SD_VAE_PEAK_TEST=1).
+// Real SD VAE shapes (random weights): peak memory and time of a 2048x2048 decode with the default
+// 64-latent tiles, against one tile alone, and (bf16) a 1024x1024 decode tiled and whole. Tens of
+// seconds of GPU time: run on demand (SD_VAE_PEAK_TEST=1).
 TEST(CudaVae, RealSizeTiledDecodePeak) {
   SD_REQUIRE_CUDA();
   if (!std::getenv("SD_VAE_PEAK_TEST")) GTEST_SKIP() << "set SD_VAE_PEAK_TEST=1 to measure the 2048x2048 decode";
@@ -80,21 +81,24 @@ TEST(CudaVae, RealSizeTiledDecodePeak) {
     m.init_parameters(3, dt, Device::cuda());
     const int64_t weights = a.stats().current_bytes;
     Tensor z = randn_seeded({1, 4, 256, 256}, 4, dt, Device::cuda());
-    m.decode_tiled(narrow(narrow(z, 2, 0, 80), 3, 0, 80));  // warm-up: algorithm choice, workspaces
+    auto crop = [&](int64_t n) { return narrow(narrow(z, 2, 0, n), 3, 0, n); };
+    m.decode_tiled(crop(80));  // warm-up: algorithm choice, workspaces
     auto run = [&](const char* what, const std::function<Tensor()>& f) {
       const auto t0 = std::chrono::steady_clock::now();
       int64_t out_bytes = 0;
       const int64_t peak = peak_of(a, f, &out_bytes);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::printf("[ CudaVae ] %s %s 2048x2048 decode: peak %.0f MiB above the %.0f MiB of weights (output %.0f MiB), "
-                  "%.2f s\n",
+      std::printf("[ CudaVae ] %s %-26s peak %7.0f MiB above the %.0f MiB of weights (output %.0f MiB), %.2f s\n",
                   dtype_name(dt), what, peak / 1048576.0, weights / 1048576.0, out_bytes / 1048576.0, s);
       return peak;
     };
-    const int64_t one = run("one 64x64 tile of", [&] { return m.decode(narrow(narrow(z, 2, 0, 64), 3, 0, 64)); });
-    const int64_t tiled = run("tiled", [&] { return m.decode_tiled(z); });
+    const int64_t one = run("one 64x64-latent tile", [&] { return m.decode(crop(64)); });
+    const int64_t tiled = run("2048x2048 tiled", [&] { return m.decode_tiled(z); });
     EXPECT_LE(tiled, one + int64_t(3) * 2048 * 2048 * int64_t(dtype_size(dt)) + (64 << 20));
-    if (dt == DType::BF16) run("whole", [&] { return m.decode(z); });
+    if (dt == DType::BF16) {
+      run("1024x1024 tiled", [&] { return m.decode_tiled(crop(128)); });
+      run("1024x1024 whole", [&] { return m.decode(crop(128)); });
+    }
     a.empty_cache();
   }
 }
