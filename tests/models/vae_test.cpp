@@ -352,6 +352,12 @@ TEST(Vae, TiledWithinOneTileIsThePlainPass) {
   // 2 x 3 tiles of 16 starting every 12; the image is stitched back to 40 x 54.
   Tensor big = m->decode_tiled(io.at("latents_big"));
   EXPECT_EQ(big.shape(), (Shape{1, 3, 40, 54}));
+  // Tiles span the batch: a batch of two equals the two samples tiled alone.
+  Tensor z2 = narrow(narrow(io.at("latents"), 2, 0, 12), 3, 0, 14);  // 2 x 3 tiles
+  Tensor both = m->decode_tiled(z2, test::vae_golden_tiling());
+  for (int64_t i = 0; i < 2; ++i)
+    EXPECT_TRUE(test::all_close(narrow(both, 0, i, 1), m->decode_tiled(narrow(z2, 0, i, 1), test::vae_golden_tiling()),
+                                1e-6, 1e-6));
   // Tiling runs without recording a graph, even when the input wants a gradient.
   Tensor zg = detach(io.at("latents_big"));
   zg.set_requires_grad(true);
