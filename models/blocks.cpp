@@ -78,10 +78,11 @@ Tensor Upsample2D::forward(const Tensor& x, std::array<int64_t, 2> size) const {
 }
 
 TimestepEmbedding::TimestepEmbedding(int64_t in_channels, int64_t time_embed_dim, int64_t cond_proj_dim) {
+  // diffusers' order (linear_1, cond_proj, linear_2), so state dicts list the keys alike.
   linear_1 = register_module("linear_1", std::make_shared<Linear>(in_channels, time_embed_dim));
-  linear_2 = register_module("linear_2", std::make_shared<Linear>(time_embed_dim, time_embed_dim));
   if (cond_proj_dim > 0)
     cond_proj = register_module("cond_proj", std::make_shared<Linear>(cond_proj_dim, in_channels, /*bias=*/false));
+  linear_2 = register_module("linear_2", std::make_shared<Linear>(time_embed_dim, time_embed_dim));
 }
 
 Tensor TimestepEmbedding::forward(const Tensor& sample, const Tensor& condition) const {

@@ -440,4 +440,12 @@ UNetConfig UNetConfig::ssd1b() {
                           "ssd1b preset");
 }
 
+// LCM-distilled SDXL: the SDXL base UNet plus time_embedding.cond_proj for the guidance-scale
+// embedding (the LCM distillation scripts' w_embedding_dim 256).
+UNetConfig UNetConfig::lcm_sdxl() {
+  UNetConfig c = sdxl_base();
+  c.time_cond_proj_dim = 256;
+  return c;
+}
+
 }  // namespace sd::nn

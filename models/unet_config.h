@@ -73,6 +73,7 @@ struct UNetConfig {
   static UNetConfig sdxl_base();     // stabilityai/stable-diffusion-xl-base-1.0 (also SDXL-Turbo)
   static UNetConfig sdxl_refiner();  // stabilityai/stable-diffusion-xl-refiner-1.0
   static UNetConfig ssd1b();         // segmind/SSD-1B
+  static UNetConfig lcm_sdxl();      // latent-consistency/lcm-sdxl: SDXL base + time_cond_proj_dim 256
 
   int64_t time_embed_dim() const { return time_embedding_dim > 0 ? time_embedding_dim : 4 * block_out_channels.at(0); }
   int64_t num_up_layers(size_t up_block) const {  // resnets of up block i
