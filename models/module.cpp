@@ -61,9 +61,12 @@ std::vector<std::pair<std::string, Tensor>> Module::state_dict() {
 }
 
 LoadReport Module::load(const TensorSource& src, const LoadOptions& opt, const std::string& prefix) {
+  // Two phases, so a bad file never leaves the module half-loaded: first check every key and
+  // shape and read every tensor, then swap them all in.
   LoadReport report;
   std::set<std::string> used;
-  for (auto& [name, p] : named_parameters()) {
+  auto params = named_parameters();
+  for (auto& [name, p] : params) {
     const std::string key = prefix + name;
     if (!src.contains(key)) {
       report.missing.push_back(key);
@@ -72,10 +75,6 @@ LoadReport Module::load(const TensorSource& src, const LoadOptions& opt, const s
     const Shape shape = src.shape(key);
     SD_CHECK(shape == p->shape, "loading '", key, "' from ", src.describe(), ": shape ", shape_str(shape),
              " does not match the model's ", shape_str(p->shape));
-    const bool grad = p->slot->defined() && p->slot->requires_grad();
-    *p->slot = src.get(key, opt.dtype, opt.device);
-    p->slot->set_name(key);
-    if (grad) p->slot->set_requires_grad(true);
     used.insert(key);
   }
   for (const std::string& k : src.keys()) {
@@ -86,6 +85,22 @@ LoadReport Module::load(const TensorSource& src, const LoadOptions& opt, const s
     if (!ignored) report.unexpected.push_back(k);
   }
   SD_CHECK(!opt.strict || report.missing.empty(), "loading from ", src.describe(), ": ", report.str());
+  struct Loaded {
+    Param* param;
+    std::string key;
+    Tensor value;
+  };
+  std::vector<Loaded> loaded;
+  for (auto& [name, p] : params) {
+    const std::string key = prefix + name;
+    if (used.count(key)) loaded.push_back({p, key, src.get(key, opt.dtype, opt.device)});
+  }
+  for (Loaded& l : loaded) {
+    const bool grad = l.param->slot->defined() && l.param->slot->requires_grad();
+    *l.param->slot = l.value;
+    l.param->slot->set_name(l.key);
+    if (grad) l.param->slot->set_requires_grad(true);
+  }
   return report;
 }
 

@@ -103,6 +103,19 @@ TEST(Module, MissingUnexpectedAndMismatchedKeys) {
   }
 }
 
+TEST(Module, AFailedLoadChangesNothing) {
+  Net a;
+  a.init_parameters(1);
+  std::map<std::string, Tensor> tensors;
+  for (auto& [k, v] : a.state_dict()) tensors[k] = v;
+  Net b;
+  b.init_parameters(2);
+  const std::vector<double> before = b.blocks[0]->proj->weight.to_vector();
+  tensors["blocks.1.conv.weight"] = zeros({2, 4, 3, 1});  // the last parameter is wrong
+  EXPECT_THROW(b.load(MapSource(tensors)), Error);
+  EXPECT_EQ(b.blocks[0]->proj->weight.to_vector(), before) << "an earlier parameter was replaced";
+}
+
 TEST(Module, LoraOnLinearAndConvChangesTheOutputByTheLowRankTerm) {
   Linear l(6, 4);
   l.init_parameters(3, DType::F64);
