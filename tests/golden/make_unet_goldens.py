@@ -39,6 +39,7 @@ tests/data/keys/unet_<model>.tsv   "name<TAB>[shape]" of every parameter of the 
 Run: python3 tests/golden/make_unet_goldens.py   (torch 2.x CPU, diffusers 0.42)
 """
 import json
+import copy
 import os
 import shutil
 
@@ -158,6 +159,31 @@ def run(model, io, dtype):
         return model(io["sample"].to(dtype), timestep, io["encoder_hidden_states"].to(dtype), **kwargs).sample
 
 
+def gradients(model, io):
+    """Gradients of loss = sum(out * w) in float64 with respect to the inputs and a few parameters
+    (conv_in, the time embedding, the first cross-attention query, conv_out's bias), stored as
+    grad_weight, grad_sample, grad_encoder_hidden_states and grad_param/<name>."""
+    m = copy.deepcopy(model).to(torch.float64)
+    sample = io["sample"].double().requires_grad_()
+    ehs = io["encoder_hidden_states"].double().requires_grad_()
+    kwargs = {}
+    if "text_embeds" in io:
+        kwargs["added_cond_kwargs"] = {"text_embeds": io["text_embeds"].double(), "time_ids": io["time_ids"].double()}
+    if "timestep_cond" in io:
+        kwargs["timestep_cond"] = io["timestep_cond"].double()
+    t = io["timestep"]
+    out = m(sample, float(t.item()) if t.numel() == 1 else t, ehs, **kwargs).sample
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(77), dtype=torch.float64)
+    (out * w).sum().backward()
+    params = dict(m.named_parameters())
+    names = ["conv_in.weight", "time_embedding.linear_1.weight", "conv_out.bias"]
+    names += [next(k for k in params if k.endswith("attn2.to_q.weight"))]
+    res = {"grad_weight": w.float(), "grad_sample": sample.grad, "grad_encoder_hidden_states": ehs.grad}
+    for n in names:
+        res["grad_param/" + n] = params[n].grad
+    return res
+
+
 def make_tiny(name):
     cfg = dict(COMMON)
     cfg.update(TINY[name])
@@ -184,6 +210,7 @@ def make_tiny(name):
         half.save_pretrained(folder)
     io["out"] = out.contiguous()
     io["out_f64"] = out64.contiguous()
+    io.update(gradients(model, io))
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(folder, "io.safetensors"))
 
     # The saved folder must reproduce the output through diffusers' own loader.
