@@ -25,7 +25,9 @@ def main(ours_path, torch_path):
         flop, nbytes = float(r["flop"]), float(r["bytes"])
         if flop > 0:
             return flop / ms / 1e9, "TFLOP/s"
-        return nbytes / ms / 1e6, "GB/s"
+        if nbytes > 0:
+            return nbytes / ms / 1e6, "GB/s"
+        return float("nan"), ""
 
     best = lambda key: max((rate(d[key])[0] for d in (ours, theirs) if key in d and not math.isnan(rate(d[key])[0])),
                            default=float("nan"))
@@ -44,8 +46,12 @@ def main(ours_path, torch_path):
         val, unit = rate(r)
         ceil = flop_ceiling if unit == "TFLOP/s" else bw_ceiling
         frac = val / ceil if ceil and not math.isnan(val) else float("nan")
-        print(f"{op:<17}{params:<34}{dt:<6}{o:>9.3f}{t:>10.3f}{t / o if o else float('nan'):>8.2f}x"
-              f"{val:>10.1f} {unit:<7}{frac:>7.0%}")
+        extra = ""
+        if r.get("peak_mib") and float(r["peak_mib"]) > 0 and op.startswith("unet"):
+            tp = theirs.get(key, {}).get("peak_mib", "nan")
+            extra = f"   peak MiB: ours {float(r['peak_mib']):.0f}, torch {float(tp):.0f}"
+        rate_s = f"{val:>10.1f} {unit:<7}{frac:>7.0%}" if unit else f"{'':>18}{'':>7}"
+        print(f"{op:<17}{params:<34}{dt:<6}{o:>9.3f}{t:>10.3f}{t / o if o else float('nan'):>8.2f}x{rate_s}{extra}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@
 #include "ops/norm.h"
 #include "ops/softmax.h"
 #include "ops/view.h"
+#include "models/unet.h"
 #include "runtime/allocator.h"
 #include "runtime/cuda_api.h"
 #include "runtime/rng.h"
@@ -79,6 +80,7 @@ struct Workload {
   std::function<void(int)> run;  // run(set index)
   int sets = 1;
   double flop = 0, bytes = 0;
+  int reps = 0;  // 0: the command line's
 };
 
 // Enough input sets that one pass over them exceeds 3x the L2 (60 MB on H200), at most 8.
@@ -167,6 +169,27 @@ Workload make(const Case& c) {
       else softmax((*xs)[i], -1);
     };
     w.bytes = 2.0 * R * D * es;
+  } else if (c.op == "unet_fwd" || c.op == "unet_fwdbwd") {
+    // A full-size SD1.5 UNet with random weights: one denoising step (batch 2 = CFG), or one
+    // training step's forward + backward (no optimizer).
+    const int64_t B = c.get("B"), H = c.get("H"), W = c.get("W");
+    const bool bwd = c.op == "unet_fwdbwd";
+    auto model = std::make_shared<nn::UNet2DConditionModel>(nn::UNetConfig::sd15());
+    model->init_parameters(1, dt, gpu());
+    if (bwd) model->set_requires_grad(true);
+    auto x = std::make_shared<Tensor>(rnd({B, 4, H, W}, dt, 100));
+    auto ctx = std::make_shared<Tensor>(rnd({B, 77, 768}, dt, 101));
+    auto t = std::make_shared<Tensor>(full({B}, 500.0, DType::F32, gpu()));
+    w.run = [model, x, ctx, t, bwd](int) {
+      if (!bwd) {
+        autograd::NoGrad ng;
+        model->forward(*x, *t, *ctx);
+        return;
+      }
+      Tensor out = model->forward(*x, *t, *ctx);
+      autograd::backward(out, *x);
+    };
+    w.reps = 10;
   } else {
     SD_FAIL("unknown bench op ", c.op);
   }
@@ -215,14 +238,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sd_bench_gpu: no GPU (%s)\n", cudart::unavailable_reason().c_str());
     return 1;
   }
-  std::printf("op,dtype,params,ms,flop,bytes\n");
+  std::printf("op,dtype,params,ms,flop,bytes,peak_mib\n");
   for (const Case& c : read_cases(cases_path)) {
     try {
+      cuda_allocator(0).reset_peak();
       Workload w = make(c);
-      const double ms = time_median_ms(w, 3, reps);
-      std::printf("%s,%s,%s,%.5f,%.6g,%.6g\n", c.op.c_str(), dtype_name(c.dtype), c.params.c_str(), ms, w.flop, w.bytes);
+      const double ms = time_median_ms(w, 3, w.reps ? w.reps : reps);
+      const double peak_mib = double(cuda_allocator(0).stats().peak_bytes) / (1 << 20);
+      std::printf("%s,%s,%s,%.5f,%.6g,%.6g,%.0f\n", c.op.c_str(), dtype_name(c.dtype), c.params.c_str(), ms, w.flop,
+                  w.bytes, peak_mib);
     } catch (const std::exception& e) {
-      std::printf("%s,%s,%s,nan,0,0\n", c.op.c_str(), dtype_name(c.dtype), c.params.c_str());
+      std::printf("%s,%s,%s,nan,0,0,0\n", c.op.c_str(), dtype_name(c.dtype), c.params.c_str());
       std::fprintf(stderr, "sd_bench_gpu: %s %s: %s\n", c.op.c_str(), c.params.c_str(), e.what());
     }
     std::fflush(stdout);

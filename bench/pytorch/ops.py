@@ -82,6 +82,28 @@ def make(op, dt, p):
         if op == "layer_norm":
             return (lambda i: F.layer_norm(xs[i], (D,), g, b, 1e-5)), n, 0, 2 * R * D * es
         return (lambda i: torch.softmax(xs[i], -1)), n, 0, 2 * R * D * es
+    if op in ("unet_fwd", "unet_fwdbwd"):
+        # diffusers' UNet2DConditionModel with SD1.5's config and random weights (needs the
+        # diffusers wheel; gpu_check carries it when present).
+        from diffusers import UNet2DConditionModel
+        cfg = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                   block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        model = UNet2DConditionModel(**cfg).to("cuda", dt)
+        B, H, W = p["B"], p["H"], p["W"]
+        x, ctx = rnd((B, 4, H, W), dt), rnd((B, 77, 768), dt)
+        t = torch.full((B,), 500.0, device="cuda")
+        if op == "unet_fwd":
+            def run(i):
+                with torch.no_grad():
+                    model(x, t, ctx)
+        else:
+            def run(i):
+                out = model(x, t, ctx).sample
+                out.backward(x)
+                model.zero_grad(set_to_none=True)
+        return run, 1, 0, 0
     raise ValueError(op)
 
 
@@ -106,15 +128,17 @@ def main():
     ap.add_argument("--cases", default="bench/gpu/cases.txt")
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
-    print("op,dtype,params,ms,flop,bytes", flush=True)
+    print("op,dtype,params,ms,flop,bytes,peak_mib", flush=True)
     for op, dt, params, p in read_cases(args.cases):
         try:
+            torch.cuda.reset_peak_memory_stats()
             run, sets, flop, nbytes = make(op, DTYPES[dt], p)
-            ms = median_ms(run, sets, 3, args.reps)
+            ms = median_ms(run, sets, 3, 10 if op.startswith("unet") else args.reps)
         except Exception as exc:  # report and go on: one failing case must not hide the others
             print(f"# {op} {params}: {exc}", flush=True)
             ms, flop, nbytes = float("nan"), 0, 0
-        print(f"{op},{dt},{params},{ms:.5f},{flop:.6g},{nbytes:.6g}", flush=True)
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(f"{op},{dt},{params},{ms:.5f},{flop:.6g},{nbytes:.6g},{peak:.0f}", flush=True)
         torch.cuda.empty_cache()
 
 
