@@ -45,6 +45,11 @@ for sel in "-L ^cuda$" "-LE ^cuda$"; do
   grep -E "\*\*\*Failed|Exception|Timeout|rel err|Failure" "$LOG/ctest_$name.log" | head -40 >> "$LOG/failures.txt"
 done
 
+# Python wheels carried in .whl/ (diffusers, for the UNet-step baseline), installed aside.
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sd_site .whl/*.whl \
+    > "$LOG/pip.log" 2>&1 && export PYTHONPATH=/tmp/sd_site${PYTHONPATH:+:$PYTHONPATH}
+fi
 # Benchmarks: ours and PyTorch's on the same cases, same card, same run.
 row "pytorch" "$(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1 | tail -1)"
 t1=$(date +%s)
