@@ -66,9 +66,12 @@ TEST(CudaVae, TiledDecodeHoldsOneTileOfActivations) {
   const int64_t whole = peak_of(a, [&] { return m->decode(z); });
   std::printf("[ CudaVae ] peak bytes: one 8x8 tile %lld, 64x64 tiled %lld (output %lld), 64x64 whole %lld\n",
               (long long)one, (long long)tiled, (long long)out_bytes, (long long)whole);
-  // Blend strips and temporaries are a few tile outputs; allocator rounding adds a little per block.
-  EXPECT_LE(tiled, one + out_bytes + (1 << 20));
-  EXPECT_LT(tiled * 4, whole);
+  // Blend strips and temporaries are a few tile outputs. On the GPU the caching allocator rounds
+  // each block up to its size class and the edge tiles (other shapes) bring their own cuDNN
+  // workspaces, so the bound allows 2 MiB beyond one tile + the output: on an H200 (2026-11-26)
+  // one tile 99 KB, tiled 1.58 MB, whole 88 MB; the tiled peak stays under a tenth of the whole.
+  EXPECT_LE(tiled, one + out_bytes + (2 << 20));
+  EXPECT_LT(tiled * 10, whole);
 }
 
 // Real SD VAE shapes (random weights): peak memory and time of a 2048x2048 decode with the default
