@@ -52,7 +52,7 @@ std::vector<double> np_interp(const std::vector<double>& x, const std::vector<fl
     } else if (v < 0.0) {
       out[i] = fp[0];
     } else if (v >= double(n - 1)) {
-      out[i] = v == double(n - 1) ? double(fp[size_t(n - 1)]) : double(fp[size_t(n - 1)]);
+      out[i] = fp[size_t(n - 1)];  // the last point, and numpy's `right` beyond it
     } else {
       const int64_t j = int64_t(std::floor(v));
       if (double(j) == v) {

@@ -22,6 +22,19 @@
 //
 // Timesteps are integers for every class except the Euler family (EulerDiscrete, Euler
 // ancestral, Heun), whose timesteps are float32 values; both are handed out as doubles.
+//
+// Known differences from diffusers (measured in tests/infer/scheduler_golden_test.cpp):
+// * torch evaluates float32 exp/log/expm1 with SLEEF and sqrt with MKL's vector routines, not
+//   always correctly rounded; sd uses the C library / IEEE sqrt. Step coefficients can differ
+//   in the last bit: trajectories agree to ~1e-6 relative (most cases bit for bit).
+// * numpy's float32 log (Karras / exponential sigmas -> timesteps) is a CPU-dependent SIMD
+//   approximation: fractional Euler/Heun Karras timesteps agree to ~5e-7 relative.
+// * UniPC with solver_type bh1 and a final sigma of 0: diffusers' last step is NaN
+//   (alpha_t * B(h) * 0 with B(h) = -inf); sd returns the finite first-order update.
+// * Half-precision samples run through the same ops (the Euler family and DPM-Solver upcast to
+//   float32 as diffusers does) but are only checked against sd's own float32 results.
+// * img2img and the step index: as diffusers, the first scale_model_input/step call fixes the
+//   step index (from the timestep, or from the begin index set_timesteps(n, strength) sets).
 #pragma once
 #include <cstdint>
 #include <functional>
