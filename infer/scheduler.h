@@ -25,8 +25,9 @@
 //
 // Known differences from diffusers (measured in tests/infer/scheduler_golden_test.cpp):
 // * torch evaluates float32 exp/log/expm1 with SLEEF and sqrt with MKL's vector routines, not
-//   always correctly rounded; sd uses the C library / IEEE sqrt. Step coefficients can differ
-//   in the last bit: trajectories agree to ~1e-6 relative (most cases bit for bit).
+//   always correctly rounded; sd rounds the exact values (IEEE sqrt; exp/log/expm1 in double,
+//   rounded once), the same on every machine. Step coefficients can differ in the last bit:
+//   trajectories agree to ~1e-6 relative (most cases bit for bit).
 // * numpy's float32 log (Karras / exponential sigmas -> timesteps) is a CPU-dependent SIMD
 //   approximation: fractional Euler/Heun Karras timesteps agree to ~5e-7 relative.
 // * UniPC with solver_type bh1 and a final sigma of 0: diffusers' last step is NaN

@@ -86,7 +86,7 @@ class DDPM final : public Integer {
       Tensor z = draw_noise(mo.shape(), mo.dtype(), mo.device(), gen);
       float var = std::max(bp / bt * cur_beta, 1e-20f);
       float scale;
-      if (cfg_.variance_type == "fixed_small_log") scale = std::exp(0.5f * std::log(var));
+      if (cfg_.variance_type == "fixed_small_log") scale = exp_f(0.5f * log_f(var));
       else if (cfg_.variance_type == "fixed_large") scale = std::sqrt(cur_beta);
       else scale = std::sqrt(var);
       prev_sample = prev_sample + smul(z, scale);

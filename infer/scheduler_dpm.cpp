@@ -136,15 +136,15 @@ class DPMSolver final : public Scheduler {
   bool sde() const { return cfg_.algorithm_type == "sde-dpmsolver++"; }
   AlphaSigma at(int64_t k) const { return alpha_sigma(sigmas_[size_t(k)]); }
   Tensor noise_term(const Tensor& noise, AlphaSigma t, float h) const {
-    return smul(noise, t.sigma * std::sqrt(1.0f - std::exp(-2.0f * h)));
+    return smul(noise, t.sigma * std::sqrt(1.0f - exp_f(-2.0f * h)));
   }
 
   Tensor first_order(const Tensor& x, const Tensor& noise) const {
     const AlphaSigma t = at(step_index_ + 1), s = at(step_index_);
     const float h = lambda_of(t) - lambda_of(s);
     const Tensor& m = outputs_.back();
-    if (!sde()) return smul(x, t.sigma / s.sigma) - smul(m, t.alpha * (std::exp(-h) - 1.0f));
-    return smul(x, t.sigma / s.sigma * std::exp(-h)) + smul(m, t.alpha * (1.0f - std::exp(-2.0f * h))) +
+    if (!sde()) return smul(x, t.sigma / s.sigma) - smul(m, t.alpha * (exp_f(-h) - 1.0f));
+    return smul(x, t.sigma / s.sigma * exp_f(-h)) + smul(m, t.alpha * (1.0f - exp_f(-2.0f * h))) +
            noise_term(noise, t, h);
   }
 
@@ -158,13 +158,13 @@ class DPMSolver final : public Scheduler {
     const Tensor& d0 = m0;
     const Tensor d1 = smul(m0 - m1, 1.0f / r0);
     if (!sde()) {
-      const float e = std::exp(-h) - 1.0f;
+      const float e = exp_f(-h) - 1.0f;
       Tensor out = smul(x, t.sigma / s0.sigma) - smul(d0, t.alpha * e);
       if (cfg_.solver_type == "midpoint") return out - smul(d1, 0.5f * (t.alpha * e));
       return out + smul(d1, t.alpha * (e / h + 1.0f));
     }
-    const float e2 = 1.0f - std::exp(-2.0f * h);
-    Tensor out = smul(x, t.sigma / s0.sigma * std::exp(-h)) + smul(d0, t.alpha * e2);
+    const float e2 = 1.0f - exp_f(-2.0f * h);
+    Tensor out = smul(x, t.sigma / s0.sigma * exp_f(-h)) + smul(d0, t.alpha * e2);
     if (cfg_.solver_type == "midpoint") out = out + smul(d1, 0.5f * (t.alpha * e2));
     else out = out + smul(d1, t.alpha * (e2 / (-2.0f * h) + 1.0f));
     return out + noise_term(noise, t, h);
@@ -183,12 +183,12 @@ class DPMSolver final : public Scheduler {
     const Tensor d1 = d1_0 + smul(d1_0 - d1_1, r0 / (r0 + r1));
     const Tensor d2 = smul(d1_0 - d1_1, 1.0f / (r0 + r1));
     if (!sde()) {
-      const float e = std::exp(-h) - 1.0f;
+      const float e = exp_f(-h) - 1.0f;
       return smul(x, t.sigma / s0.sigma) - smul(d0, t.alpha * e) + smul(d1, t.alpha * (e / h + 1.0f)) -
              smul(d2, t.alpha * ((e + h) / (h * h) - 0.5f));
     }
-    const float e2 = 1.0f - std::exp(-2.0f * h);
-    return smul(x, t.sigma / s0.sigma * std::exp(-h)) + smul(d0, t.alpha * e2) +
+    const float e2 = 1.0f - exp_f(-2.0f * h);
+    return smul(x, t.sigma / s0.sigma * exp_f(-h)) + smul(d0, t.alpha * e2) +
            smul(d1, t.alpha * (e2 / (-2.0f * h) + 1.0f)) +
            smul(d2, t.alpha * ((e2 - 2.0f * h) / ((2.0f * h) * (2.0f * h)) - 0.5f)) + noise_term(noise, t, h);
   }

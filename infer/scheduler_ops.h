@@ -17,6 +17,12 @@ inline Tensor sdiv(const Tensor& x, float s) { return div(x, full({}, double(s),
 inline Tensor as_f32(const Tensor& x) { return x.dtype() == DType::F32 ? x : to(x, DType::F32); }
 inline Tensor as_dtype(const Tensor& x, DType d) { return x.dtype() == d ? x : to(x, d); }
 
+// float32 exp / log / expm1 evaluated in double and rounded once: correctly rounded (nearly
+// always), so the same with every C library. torch's float32 versions (SLEEF) are within an ulp.
+inline float exp_f(float x) { return float(std::exp(double(x))); }
+inline float log_f(float x) { return float(std::log(double(x))); }
+inline float expm1_f(float x) { return float(std::expm1(double(x))); }
+
 // DPM-Solver / UniPC: sigma -> (alpha_t, sigma_t) = (1 / sqrt(sigma^2 + 1), sigma * alpha_t)
 // and lambda = log(alpha_t) - log(sigma_t) (+inf at sigma 0), in float32.
 struct AlphaSigma {
@@ -26,6 +32,6 @@ inline AlphaSigma alpha_sigma(float s) {
   const float a = 1.0f / std::sqrt(s * s + 1.0f);
   return {a, s * a};
 }
-inline float lambda_of(AlphaSigma v) { return std::log(v.alpha) - std::log(v.sigma); }
+inline float lambda_of(AlphaSigma v) { return log_f(v.alpha) - log_f(v.sigma); }
 
 }  // namespace sd::infer::detail

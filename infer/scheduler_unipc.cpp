@@ -160,10 +160,10 @@ class UniPC final : public Scheduler {
   Coeffs coeffs(float h, const std::vector<float>& rks_in, int64_t order) const {
     Coeffs c;
     c.hh = cfg_.predict_x0 ? -h : h;
-    c.h_phi_1 = std::expm1(c.hh);
+    c.h_phi_1 = expm1_f(c.hh);
     float h_phi_k = c.h_phi_1 / c.hh - 1.0f;
     float factorial = 1.0f;
-    c.b_h = cfg_.solver_type == "bh1" ? c.hh : std::expm1(c.hh);
+    c.b_h = cfg_.solver_type == "bh1" ? c.hh : expm1_f(c.hh);
     c.rks = rks_in;
     c.rks.push_back(1.0f);
     for (int64_t k = 1; k <= order; ++k) {
