@@ -6,21 +6,22 @@ Python is only the test oracle; CI never runs this script. It writes tests/data/
 cases.json            presets (scheduler_config.json contents), the shared sample shape, and per case:
                       preset, short (the --scheduler name, "" = the preset's own class), overrides
                       (from_config keyword arguments), n, strength, eta, init_noise_sigma, the number of
-                      noise draws, run_offset, and the UNet-input scale of every step (scale_model_input of 1; absent
-                      where all are 1).
-goldens.safetensors   shared inputs and per-case outputs:
+                      noise draws, run_offset, and the UNet-input scale of every step (scale_model_input
+                      of 1; absent where all are 1); per sweep: preset, short, overrides, ns and lengths.
+goldens.safetensors   shared inputs and per-case outputs (cases are c<index>, sweeps s<index>, in the order
+                      of cases.json):
     sample             [2, 2, 2, 2] the initial noise (text2img: latents = sample * init_noise_sigma)
     image, image_noise the img2img latents and the noise add_noise mixes into them
     eps.0 .. eps.2     the "model": step i's output is eps[i % 3] + 0.05 * scale_model_input(x_i, t_i)
     noise.0 .. noise.6 the noise table: diffusers' randn_tensor is replaced by noise[k % 7] for draw k
-  (cases are c<index>, sweeps s<index>, in the order of cases.json)
     <case>.timesteps   scheduler.timesteps, the whole schedule, as float32 (exact for the int64 ones); the
                        loop ran timesteps[run_offset:] (img2img: the strength subset)
     <case>.sigmas      scheduler.sigmas (float32), for the sigma-based classes
     <case>.traj        [steps + 1, 2, 2, 2, 2] float32: the starting latents, then prev_sample of every step
     <case>.x0          pred_original_sample (LCM: denoised) of the last step, where step returns one
     ac.<name>          alphas_cumprod of a few beta configurations (float32)
-    <sweep>.timesteps / .sigmas   timesteps (float32) and sigmas of n = 1..30, 50, 100, concatenated
+    <sweep>.timesteps  timesteps (float32) of every n of the sweep (1..30, 50, 100), concatenated
+    <sweep>.sigmas     their sigmas, concatenated (sigma-based classes)
     train.*            DDPMScheduler (SD betas) add_noise / get_velocity at timesteps [0, 17, 500, 999] and
                        diffusers.training_utils.compute_snr at a few timesteps
 
