@@ -293,16 +293,18 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
     if (it.key().empty() || it.key()[0] == '_' || use_defaults.count(it.key())) continue;
     j[it.key()] = it.value();
   }
-  for (auto it = j.begin(); it != j.end(); ++it)
-    if (!keys.count(it.key()) && it.key() != "sigma_min" && it.key() != "sigma_max") c.ignored_keys.push_back(it.key());
+  const bool karras_family = cls == "EulerDiscreteScheduler" || cls == "HeunDiscreteScheduler" ||
+                             cls == "DPMSolverMultistepScheduler" || cls == "UniPCMultistepScheduler";
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const bool sigma_range = it.key() == "sigma_min" || it.key() == "sigma_max";
+    if (!keys.count(it.key()) && !(karras_family && sigma_range)) c.ignored_keys.push_back(it.key());
+  }
 
-  // A view of j restricted to the keys the class takes (plus the hasattr-read sigma range).
+  // A view of j restricted to the keys the class takes (the hasattr-read sigma range apart).
   json jc = json::object();
   for (auto it = j.begin(); it != j.end(); ++it)
     if (keys.count(it.key())) jc[it.key()] = it.value();
   const Reader r(jc, source, cls);
-  const bool karras_family = cls == "EulerDiscreteScheduler" || cls == "HeunDiscreteScheduler" ||
-                             cls == "DPMSolverMultistepScheduler" || cls == "UniPCMultistepScheduler";
   if (karras_family) {
     json js = json::object();
     for (const char* k : {"sigma_min", "sigma_max"})

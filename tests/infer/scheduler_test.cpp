@@ -174,7 +174,11 @@ TEST(SchedulerConfig, RemapsValuesLikeDiffusers) {
                 .prediction_type,
             "sample");
   // hasattr(config, "sigma_min"): read by DPM-Solver although it is not one of its arguments.
-  EXPECT_EQ(*SchedulerConfig::from_json_string(R"({"sigma_min": 0.5})", "c", "DPMSolverMultistepScheduler").sigma_min, 0.5);
+  const SchedulerConfig d = SchedulerConfig::from_json_string(R"({"sigma_min": 0.5})", "c", "DPMSolverMultistepScheduler");
+  EXPECT_EQ(*d.sigma_min, 0.5);
+  EXPECT_FALSE(contains(d.ignored_keys, "sigma_min"));
+  EXPECT_TRUE(contains(SchedulerConfig::from_json_string(R"({"sigma_min": 0.5})", "c", "DDIMScheduler").ignored_keys,
+                       "sigma_min"));
 }
 
 // ---- factory --------------------------------------------------------------------------------
