@@ -27,6 +27,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/clip_text.h"
@@ -74,10 +75,21 @@ struct LoraReport {
 };
 
 // What one load_lora call attached. The models must outlive it (it holds pointers to their layers).
-// Destroying it leaves the LoRA in place; remove() takes it out.
+// Destroying it leaves the LoRA in place; remove() takes it out. Move-only: two copies would unmerge
+// the same delta twice.
 class LoadedLora {
  public:
   LoadedLora() = default;
+  LoadedLora(const LoadedLora&) = delete;
+  LoadedLora& operator=(const LoadedLora&) = delete;
+  LoadedLora(LoadedLora&& o) noexcept { *this = std::move(o); }
+  LoadedLora& operator=(LoadedLora&& o) noexcept {
+    report_ = std::move(o.report_);
+    mode_ = o.mode_;
+    active_ = std::exchange(o.active_, false);
+    entries_ = std::move(o.entries_);
+    return *this;
+  }
   const LoraReport& report() const { return report_; }
   LoraMode mode() const { return mode_; }
   bool active() const { return active_; }
