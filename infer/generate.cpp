@@ -315,6 +315,10 @@ GenerateResult generate(const Pipeline& pipe, const GenerateRequest& r, NoiseStr
     sched->set_timesteps(res.steps, img2img ? r.strength : 1.0);
     if (pipe.is_sdxl() && !img2img) sched->start_at(0);  // StableDiffusionXLPipeline: set_begin_index(0)
   };
+  // diffusers' img2img pipelines refuse a strength that leaves int(steps * strength) < 1 steps.
+  SD_CHECK(!img2img || res.scheduler.class_name == "LCMScheduler" || int64_t(double(res.steps) * r.strength) >= 1,
+           "img2img: strength ", r.strength, " with ", res.steps,
+           " steps leaves no denoising step: raise it or the number of steps");
   start_base();
   std::vector<double> base_ts = sched->timesteps();
   if (refiner) base_ts.resize(base_steps_before(base_ts, r.denoising_end, sched->config().num_train_timesteps));

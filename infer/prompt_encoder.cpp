@@ -113,7 +113,8 @@ EncodedPrompts encode_prompts(const Pipeline& pipe, const std::string& prompt,
   const bool sdxl = pipe.is_sdxl();
   for (const Enc& e : encs) {
     const int64_t layers = e.model->config().num_hidden_layers;
-    SD_CHECK(o.clip_skip + (sdxl ? 1 : 0) < layers, "encode_prompt: clip_skip ", o.clip_skip,
+    // hidden_states has layers + 1 entries; SD takes [-(n+1)], SDXL [-(n+2)].
+    SD_CHECK(o.clip_skip + (sdxl ? 1 : 0) <= layers, "encode_prompt: clip_skip ", o.clip_skip,
              " leaves no layer of the ", layers, "-layer text encoder");
   }
   const bool zero_uncond = with_uncond && !negative.has_value() && pipe.force_zeros_for_empty_prompt;
