@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -402,7 +403,9 @@ TEST(Generate, HalfPrecisionAndTiledDecodeRun) {
   PhiloxNoise a(3), b(3);
   const Tensor ref = generate(tiny("sd1"), r, a).images;
   const Tensor got = generate(*half, r, b).images;
-  EXPECT_LE(test::relative_error(got, ref), 5e-2);
+  const double err = test::relative_error(got, ref);
+  std::printf("[ bf16 ] tiny SD1, 3 Euler steps with CFG: image relative error vs f32 %.2e\n", err);
+  EXPECT_LE(err, 5e-2);
   r.width = r.height = 64;
   r.vae_tiling = true;
   PhiloxNoise c(3);
