@@ -172,6 +172,30 @@ TEST(PipelineLoad, Defaults) {
   EXPECT_EQ(tiny("lcm").defaults().guidance_scale, 8.5);
 }
 
+TEST(PipelineLoad, TurboDefaults) {
+  // SDXL-Turbo's folder: an SDXL pipeline whose scheduler uses trailing spacing, at 512 px or less.
+  const fs::path d = fs::temp_directory_path() / ("sd_turbo_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::copy(kData + "/pipe_tiny_sdxl", d, fs::copy_options::recursive);
+  std::ofstream(d / "scheduler" / "scheduler_config.json")
+      << R"({"_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+             "beta_schedule": "scaled_linear", "timestep_spacing": "trailing", "steps_offset": 1})";
+  const auto p = Pipeline::load(d.string());
+  EXPECT_TRUE(p->turbo);
+  EXPECT_EQ(p->describe_family(), "sdxl+turbo");
+  EXPECT_EQ(p->defaults().steps, 1);
+  EXPECT_EQ(p->defaults().guidance_scale, 0.0);
+  GenerateRequest r;
+  r.prompt = "a cat";
+  PhiloxNoise n(1);
+  const GenerateResult res = generate(*p, r, n);
+  EXPECT_FALSE(res.cfg);
+  EXPECT_EQ(res.steps_run, 1);
+  EXPECT_EQ(res.timings.unet_evals, 1);
+  EXPECT_FALSE(tiny("sdxl").turbo);
+  fs::remove_all(d);
+}
+
 TEST(PipelineLoad, PredictionOverride) {
   PipelineOptions o;
   o.prediction = nn::Prediction::VPrediction;
