@@ -376,12 +376,13 @@ int run(Options& o) {
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   if (pipe->family == nn::ModelFamily::SDXLRefiner && !o.strength_given) o.req.strength = 0.3;
   // The model hash reads every weight byte: overlap it with the generation.
-  std::string model_hash;
+  std::string model_hash, refiner_hash;
   std::thread hasher([&] {
     try {
       model_hash = pipe->model_hash();
+      if (refiner) refiner_hash = refiner->model_hash();
     } catch (const std::exception&) {
-      model_hash = "";
+      // an unreadable weights file already failed loading; leave the hash out
     }
   });
 
@@ -430,7 +431,7 @@ int run(Options& o) {
     info.batch_pos = i;
     if (o.req.guidance_rescale > 0) info.extra.emplace_back("Guidance rescale", format_number(o.req.guidance_rescale));
     if (refiner) {
-      info.extra.emplace_back("Refiner", refiner->model_name() + " [" + refiner->model_hash() + "]");
+      info.extra.emplace_back("Refiner", refiner->model_name() + (refiner_hash.empty() ? "" : " [" + refiner_hash + "]"));
       info.extra.emplace_back("Refiner switch at", format_number(o.req.denoising_end));
     }
     info.extra.emplace_back("RNG", o.rng == "philox" ? "philox" : "torch-cuda");
