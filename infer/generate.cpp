@@ -371,7 +371,7 @@ GenerateResult generate(const Pipeline& pipe, const GenerateRequest& r, NoiseStr
     }
     t0 = Clock::now();
     latents = denoise(pipe, *sched, base_ts, latents, unet_inputs(base, res.cfg, B, res.guidance_scale), res.cfg,
-                      res.guidance_scale, r.guidance_rescale, "base", ls);
+                      res.guidance_scale, r.guidance_rescale, refiner ? "base" : "denoise", ls);
     const Pipeline* last = &pipe;
     if (refiner) {
       if (first > 0) {

@@ -42,7 +42,7 @@ namespace sd::infer {
 using SizeHW = std::pair<int64_t, int64_t>;  // (height, width), diffusers' order
 
 struct ProgressEvent {
-  const char* stage;     // "base", "refiner"
+  const char* stage;     // "denoise"; with a refiner "base" then "refiner"
   int64_t step;          // 1-based, over all stages
   int64_t total;         // steps of all stages
 };

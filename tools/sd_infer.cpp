@@ -160,11 +160,30 @@ int64_t parse_int(const std::string& flag, const std::string& v) {
   throw UsageError(flag + ": expected an integer, got '" + v + "'");
 }
 
+// --lora FILE[:SCALE]: the scale is what follows the last ':' when it is a number (default 1).
+struct LoraArg {
+  std::string path;
+  double scale = 1.0;
+};
+LoraArg parse_lora(const std::string& v) {
+  const size_t p = v.rfind(':');
+  if (p != std::string::npos && p > 0 && p + 1 < v.size()) {
+    try {
+      size_t n = 0;
+      const double s = std::stod(v.substr(p + 1), &n);
+      if (n == v.size() - p - 1 && std::isfinite(s)) return {v.substr(0, p), s};
+    } catch (const std::exception&) {
+    }
+  }
+  return {v, 1.0};
+}
+
 bool blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
 
 struct Options {
   std::string model, refiner, variant, family, prediction, tokenizer;
-  std::vector<std::string> loras, embeddings;
+  std::vector<LoraArg> loras;
+  std::vector<std::string> embeddings;
   GenerateRequest req;
   bool have_prompt = false;
   std::optional<uint64_t> seed;
@@ -192,7 +211,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--tokenizer") o.tokenizer = value();
     else if (a == "--family") o.family = value();
     else if (a == "--prediction" || a == "--prediction_type") o.prediction = value();
-    else if (a == "--lora") o.loras.push_back(value());
+    else if (a == "--lora") o.loras.push_back(parse_lora(value()));
     else if (a == "--embedding") o.embeddings.push_back(value());
     else if (a == "--prompt") o.req.prompt = value(), o.have_prompt = true;
     else if (a == "--negative_prompt") o.req.negative_prompt = value();
@@ -271,8 +290,12 @@ void check_options(Options& o) {
     throw UsageError("--dtype must be fp32, fp16 or bf16, got '" + o.dtype + "'");
   if (!o.init_image.empty() && !o.latents_file.empty())
     throw UsageError("--latents and --init_image exclude each other (img2img latents come from the image)");
+  // LoRA / textual inversion: the flags are parsed (o.loras: path + scale, o.embeddings); once
+  // models/lora.h and models/textual_inversion.h exist they are applied in run() right after
+  // Pipeline::load (UNet + text encoders; embeddings add tokens to pipe->tokenizer(_2) and rows to
+  // the text encoders), and this check goes.
   if (!o.loras.empty())
-    throw UsageError("--lora " + o.loras.front() +
+    throw UsageError("--lora " + o.loras.front().path +
                      ": LoRA adapters are not available in this build yet (models/lora.h is being written); run "
                      "without --lora");
   if (!o.embeddings.empty())
