@@ -41,6 +41,15 @@ void Scheduler::set_timesteps(int64_t num_inference_steps, double strength) {
   }
 }
 
+void Scheduler::start_at(int64_t first) {
+  require_timesteps("start_at");
+  SD_CHECK(first >= 0 && first <= int64_t(timesteps_.size()), class_name(), ".start_at: index ", first,
+           " is outside the schedule of ", timesteps_.size(), " timesteps");
+  run_timesteps_.assign(timesteps_.begin() + first, timesteps_.end());
+  step_index_ = -1;
+  if (has_begin_index()) begin_index_ = first;
+}
+
 double Scheduler::init_noise_sigma() const { return init_noise_sigma_value(); }
 
 Tensor Scheduler::scale_model_input(const Tensor& sample, double) { return sample; }

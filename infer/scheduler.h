@@ -69,6 +69,10 @@ class Scheduler {
   // steps, times `order`, and start the step counter there); LCM applies strength its own way
   // (LCMScheduler.set_timesteps(strength=...)). Resets all multistep state.
   void set_timesteps(int64_t num_inference_steps, double strength = 1.0);
+  // Runs all_timesteps()[first:] from now on, as diffusers' pipelines slice scheduler.timesteps and
+  // call set_begin_index(first) where the class has one (SDXL img2img / refiner with
+  // denoising_start; SDXL txt2img calls it with 0).
+  void start_at(int64_t first);
   // The timesteps to run (after the strength subset) and the whole schedule.
   const std::vector<double>& timesteps() const { return run_timesteps_; }
   const std::vector<double>& all_timesteps() const { return timesteps_; }

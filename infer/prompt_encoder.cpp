@@ -1,0 +1,165 @@
+#include "infer/prompt_encoder.h"
+
+#include <algorithm>
+
+#include "autograd/node.h"
+#include "models/prompt_weights.h"
+#include "ops/concat.h"
+#include "ops/elementwise.h"
+#include "ops/reduce.h"
+#include "ops/view.h"
+#include "runtime/error.h"
+#include "runtime/nvtx.h"
+
+namespace sd::infer {
+namespace {
+
+struct Chunks {
+  std::vector<std::vector<int>> ids;
+  std::vector<std::vector<float>> weights;
+  int64_t tokens = 0;
+};
+
+Chunks tokenize(const ClipTokenizer& tok, const std::string& text, const PromptEncodeOptions& o) {
+  Chunks c;
+  if (o.a1111_syntax) {
+    WeightedChunks w = encode_weighted_chunks(tok, text, o.comma_backtrack);
+    c.ids = std::move(w.ids);
+    c.weights = std::move(w.weights);
+    for (const auto& ids : c.ids)
+      for (size_t i = 1; i < ids.size() && ids[i] != tok.eos_id(); ++i) ++c.tokens;
+  } else {
+    c.tokens = int64_t(tok.encode(text).size());
+    c.ids.push_back(tok.encode_padded(text));  // diffusers: truncation at max_length
+    c.weights.emplace_back(c.ids.back().size(), 1.0f);
+  }
+  return c;
+}
+
+void pad_to(Chunks& c, size_t n, const ClipTokenizer& tok) {
+  while (c.ids.size() < n) {
+    c.ids.push_back(tok.frame({}));
+    c.weights.emplace_back(c.ids.back().size(), 1.0f);
+  }
+}
+
+struct EncoderOutput {
+  Tensor hidden;  // [1, L k, D]
+  Tensor pooled;  // [1, P] of chunk 0 (text_embeds) when asked
+};
+
+// One encoder over all chunks at once (a batch of k rows). hidden_index 0 = last_hidden_state.
+EncoderOutput run_encoder(const nn::ClipTextModel& model, const Chunks& c, int64_t hidden_index, bool final_ln,
+                          bool text_embeds, Device device) {
+  SD_NVTX_RANGE("encode_prompt");
+  const int64_t k = int64_t(c.ids.size()), L = int64_t(c.ids.front().size());
+  std::vector<double> flat;
+  for (const auto& row : c.ids) {
+    for (int id : row) {
+      SD_CHECK(id < model.config().vocab_size, "encode_prompt: token id ", id, " is outside the text encoder's ",
+               model.config().vocab_size, "-token vocabulary (tokenizer and text encoder do not belong together)");
+      flat.push_back(double(id));
+    }
+  }
+  const Tensor ids = from_vector(flat, {k, L}, DType::I64, device);
+  nn::ClipTextRequest req;
+  req.last_hidden_state = hidden_index == 0;
+  if (hidden_index != 0) req.hidden_states = {hidden_index};
+  req.text_embeds = text_embeds;
+  const nn::ClipTextOutput out = model.forward(ids, req);
+  Tensor h = hidden_index == 0 ? out.last_hidden_state : out.hidden_states.at(0);
+  if (final_ln) h = model.final_layer_norm(h);
+  // Emphasis, per chunk: z * w, then back to the chunk's mean (A1111's process_tokens).
+  std::vector<Tensor> rows;
+  bool weighted = false;
+  for (int64_t i = 0; i < k; ++i) {
+    Tensor z = select(h, 0, i);  // [L, D]
+    const auto& w = c.weights[size_t(i)];
+    if (std::any_of(w.begin(), w.end(), [](float v) { return v != 1.0f; })) {
+      weighted = true;
+      const DType dt = z.dtype();
+      Tensor zf = to(z, DType::F32);
+      const double original_mean = mean_all(zf).item();
+      std::vector<double> wd(w.begin(), w.end());
+      zf = zf * from_vector(wd, {L, 1}, DType::F32, device);
+      const double new_mean = mean_all(zf).item();
+      zf = zf * (original_mean / new_mean);
+      z = to(zf, dt);
+    }
+    rows.push_back(z);
+  }
+  EncoderOutput r;
+  r.hidden = weighted ? reshape(cat(rows, 0), {1, k * L, h.size(-1)}) : reshape(contiguous(h), {1, k * L, h.size(-1)});
+  if (text_embeds) r.pooled = narrow(out.text_embeds, 0, 0, 1);
+  return r;
+}
+
+}  // namespace
+
+EncodedPrompts encode_prompts(const Pipeline& pipe, const std::string& prompt,
+                              const std::optional<std::string>& negative, bool with_uncond,
+                              const PromptEncodeOptions& o) {
+  SD_CHECK(o.clip_skip >= 0, "encode_prompt: clip_skip must be >= 0, got ", o.clip_skip);
+  autograd::NoGrad no_grad;
+  // The encoders in order, each with its tokenizer; SDXL's hidden states are the penultimate ones.
+  struct Enc {
+    const nn::ClipTextModel* model;
+    const ClipTokenizer* tok;
+    bool pooled;
+  };
+  std::vector<Enc> encs;
+  if (pipe.text_encoder) encs.push_back({pipe.text_encoder.get(), &*pipe.tokenizer, false});
+  if (pipe.text_encoder_2) encs.push_back({pipe.text_encoder_2.get(), &*pipe.tokenizer_2, true});
+  const bool sdxl = pipe.is_sdxl();
+  for (const Enc& e : encs) {
+    const int64_t layers = e.model->config().num_hidden_layers;
+    // hidden_states has layers + 1 entries; SD takes [-(n+1)], SDXL [-(n+2)].
+    SD_CHECK(o.clip_skip + (sdxl ? 1 : 0) <= layers, "encode_prompt: clip_skip ", o.clip_skip,
+             " leaves no layer of the ", layers, "-layer text encoder");
+  }
+  const bool zero_uncond = with_uncond && !negative.has_value() && pipe.force_zeros_for_empty_prompt;
+  const bool encode_uncond = with_uncond && !zero_uncond;
+
+  std::vector<Chunks> cond, uncond;
+  size_t n = 1;
+  for (const Enc& e : encs) {
+    cond.push_back(tokenize(*e.tok, prompt, o));
+    n = std::max(n, cond.back().ids.size());
+    if (encode_uncond) {
+      uncond.push_back(tokenize(*e.tok, negative.value_or(""), o));
+      n = std::max(n, uncond.back().ids.size());
+    }
+  }
+  for (size_t i = 0; i < encs.size(); ++i) {
+    pad_to(cond[i], n, *encs[i].tok);
+    if (encode_uncond) pad_to(uncond[i], n, *encs[i].tok);
+  }
+
+  auto encode = [&](std::vector<Chunks>& chunks, int clip_skip) {
+    TextConditioning tc;
+    std::vector<Tensor> parts;
+    for (size_t i = 0; i < encs.size(); ++i) {
+      const int64_t index = sdxl ? -(clip_skip + 2) : (clip_skip > 0 ? -(clip_skip + 1) : 0);
+      EncoderOutput r = run_encoder(*encs[i].model, chunks[i], index, !sdxl && clip_skip > 0, encs[i].pooled,
+                                    pipe.device);
+      parts.push_back(r.hidden);
+      if (encs[i].pooled) tc.pooled = r.pooled;
+    }
+    tc.context = parts.size() == 1 ? parts[0] : cat(parts, 2);
+    return tc;
+  };
+
+  EncodedPrompts out;
+  out.cond = encode(cond, o.clip_skip);
+  out.chunks = int64_t(n);
+  out.tokens = cond.front().tokens;
+  if (encode_uncond) {
+    out.uncond = encode(uncond, o.clip_skip_negative ? o.clip_skip : 0);
+  } else if (zero_uncond) {
+    out.uncond.context = zeros_like(out.cond.context);
+    if (out.cond.pooled.defined()) out.uncond.pooled = zeros_like(out.cond.pooled);
+  }
+  return out;
+}
+
+}  // namespace sd::infer
