@@ -4,6 +4,7 @@
 
 #include "autograd/node.h"
 #include "models/prompt_weights.h"
+#include "models/textual_inversion.h"
 #include "ops/concat.h"
 #include "ops/elementwise.h"
 #include "ops/reduce.h"
@@ -20,6 +21,36 @@ struct Chunks {
   int64_t tokens = 0;
 };
 
+// Multi-vector textual-inversion triggers stand for several tokens: expand them in the token
+// stream and cut it into 75-token chunks again (BREAK boundaries are not kept then).
+void expand_embeddings(Chunks& c, const ClipTokenizer& tok, const nn::TextualInversions& tis) {
+  std::vector<int> ids;
+  std::vector<float> weights;
+  bool changed = false;
+  for (size_t k = 0; k < c.ids.size(); ++k) {
+    for (size_t i = 1; i < c.ids[k].size() && c.ids[k][i] != tok.eos_id(); ++i) {
+      const std::vector<int> e = tis.expand(tok, {c.ids[k][i]});
+      changed |= e.size() != 1;
+      for (int id : e) {
+        ids.push_back(id);
+        weights.push_back(c.weights[k][i]);
+      }
+    }
+  }
+  if (!changed) return;
+  const size_t n = size_t(tok.chunk_length());
+  Chunks out;
+  out.tokens = int64_t(ids.size());
+  for (size_t b = 0; b < std::max<size_t>(ids.size(), 1); b += n) {
+    const size_t e = std::min(ids.size(), b + n);
+    out.ids.push_back(tok.frame(std::vector<int>(ids.begin() + long(b), ids.begin() + long(e))));
+    std::vector<float> w(out.ids.back().size(), 1.0f);
+    for (size_t i = b; i < e; ++i) w[1 + i - b] = weights[i];
+    out.weights.push_back(std::move(w));
+  }
+  c = std::move(out);
+}
+
 Chunks tokenize(const ClipTokenizer& tok, const std::string& text, const PromptEncodeOptions& o) {
   Chunks c;
   if (o.a1111_syntax) {
@@ -28,9 +59,13 @@ Chunks tokenize(const ClipTokenizer& tok, const std::string& text, const PromptE
     c.weights = std::move(w.weights);
     for (const auto& ids : c.ids)
       for (size_t i = 1; i < ids.size() && ids[i] != tok.eos_id(); ++i) ++c.tokens;
+    if (o.embeddings) expand_embeddings(c, tok, *o.embeddings);
   } else {
-    c.tokens = int64_t(tok.encode(text).size());
-    c.ids.push_back(tok.encode_padded(text));  // diffusers: truncation at max_length
+    std::vector<int> ids = tok.encode(text);
+    if (o.embeddings) ids = o.embeddings->expand(tok, ids);
+    c.tokens = int64_t(ids.size());
+    if (ids.size() > size_t(tok.chunk_length())) ids.resize(size_t(tok.chunk_length()));  // diffusers: truncation
+    c.ids.push_back(tok.frame(ids));
     c.weights.emplace_back(c.ids.back().size(), 1.0f);
   }
   return c;

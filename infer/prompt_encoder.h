@@ -20,9 +20,15 @@
 
 #include "infer/pipeline.h"
 
+namespace sd::nn {
+class TextualInversions;
+}  // namespace sd::nn
+
 namespace sd::infer {
 
 struct PromptEncodeOptions {
+  // Loaded textual-inversion embeddings: a multi-vector trigger expands to all its tokens.
+  const sd::nn::TextualInversions* embeddings = nullptr;
   // diffusers' clip_skip: 0 = the model's usual layer; n = n layers earlier (A1111's "Clip skip" is
   // this plus 1).
   int clip_skip = 0;

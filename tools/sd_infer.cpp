@@ -24,6 +24,9 @@
 #include "infer/generate.h"
 #include "infer/image_io.h"
 #include "infer/infotext.h"
+#include "infer/pipeline.h"
+#include "models/lora.h"
+#include "models/textual_inversion.h"
 #include "infer/scheduler.h"
 #include "ops/view.h"
 #include "runtime/allocator.h"
@@ -57,8 +60,9 @@ model:
   --refiner PATH             SDXL refiner (folder or file) run after the base: the "ensemble of expert
                              denoisers" (base with denoising_end, refiner with denoising_start)
   --high_noise_frac F        the fraction of the schedule the base runs (default 0.8); alias --denoising_end
-  --lora FILE[:SCALE]        LoRA adapter (repeatable)            [not available in this build yet]
-  --embedding FILE           textual-inversion embedding (repeatable) [not available in this build yet]
+  --lora FILE[:SCALE]        LoRA adapter, kohya or diffusers/PEFT layout (repeatable; scale default 1)
+  --embedding FILE           textual-inversion embedding: diffusers learned_embeds, A1111 emb_params,
+                             SDXL clip_l/clip_g (repeatable); its trigger is the file's token or stem
 
 prompt:
   --prompt TEXT              required, not empty. A1111 syntax: (word:1.3) weights, (word) x1.1,
@@ -290,17 +294,10 @@ void check_options(Options& o) {
     throw UsageError("--dtype must be fp32, fp16 or bf16, got '" + o.dtype + "'");
   if (!o.init_image.empty() && !o.latents_file.empty())
     throw UsageError("--latents and --init_image exclude each other (img2img latents come from the image)");
-  // LoRA / textual inversion: the flags are parsed (o.loras: path + scale, o.embeddings); once
-  // models/lora.h and models/textual_inversion.h exist they are applied in run() right after
-  // Pipeline::load (UNet + text encoders; embeddings add tokens to pipe->tokenizer(_2) and rows to
-  // the text encoders), and this check goes.
-  if (!o.loras.empty())
-    throw UsageError("--lora " + o.loras.front().path +
-                     ": LoRA adapters are not available in this build yet (models/lora.h is being written); run "
-                     "without --lora");
-  if (!o.embeddings.empty())
-    throw UsageError("--embedding " + o.embeddings.front() +
-                     ": textual-inversion embeddings are not available in this build yet; run without --embedding");
+  for (const auto& l : o.loras)
+    if (!fs::is_regular_file(l.path)) throw UsageError("--lora '" + l.path + "' does not exist");
+  for (const auto& e : o.embeddings)
+    if (!fs::exists(e)) throw UsageError("--embedding '" + e + "' does not exist");
   if (!fs::exists(o.model)) throw UsageError("--model '" + o.model + "' does not exist");
   if (!o.refiner.empty() && !fs::exists(o.refiner)) throw UsageError("--refiner '" + o.refiner + "' does not exist");
   if (!o.init_image.empty() && !fs::is_regular_file(o.init_image))
@@ -396,6 +393,25 @@ int run(Options& o) {
     ro.family = nn::ModelFamily::Unknown;
     refiner = Pipeline::load(o.refiner, ro);
   }
+  // Adapters: LoRAs on the UNet and text encoders (applied on the fly; kept alive for the run),
+  // embeddings as new tokens of the tokenizer(s) and rows of the text encoder(s).
+  std::vector<nn::LoadedLora> loras;
+  for (const auto& l : o.loras) {
+    nn::LoraOptions lo;
+    lo.multiplier = l.scale;
+    loras.push_back(nn::load_lora(l.path, {pipe->unet.get(), pipe->text_encoder.get(), pipe->text_encoder_2.get()}, lo));
+    const nn::LoraReport& rep = loras.back().report();
+    if (!o.quiet) std::fprintf(stderr, "lora %s: %s\n", l.path.c_str(), rep.str().c_str());
+  }
+  nn::TextualInversions embeddings;
+  for (const auto& e : o.embeddings) {
+    nn::TextualInversionTargets targets;
+    targets.first = {pipe->tokenizer ? &*pipe->tokenizer : nullptr, pipe->text_encoder.get()};
+    targets.second = {pipe->tokenizer_2 ? &*pipe->tokenizer_2 : nullptr, pipe->text_encoder_2.get()};
+    const auto& emb = embeddings.load(e, targets);
+    if (!o.quiet) std::fprintf(stderr, "embedding %s: trigger '%s'\n", e.c_str(), emb.token.c_str());
+  }
+  if (!o.embeddings.empty()) o.req.prompt_options.embeddings = &embeddings;
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   if (pipe->family == nn::ModelFamily::SDXLRefiner && !o.strength_given) o.req.strength = 0.3;
   // The model hash reads every weight byte: overlap it with the generation.

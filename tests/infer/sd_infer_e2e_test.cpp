@@ -213,9 +213,63 @@ TEST_F(E2ESdInfer, ErrorUnknownScheduler) {
   expect_error({"--model", kSd1, "--prompt", "a cat", "--scheduler", "dpm_magic"}, "unknown scheduler \"dpm_magic\"");
 }
 
-TEST_F(E2ESdInfer, ErrorAdaptersNotAvailableYet) {
-  expect_error({"--model", kSd1, "--prompt", "a cat", "--lora", "x.safetensors:0.8"}, "LoRA");
-  expect_error({"--model", kSd1, "--prompt", "a cat", "--embedding", "x.safetensors"}, "textual-inversion");
+// Mean absolute difference of two 8-bit images, in pixel levels.
+double mean_abs_diff(const fs::path& a, const fs::path& b) {
+  const std::vector<double> va = load_image_u8(a.string()).to_vector(), vb = load_image_u8(b.string()).to_vector();
+  EXPECT_EQ(va.size(), vb.size());
+  double s = 0;
+  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) s += std::fabs(va[i] - vb[i]);
+  return s / double(std::max<size_t>(va.size(), 1));
+}
+
+TEST_F(E2ESdInfer, LoraInBothLayoutsChangesTheImageTheSameWay) {
+  const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a red cartoon cat", "--steps", "4",
+                                         "--scheduler", "euler", "--seed", "7", "--output_dir", out_.string()};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  ASSERT_EQ(run(base).code, 0);
+  const RunResult kohya = run(with({"--lora", kData + "/lora/sd1_kohya.safetensors:0.7"}));
+  ASSERT_EQ(kohya.code, 0) << kohya.err;
+  EXPECT_NE(kohya.err.find("0 keys unmatched"), std::string::npos) << kohya.err;
+  const RunResult peft = run(with({"--lora", kData + "/lora/sd1_peft.safetensors:0.7"}));
+  ASSERT_EQ(peft.code, 0) << peft.err;
+  const auto files = pngs();
+  ASSERT_EQ(files.size(), 3u);
+  // The two files hold the same adapter (tests/golden/make_lora_goldens.py): same image, and a
+  // visible change from the plain one.
+  EXPECT_LE(mean_abs_diff(files[1], files[2]), 0.05);
+  EXPECT_GT(mean_abs_diff(files[0], files[1]), 1.0);
+  EXPECT_NE(read_png_text(files[1].string())["parameters"].find("a red cartoon cat"), std::string::npos);
+}
+
+TEST_F(E2ESdInfer, LoraForAnotherFamilyIsAClearError) {
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--lora", kData + "/lora/sdxl_kohya.safetensors"},
+               "sdxl_kohya.safetensors");
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--lora", "missing.safetensors:0.8"}, "missing.safetensors");
+}
+
+TEST_F(E2ESdInfer, EmbeddingTriggerIsUsable) {
+  const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a photo of tinyemb", "--steps", "4",
+                                         "--scheduler", "euler", "--seed", "7", "--output_dir", out_.string()};
+  ASSERT_EQ(run(base).code, 0);
+  std::vector<std::string> a = base;
+  a.push_back("--embedding");
+  a.push_back(kData + "/lora/ti/tinyemb.safetensors");
+  const RunResult r = run(a);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("trigger 'tinyemb'"), std::string::npos) << r.err;
+  const auto files = pngs();
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_GT(mean_abs_diff(files[0], files[1]), 0.5) << "the embedding did not change the conditioning";
+}
+
+TEST_F(E2ESdInfer, EmbeddingForAnotherFamilyIsAClearError) {
+  // An SDXL embedding (clip_l + clip_g) on SD1, which has no second text encoder.
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--embedding", kData + "/lora/ti/tinyxl.safetensors"},
+               "tinyxl");
 }
 
 TEST_F(E2ESdInfer, ErrorAfterLoadingWritesNothing) {
