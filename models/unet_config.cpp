@@ -1,5 +1,7 @@
 #include "models/unet_config.h"
 
+#include "models/config_reader.h"
+
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -14,72 +16,12 @@ namespace {
 
 using json = nlohmann::json;
 
-// Reads keys of one config object; every key looked at is remembered, the rest are reported
-// as ignored. JSON null is Python's None, which for most keys is not the default value.
-class Reader {
+// The UNet's reader: the shared one plus the per-block / per-layer forms and the checks for
+// values it does not implement.
+class Reader : public ConfigReader {
  public:
-  Reader(const json& j, std::string source) : j_(j), src_(std::move(source)) {}
+  Reader(const json& j, std::string source) : ConfigReader(j, "UNet config", std::move(source)) {}
 
-  bool present(const std::string& k) { used_.insert(k); return j_.contains(k); }
-  bool is_null(const std::string& k) { return present(k) && j_[k].is_null(); }
-  bool has_value(const std::string& k) { return present(k) && !j_[k].is_null(); }
-  const json& at(const std::string& k) { used_.insert(k); return j_.at(k); }
-
-  template <class... Args>
-  [[noreturn]] void fail(const std::string& k, const Args&... msg) {
-    std::ostringstream os;
-    ((os << msg), ...);
-    SD_FAIL("UNet config ", src_, ": key \"", k, "\" ", os.str(), " (value ",
-            j_.contains(k) ? j_[k].dump() : std::string("absent"), ")");
-  }
-
-  int64_t as_int(const std::string& k, const json& v) {
-    if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) return int64_t(v.get<double>());
-    fail(k, "must be an integer");
-  }
-  int64_t integer(const std::string& k, int64_t def) {
-    if (!present(k)) return def;
-    if (is_null(k)) fail(k, "must not be null");
-    return as_int(k, at(k));
-  }
-  // null and absent both mean "not set" (0) for these optional widths.
-  int64_t optional_integer(const std::string& k) { return has_value(k) ? as_int(k, at(k)) : 0; }
-  double number(const std::string& k, double def) {
-    if (!present(k)) return def;
-    if (!at(k).is_number()) fail(k, "must be a number");
-    return at(k).get<double>();
-  }
-  // null counts as false (Python's falsy None) for these flags.
-  bool flag(const std::string& k, bool def) {
-    if (!present(k)) return def;
-    if (is_null(k)) return false;
-    if (!at(k).is_boolean()) fail(k, "must be true or false");
-    return at(k).get<bool>();
-  }
-  std::string string_or_empty(const std::string& k, const std::string& def) {
-    if (!present(k)) return def;
-    if (is_null(k)) return "";
-    if (!at(k).is_string()) fail(k, "must be a string");
-    return at(k).get<std::string>();
-  }
-  std::vector<std::string> strings(const std::string& k, std::vector<std::string> def) {
-    if (!present(k)) return def;
-    if (!at(k).is_array()) fail(k, "must be a list of strings");
-    std::vector<std::string> out;
-    for (const json& v : at(k)) {
-      if (!v.is_string()) fail(k, "must be a list of strings");
-      out.push_back(v.get<std::string>());
-    }
-    return out;
-  }
-  std::vector<int64_t> ints(const std::string& k, std::vector<int64_t> def) {
-    if (!present(k)) return def;
-    if (!at(k).is_array()) fail(k, "must be a list of integers");
-    std::vector<int64_t> out;
-    for (const json& v : at(k)) out.push_back(as_int(k, v));
-    return out;
-  }
   // An int for every block, or a list with one entry per block.
   std::vector<int64_t> per_block(const std::string& k, int64_t def, size_t n) {
     if (!present(k)) return std::vector<int64_t>(n, def);
@@ -141,18 +83,6 @@ class Reader {
     fail(k, "is not supported: only ", list);
   }
 
-  std::vector<std::string> unused_keys() const {
-    std::vector<std::string> out;
-    for (auto it = j_.begin(); it != j_.end(); ++it)
-      if (!used_.count(it.key())) out.push_back(it.key());
-    return out;
-  }
-  const std::string& source() const { return src_; }
-
- private:
-  const json& j_;
-  std::string src_;
-  std::set<std::string> used_;
 };
 
 // diffusers strips a "UNetRes" prefix from block type names.

@@ -1,5 +1,7 @@
 #include "models/vae_config.h"
 
+#include "models/config_reader.h"
+
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -14,89 +16,11 @@ namespace {
 
 using json = nlohmann::json;
 
-// Reads keys of one config object, remembering which were looked at; the rest are reported as
-// ignored. (The UNet's reader handles per-block forms this file never has.)
-class Reader {
+// VAE flags are plain booleans: null is an error there (null_is_false = false).
+class Reader : public ConfigReader {
  public:
-  Reader(const json& j, std::string source) : j_(j), src_(std::move(source)) {}
-
-  bool present(const std::string& k) { used_.insert(k); return j_.contains(k); }
-  bool has_value(const std::string& k) { return present(k) && !j_[k].is_null(); }
-  const json& at(const std::string& k) { used_.insert(k); return j_.at(k); }
-
-  template <class... Args>
-  [[noreturn]] void fail(const std::string& k, const Args&... msg) {
-    std::ostringstream os;
-    ((os << msg), ...);
-    SD_FAIL("VAE config ", src_, ": key \"", k, "\" ", os.str(), " (value ",
-            j_.contains(k) ? j_[k].dump() : std::string("absent"), ")");
-  }
-
-  int64_t as_int(const std::string& k, const json& v) {
-    if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) return int64_t(v.get<double>());
-    fail(k, "must be an integer");
-  }
-  int64_t integer(const std::string& k, int64_t def) {
-    if (!present(k)) return def;
-    if (at(k).is_null()) fail(k, "must not be null");
-    return as_int(k, at(k));
-  }
-  double number(const std::string& k, double def) {
-    if (!present(k)) return def;
-    if (!at(k).is_number()) fail(k, "must be a number");
-    return at(k).get<double>();
-  }
-  std::optional<double> optional_number(const std::string& k) {
-    if (!has_value(k)) return std::nullopt;
-    if (!at(k).is_number()) fail(k, "must be a number or null");
-    return at(k).get<double>();
-  }
-  bool flag(const std::string& k, bool def) {
-    if (!present(k)) return def;
-    if (!at(k).is_boolean()) fail(k, "must be true or false");
-    return at(k).get<bool>();
-  }
-  std::vector<std::string> strings(const std::string& k, std::vector<std::string> def) {
-    if (!present(k)) return def;
-    if (!at(k).is_array()) fail(k, "must be a list of strings");
-    std::vector<std::string> out;
-    for (const json& v : at(k)) {
-      if (!v.is_string()) fail(k, "must be a list of strings");
-      out.push_back(v.get<std::string>());
-    }
-    return out;
-  }
-  std::vector<int64_t> ints(const std::string& k, std::vector<int64_t> def) {
-    if (!present(k)) return def;
-    if (!at(k).is_array()) fail(k, "must be a list of integers");
-    std::vector<int64_t> out;
-    for (const json& v : at(k)) out.push_back(as_int(k, v));
-    return out;
-  }
-  // null -> empty.
-  std::vector<double> numbers_or_null(const std::string& k) {
-    if (!has_value(k)) return {};
-    if (!at(k).is_array()) fail(k, "must be a list of numbers or null");
-    std::vector<double> out;
-    for (const json& v : at(k)) {
-      if (!v.is_number()) fail(k, "must be a list of numbers or null");
-      out.push_back(v.get<double>());
-    }
-    return out;
-  }
-
-  std::vector<std::string> unused_keys() const {
-    std::vector<std::string> out;
-    for (auto it = j_.begin(); it != j_.end(); ++it)
-      if (!used_.count(it.key())) out.push_back(it.key());
-    return out;
-  }
-
- private:
-  const json& j_;
-  std::string src_;
-  std::set<std::string> used_;
+  Reader(const json& j, std::string source) : ConfigReader(j, "VAE config", std::move(source)) {}
+  bool flag(const std::string& k, bool def) { return ConfigReader::flag(k, def, /*null_is_false=*/false); }
 };
 
 }  // namespace
