@@ -227,4 +227,17 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& short_name, const S
   return make_scheduler(scheduler_config_for(short_name, model_config));
 }
 
+Tensor Scheduler::add_noise_alpha_sigma(const Tensor& original, const Tensor& noise, const Tensor& timesteps) const {
+  require_timesteps("add_noise");
+  SD_CHECK(original.shape() == noise.shape(), class_name(), ".add_noise: sample ", original.str(), " and noise ",
+           noise.str(), " differ in shape");
+  std::vector<float> a, s;
+  for (double t : timestep_values(timesteps)) {
+    const detail::AlphaSigma v = detail::alpha_sigma(sigmas_.at(size_t(noise_index(t, /*absent_is_last=*/true))));
+    a.push_back(v.alpha);
+    s.push_back(v.sigma);
+  }
+  return mul(original, batch_coeff(a, original)) + mul(noise, batch_coeff(s, noise));
+}
+
 }  // namespace sd::infer

@@ -145,6 +145,9 @@ class Scheduler {
   // Timestep values of a [B] (or scalar) tensor.
   static std::vector<double> timestep_values(const Tensor& timesteps);
   void require_timesteps(const char* op) const;
+  // add_noise of the sigma-parameterised multistep solvers (DPM-Solver, UniPC): x0 alpha_t + n sigma_t
+  // with (alpha_t, sigma_t) from the schedule's sigma at each timestep.
+  Tensor add_noise_alpha_sigma(const Tensor& original, const Tensor& noise, const Tensor& timesteps) const;
 
   SchedulerConfig cfg_;
   std::vector<float> betas_, alphas_cumprod_;

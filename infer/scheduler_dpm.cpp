@@ -49,16 +49,7 @@ class DPMSolver final : public Scheduler {
   }
 
   Tensor add_noise(const Tensor& original, const Tensor& noise, const Tensor& timesteps) override {
-    require_timesteps("add_noise");
-    SD_CHECK(original.shape() == noise.shape(), class_name(), ".add_noise: sample ", original.str(), " and noise ",
-             noise.str(), " differ in shape");
-    std::vector<float> a, s;
-    for (double t : timestep_values(timesteps)) {
-      const AlphaSigma v = alpha_sigma(sigmas_.at(size_t(noise_index(t, /*absent_is_last=*/true))));
-      a.push_back(v.alpha);
-      s.push_back(v.sigma);
-    }
-    return mul(original, batch_coeff(a, original)) + mul(noise, batch_coeff(s, noise));
+    return add_noise_alpha_sigma(original, noise, timesteps);
   }
 
  protected:
