@@ -17,18 +17,11 @@
 #include "ops/upsample.h"
 #include "ops/view.h"
 #include "tests/models/unet_golden.h"
+#include "tests/models/key_lists.h"
 #include "tests/test_util.h"
 
 namespace sd::nn {
 namespace {
-
-std::string shape_text(const Shape& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
-}
 
 std::string error_of(const std::function<void()>& f) {
   try {
@@ -157,18 +150,6 @@ TEST(UNetConfig, KeysWithoutEffectAreListed) {
 
 // ---- parameter names and shapes of the released models -------------------------------------
 
-std::vector<std::pair<std::string, std::string>> read_keys(const std::string& name) {
-  std::ifstream in(std::string(SD_TEST_DATA_DIR) + "/keys/unet_" + name + ".tsv");
-  EXPECT_TRUE(in.good()) << name;
-  std::vector<std::pair<std::string, std::string>> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    const size_t tab = line.find('\t');
-    out.emplace_back(line.substr(0, tab), line.substr(tab + 1));
-  }
-  return out;
-}
-
 TEST(UNetKeys, NamesAndShapesMatchDiffusers) {
   const std::pair<const char*, UNetConfig (*)()> models[] = {{"sd15", &UNetConfig::sd15},
                                                              {"sd21", &UNetConfig::sd21},
@@ -177,14 +158,7 @@ TEST(UNetKeys, NamesAndShapesMatchDiffusers) {
                                                              {"ssd1b", &UNetConfig::ssd1b}};
   for (const auto& [name, make] : models) {
     UNet2DConditionModel m(make());
-    const auto expected = read_keys(name);
-    std::vector<std::pair<std::string, std::string>> ours;
-    for (auto& [k, p] : m.named_parameters()) ours.emplace_back(k, shape_text(p->shape));
-    ASSERT_EQ(ours.size(), expected.size()) << name;
-    for (size_t i = 0; i < ours.size(); ++i) {
-      EXPECT_EQ(ours[i], expected[i]) << name << " entry " << i;  // same order as diffusers' state_dict
-      if (ours[i] != expected[i]) break;
-    }
+    test::expect_same_keys(m, "unet_" + std::string(name) + ".tsv");
   }
 }
 
@@ -193,7 +167,7 @@ TEST(UNetKeys, AdapterTargetsAreEveryLinearAndConv) {
   const auto targets = m.adapter_targets();
   // Every weight of rank 2 (Linear) or 4 (Conv2d) belongs to one target; norms are rank 1.
   size_t expected = 0;
-  for (const auto& [k, shape] : read_keys("sdxl_base"))
+  for (const auto& [k, shape] : test::read_key_list("unet_sdxl_base.tsv"))
     if (k.size() > 7 && k.compare(k.size() - 7, 7, ".weight") == 0 && std::count(shape.begin(), shape.end(), ',') != 0)
       ++expected;
   EXPECT_EQ(targets.size(), expected);

@@ -19,6 +19,7 @@
 #include "ops/view.h"
 #include "runtime/allocator.h"
 #include "tests/models/vae_golden.h"
+#include "tests/models/key_lists.h"
 #include "tests/test_util.h"
 
 namespace sd::nn {
@@ -31,14 +32,6 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
-}
-
-std::string shape_text(const Shape& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
 }
 
 // ---- config ---------------------------------------------------------------------------------
@@ -128,34 +121,11 @@ TEST(VaeConfig, UnsupportedValuesNameTheKey) {
 
 // ---- parameter names and shapes of the released models --------------------------------------
 
-std::vector<std::pair<std::string, std::string>> read_keys(const std::string& file) {
-  std::ifstream in(std::string(SD_TEST_DATA_DIR) + "/keys/" + file);
-  EXPECT_TRUE(in.good()) << file;
-  std::vector<std::pair<std::string, std::string>> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    const size_t tab = line.find('\t');
-    out.emplace_back(line.substr(0, tab), line.substr(tab + 1));
-  }
-  return out;
-}
-
-void expect_same_keys(Module& m, const std::string& file) {
-  const auto expected = read_keys(file);
-  std::vector<std::pair<std::string, std::string>> ours;
-  for (auto& [k, p] : m.named_parameters()) ours.emplace_back(k, shape_text(p->shape));
-  ASSERT_EQ(ours.size(), expected.size()) << file;
-  for (size_t i = 0; i < ours.size(); ++i) {
-    EXPECT_EQ(ours[i], expected[i]) << file << " entry " << i;  // same order as diffusers' state_dict
-    if (ours[i] != expected[i]) break;
-  }
-}
-
 TEST(VaeKeys, NamesAndShapesMatchDiffusers) {
   AutoencoderKL sd(VaeConfig::sd());
-  expect_same_keys(sd, "vae_sd.tsv");
+  test::expect_same_keys(sd, "vae_sd.tsv");
   AutoencoderKL xl(VaeConfig::sdxl());
-  expect_same_keys(xl, "vae_sdxl.tsv");
+  test::expect_same_keys(xl, "vae_sdxl.tsv");
   // 83,653,863 parameters: 34,163,664 in encoder + quant_conv, 49,490,199 in decoder + post_quant_conv.
   EXPECT_EQ(sd.num_parameters(), 83653863);
   EXPECT_EQ(sd.encoder->num_parameters() + sd.quant_conv->num_parameters(), 34163664);
@@ -175,9 +145,9 @@ TEST(VaeKeys, NamesAndShapesMatchDiffusers) {
 
 TEST(UNetKeys, SdxlTurboAndLcmSdxlMatchDiffusers) {
   UNet2DConditionModel turbo(UNetConfig::sdxl_base());  // SDXL-Turbo: the SDXL base architecture
-  expect_same_keys(turbo, "unet_sdxl_turbo.tsv");
+  test::expect_same_keys(turbo, "unet_sdxl_turbo.tsv");
   UNet2DConditionModel lcm(UNetConfig::lcm_sdxl());
-  expect_same_keys(lcm, "unet_lcm_sdxl.tsv");
+  test::expect_same_keys(lcm, "unet_lcm_sdxl.tsv");
   EXPECT_EQ(turbo.num_parameters(), 2567463684);
   EXPECT_EQ(lcm.num_parameters(), 2567545604);  // + time_embedding.cond_proj.weight [320, 256]
 }
