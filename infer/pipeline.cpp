@@ -9,12 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include "infer/sha256.h"
-#include "models/diffusers_configs.h"
-#include "models/single_file.h"
+#include "models/formats/diffusers_configs.h"
+#include "models/formats/single_file.h"
 #include "runtime/error.h"
 
-#ifndef SD_DATA_DIR
-#define SD_DATA_DIR "infer/data"
+#ifndef SD_CLIP_VOCAB_DIR
+#define SD_CLIP_VOCAB_DIR "models/clip/vocab"
 #endif
 
 namespace sd::infer {
@@ -250,8 +250,8 @@ void load_file(Pipeline& p, const std::string& path, const PipelineOptions& o) {
 
 std::string clip_data_dir() {
   const char* env = std::getenv("SD_DATA_DIR");
-  const std::string base = env && *env ? env : SD_DATA_DIR;
-  return (fs::path(base) / "clip").string();
+  if (env && *env) return (fs::path(env) / "clip").string();
+  return SD_CLIP_VOCAB_DIR;
 }
 
 ClipTokenizer load_tokenizer_folder(const std::string& dir) {

@@ -1,8 +1,8 @@
 // A Stable Diffusion pipeline's components, loaded from a diffusers pipeline folder
 // (model_index.json + unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/; FORMATS.md §2.1)
 // or from a single-file checkpoint (.safetensors / .ckpt of A1111, ComfyUI, kohya: family
-// detected from the keys, configs from the family presets of models/diffusers_configs.h, the
-// tokenizers from the CLIP vocabulary the project ships in infer/data/clip).
+// detected from the keys, configs from the family presets of models/formats/diffusers_configs.h, the
+// tokenizers from the CLIP vocabulary the project ships in models/clip/vocab).
 //
 // Families and what runs them (infer/generate.h):
 //   SD1.x, SD2.x                StableDiffusionPipeline: one CLIP text encoder
@@ -20,11 +20,11 @@
 #include <vector>
 
 #include "infer/scheduler_config.h"
-#include "models/checkpoint_keys.h"
-#include "models/clip_text.h"
-#include "models/clip_tokenizer.h"
-#include "models/unet.h"
-#include "models/vae.h"
+#include "models/formats/checkpoint_keys.h"
+#include "models/clip/clip_text.h"
+#include "models/clip/clip_tokenizer.h"
+#include "models/unet/unet.h"
+#include "models/vae/vae.h"
 
 namespace sd::infer {
 
@@ -102,7 +102,7 @@ class Pipeline {
 };
 
 // Where the CLIP vocabulary for single files lives: $SD_DATA_DIR/clip when that environment
-// variable is set, else the compile-time SD_DATA_DIR (the source tree's infer/data) + "/clip".
+// variable is set, else the compile-time SD_CLIP_VOCAB_DIR (the source tree's models/clip/vocab).
 std::string clip_data_dir();
 
 // The tokenizer of a diffusers tokenizer/ folder: vocab.json + merges.txt, the pad token read from

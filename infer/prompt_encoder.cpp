@@ -3,8 +3,8 @@
 #include <algorithm>
 
 #include "autograd/node.h"
-#include "models/prompt_weights.h"
-#include "models/textual_inversion.h"
+#include "infer/prompt_weights.h"
+#include "models/adapters/textual_inversion.h"
 #include "ops/concat.h"
 #include "ops/elementwise.h"
 #include "ops/reduce.h"

@@ -1,11 +1,11 @@
 // sd_convert: Stable Diffusion checkpoints between diffusers folders and single files
-// (.safetensors / .ckpt), see models/single_file.h.
+// (.safetensors / .ckpt), see models/formats/single_file.h.
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
 
-#include "models/single_file.h"
+#include "models/formats/single_file.h"
 #include "runtime/error.h"
 
 namespace {

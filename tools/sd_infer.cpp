@@ -25,8 +25,8 @@
 #include "infer/image_io.h"
 #include "infer/infotext.h"
 #include "infer/pipeline.h"
-#include "models/lora.h"
-#include "models/textual_inversion.h"
+#include "models/adapters/lora.h"
+#include "models/adapters/textual_inversion.h"
 #include "infer/scheduler.h"
 #include "ops/view.h"
 #include "runtime/allocator.h"
@@ -56,7 +56,7 @@ model:
   --prediction P             epsilon|v_prediction: overrides the scheduler config (SD2 768-v single
                              files default to v_prediction, as diffusers does)
   --tokenizer DIR            single files: a folder with vocab.json + merges.txt (default: the CLIP
-                             vocabulary shipped in infer/data/clip, or $SD_DATA_DIR/clip)
+                             vocabulary shipped in models/clip/vocab, or $SD_DATA_DIR/clip)
   --refiner PATH             SDXL refiner (folder or file) run after the base: the "ensemble of expert
                              denoisers" (base with denoising_end, refiner with denoising_start)
   --high_noise_frac F        the fraction of the schedule the base runs (default 0.8); alias --denoising_end

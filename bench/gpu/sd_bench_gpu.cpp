@@ -22,7 +22,7 @@
 #include "ops/norm.h"
 #include "ops/softmax.h"
 #include "ops/view.h"
-#include "models/unet.h"
+#include "models/unet/unet.h"
 #include "runtime/allocator.h"
 #include "runtime/cuda_api.h"
 #include "runtime/rng.h"

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "autograd/engine.h"
-#include "models/clip_text.h"
+#include "models/clip/clip_text.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
 

@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <cstring>
 
-#include "models/textual_inversion.h"
-#include "tests/models/lora_fixtures.h"
+#include "models/adapters/textual_inversion.h"
+#include "tests/models/adapters/lora_fixtures.h"
 #include "tests/test_util.h"
 
 namespace sd::nn {

@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "autograd/engine.h"
-#include "tests/models/unet_golden.h"
+#include "tests/models/unet/unet_golden.h"
 #include "tests/test_util.h"
 
 namespace sd::nn {

@@ -12,7 +12,7 @@
 #include "ops/view.h"
 #include "runtime/allocator.h"
 #include "runtime/cuda_api.h"
-#include "tests/models/vae_golden.h"
+#include "tests/models/vae/vae_golden.h"
 #include "tests/test_util.h"
 
 namespace sd::nn {

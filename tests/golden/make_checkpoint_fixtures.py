@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fixtures for the single-file checkpoint tests (tests/models/checkpoint_test.cpp).
+"""Fixtures for the single-file checkpoint tests (tests/models/formats/checkpoint_test.cpp).
 
 Python is only the test oracle; CI never runs this script. It writes
 

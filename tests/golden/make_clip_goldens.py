@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference outputs for the C++ CLIP text encoder (tests/models/clip_text_golden_test.cpp), made by transformers.
+"""Reference outputs for the C++ CLIP text encoder (tests/models/clip/clip_text_golden_test.cpp), made by transformers.
 
 Python is only the test oracle; CI never runs this script. It writes
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference data for the C++ LoRA and textual-inversion loaders (tests/models/lora_golden_test.cpp,
+"""Reference data for the C++ LoRA and textual-inversion loaders (tests/models/adapters/lora_golden_test.cpp,
 textual_inversion_golden_test.cpp), made with diffusers + PEFT on the committed tiny models.
 
 Python is only the test oracle; CI never runs this script. It writes tests/data/lora/:

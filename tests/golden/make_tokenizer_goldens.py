@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference ids for the C++ CLIP tokenizer (tests/models/tokenizer_test.cpp), made by transformers.
+"""Reference ids for the C++ CLIP tokenizer (tests/models/clip/tokenizer_test.cpp), made by transformers.
 
 Python is only the test oracle; CI never runs this script. It writes tests/data/tokenizer_goldens.jsonl,
 one JSON object per line:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference data for the C++ UNet2DConditionModel (tests/models/unet_test.cpp), made by diffusers.
+"""Reference data for the C++ UNet2DConditionModel (tests/models/unet/unet_test.cpp), made by diffusers.
 
 Python is only the test oracle; CI never runs this script. It writes:
 

@@ -5,7 +5,7 @@
 //
 // Tolerance: relative error of the whole tensor (||a - e|| / ||e||) <= 2e-5 for the latents and the
 // images. Everything runs in float32 on both sides; each UNet evaluation agrees with diffusers to
-// ~1e-6 (tests/models/unet_test.cpp), the schedulers' trajectories to ~1e-6 (scheduler goldens),
+// ~1e-6 (tests/models/unet/unet_test.cpp), the schedulers' trajectories to ~1e-6 (scheduler goldens),
 // and 4-10 steps of CFG amplify this (guidance 5-7.5 multiplies the difference of the two UNet
 // halves): the measured errors are 3e-7 .. 2.5e-6 (printed by the test), so 2e-5 leaves a margin of
 // ~7x while a wrong step (timestep, scaling, sign, order of CFG halves, time ids, skipped layer)

@@ -1,5 +1,5 @@
 // Single-file checkpoints through the pipeline: a small random SD1-layout model (sizes the
-// family presets of models/diffusers_configs.h can describe: 32 norm groups, 8 UNet heads, 12
+// family presets of models/formats/diffusers_configs.h can describe: 32 norm groups, 8 UNet heads, 12
 // CLIP heads) saved as one original-layout .safetensors, then
 //   (a) loaded directly (Pipeline::load on the file: family detection, configs from the presets,
 //       tokenizer from --tokenizer, scheduler preset), and
@@ -14,7 +14,7 @@
 
 #include "infer/generate.h"
 #include "infer/sha256.h"
-#include "models/single_file.h"
+#include "models/formats/single_file.h"
 #include "tests/test_util.h"
 
 namespace sd::infer {

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "models/module.h"
+#include "models/nn/module.h"
 
 namespace sd::test {
 
