@@ -12,6 +12,10 @@ cp -r /usr/src/googletest/googletest .deps/googletest
 mkdir -p .deps/lib
 cp /usr/include/utf8proc.h /usr/include/zlib.h /usr/include/zconf.h .deps/include/
 cp -P /usr/lib/x86_64-linux-gnu/libutf8proc.so* .deps/lib/
+# The trainer's dataset readers: Snappy/Zstandard Parquet pages, WebP images.
+cp /usr/include/snappy.h /usr/include/snappy-stubs-public.h /usr/include/zstd.h /usr/include/zstd_errors.h .deps/include/
+cp -r /usr/include/webp .deps/include/
+cp -P /usr/lib/x86_64-linux-gnu/libsnappy.so* /usr/lib/x86_64-linux-gnu/libzstd.so* /usr/lib/x86_64-linux-gnu/libwebp.so* .deps/lib/
 # zlib: that machine has the runtime library; a link lets the build find it without the -dev package.
 ln -s /usr/lib/x86_64-linux-gnu/libz.so.1 .deps/lib/libz.so
 du -sh .deps

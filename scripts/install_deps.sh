@@ -15,6 +15,8 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin                            # multi-process training
   libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer
   zlib1g-dev                                            # gzip'd CLIP merges (bpe_simple_vocab_16e6.txt.gz)
+  libsnappy-dev libzstd-dev                             # Snappy/Zstandard Parquet pages (HF datasets)
+  libwebp-dev                                           # WebP training images (PNG/JPEG via stb)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
