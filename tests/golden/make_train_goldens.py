@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Reference training steps for the C++ trainer (tests/train/train_golden_test.cpp), computed with the
+training logic of diffusers' scripts (train_text_to_image.py, train_text_to_image_lora.py, their _sdxl
+versions) on the tiny pipelines of tests/data/pipe_tiny_{sd1,sdxl}, in float32 on the CPU.
+
+Python is only the test oracle; CI never runs this script. The random inputs of every step (latents,
+noise, timesteps, offset noise, input perturbation) are drawn here and recorded, and the C++ test feeds
+them in, so both sides compute the same thing. For each case, 3 optimizer steps of
+
+    noise (+ noise_offset * offset)  ->  noisy = DDPMScheduler.add_noise(latents, noise (+ perturbation), t)
+    context = text_encoder(ids)[0]   (SDXL: cat of both encoders' hidden_states[-2]; pooled + time ids)
+    target = noise | get_velocity;  pred = unet(noisy, t, context, ...)
+    loss = MSE (Min-SNR weighted per example); loss.backward()
+    clip_grad_norm_(trainable, 1.0); AdamW(lr 1e-3, betas (0.9, 0.999), wd 1e-2, eps 1e-8).step()
+    get_scheduler("linear", warmup 2, total 10).step()   (so the learning rates are 0, 5e-4, 1e-3)
+
+tests/data/train_goldens/<case>.safetensors holds
+    step<k>.latents, step<k>.noise, step<k>.timesteps (i64), step<k>.ids (i64), [step<k>.ids_2,
+    step<k>.time_ids (SDXL)], [step<k>.offset, step<k>.perturbation]
+    step<k>.loss (0-d), step<k>.lr (0-d f64)
+    init.<name>    LoRA runs: the adapters before training (A as PEFT initialised it; B zeros)
+    grad.<name>    their gradients at step 0 (before clipping)
+    final.<name>   their values after the 3 steps
+  with <name> the C++ trainer's names: "unet.<diffusers module path>.<param>" for full fine-tunes,
+  "unet.<path>.lora_A.weight" / ".lora_B.weight" for LoRA, "text_encoder.text_model.<...>" for text encoders.
+    Metadata: the case's settings (method, prediction, snr_gamma, noise_offset, input_perturbation, lora rank/alpha,
+    train_text_encoder) and the captions of each step.
+tests/data/train_goldens/vae_sd1.safetensors: pixels -> vae.encode -> latent_dist (mean, logvar) and
+    (mean + std * eps) * scaling_factor for a recorded eps.
+
+Cases:
+    sd1_full        full UNet + text encoder, epsilon, Min-SNR 5, input_perturbation 0.1
+    sd1_lora_te     LoRA rank 4 alpha 8 on the UNet's to_q/k/v/out.0 and the text encoder's q/k/v/out_proj,
+                    --prediction_type v_prediction, Min-SNR 5
+    sdxl_full       full UNet, epsilon, Min-SNR 5 (time ids from sizes/crops)
+    sdxl_lora       LoRA rank 4 (alpha = rank) on the UNet, v_prediction, Min-SNR 5, noise_offset 0.05
+
+Run: python3 tests/golden/make_train_goldens.py   (torch 2.15 CPU, diffusers 0.42.1, transformers 5.25, peft 0.21)
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "data")
+OUT = os.path.join(DATA, "train_goldens")
+STEPS = 3
+BATCH = 2
+LATENT = (4, 16, 16)
+CAPTIONS = [["a red circle on a white background", "a blue square"],
+            ["a green triangle", "a yellow circle on a purple background"],
+            ["", "a black circle on a green background"]]
+
+
+def te_name(prefix, n):
+    # transformers >= 5.6 flattens CLIPTextModel ("embeddings..."); the C++ names keep "text_model.".
+    n = n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+    if not n.startswith("text_model.") and not n.startswith("text_projection"):
+        n = "text_model." + n
+    return prefix + "." + n
+
+
+def unet_name(n):
+    return "unet." + n.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+
+
+def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, alpha=4, noise_offset=0.0,
+             input_perturbation=0.0):
+    torch.manual_seed(1234 + len(name))
+    root = os.path.join(DATA, f"pipe_tiny_{pipe}")
+    sdxl = pipe == "sdxl"
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(root, "unet"), torch_dtype=torch.float32)
+    te = CLIPTextModel.from_pretrained(os.path.join(root, "text_encoder"), torch_dtype=torch.float32)
+    tok = CLIPTokenizer.from_pretrained(os.path.join(root, "tokenizer"))
+    te2 = tok2 = None
+    if sdxl:
+        te2 = CLIPTextModelWithProjection.from_pretrained(os.path.join(root, "text_encoder_2"), torch_dtype=torch.float32)
+        tok2 = CLIPTokenizer.from_pretrained(os.path.join(root, "tokenizer_2"))
+    sched = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+    if prediction:
+        sched.register_to_config(prediction_type=prediction)
+    for m in [unet, te] + ([te2] if te2 is not None else []):
+        m.requires_grad_(False)
+
+    named = []  # (C++ name, parameter)
+    if method == "full":
+        unet.requires_grad_(True)
+        named += [(unet_name(n), p) for n, p in unet.named_parameters()]
+        if train_te:
+            te.requires_grad_(True)
+            named += [(te_name("text_encoder", n), p) for n, p in te.named_parameters()]
+    else:
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        named += [(unet_name(n), p) for n, p in unet.named_parameters() if p.requires_grad]
+        if train_te:
+            te = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
+                                                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), te)
+            for n, p in te.named_parameters():
+                p.requires_grad_("lora_" in n)
+            named += [(te_name("text_encoder", n), p) for n, p in te.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    assert len(set(n for n, _ in named)) == len(named)
+    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    lr_scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=2, num_training_steps=10)
+
+    out = {}
+    if method != "full":  # a full fine-tune starts from the pipeline's own weights
+        for n, p in named:
+            out["init." + n] = p.detach().clone()
+    for k in range(STEPS):
+        latents = torch.randn(BATCH, *LATENT)
+        noise = torch.randn_like(latents)
+        out[f"step{k}.latents"] = latents
+        out[f"step{k}.noise"] = noise.clone()
+        if noise_offset:
+            offset = torch.randn(BATCH, LATENT[0], 1, 1)
+            out[f"step{k}.offset"] = offset
+            noise = noise + noise_offset * offset
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (BATCH,)).long()
+        out[f"step{k}.timesteps"] = timesteps
+        noised_with = noise
+        if input_perturbation:
+            perturbation = torch.randn_like(noise)
+            out[f"step{k}.perturbation"] = perturbation
+            noised_with = noise + input_perturbation * perturbation
+        noisy = sched.add_noise(latents, noised_with, timesteps)
+        ids = tok(CAPTIONS[k], max_length=tok.model_max_length, padding="max_length", truncation=True,
+                  return_tensors="pt").input_ids
+        out[f"step{k}.ids"] = ids
+        added = None
+        if sdxl:
+            ids2 = tok2(CAPTIONS[k], max_length=tok2.model_max_length, padding="max_length", truncation=True,
+                        return_tensors="pt").input_ids
+            out[f"step{k}.ids_2"] = ids2
+            # encode_prompt of train_text_to_image_sdxl.py
+            e1 = te(ids, output_hidden_states=True, return_dict=False)
+            e2 = te2(ids2, output_hidden_states=True, return_dict=False)
+            context = torch.cat([e1[-1][-2], e2[-1][-2]], dim=-1)
+            pooled = e2[0]
+            time_ids = torch.tensor([[40.0 + 8 * k, 56.0, 4.0 * k, 0.0, 32.0, 32.0],
+                                     [32.0, 48.0 + 8 * k, 0.0, 8.0, 32.0, 32.0]])
+            out[f"step{k}.time_ids"] = time_ids
+            added = {"text_embeds": pooled, "time_ids": time_ids}
+        else:
+            context = te(ids, return_dict=False)[0]
+        if sched.config.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = sched.get_velocity(latents, noise, timesteps)
+        pred = unet(noisy, timesteps, context, added_cond_kwargs=added, return_dict=False)[0]
+        if snr_gamma is None:
+            loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+        else:
+            snr = compute_snr(sched, timesteps)
+            w = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+            w = w / snr if sched.config.prediction_type == "epsilon" else w / (snr + 1)
+            loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+            loss = (loss.mean(dim=list(range(1, len(loss.shape)))) * w).mean()
+        out[f"step{k}.loss"] = loss.detach().clone()
+        out[f"step{k}.lr"] = torch.tensor(lr_scheduler.get_last_lr()[0], dtype=torch.float64)
+        loss.backward()
+        if k == 0:
+            for n, p in named:
+                out["grad." + n] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+    for n, p in named:
+        out["final." + n] = p.detach().clone()
+    meta = {"method": method, "pipe": f"pipe_tiny_{pipe}", "prediction": sched.config.prediction_type,
+            "prediction_override": prediction or "", "snr_gamma": "" if snr_gamma is None else str(snr_gamma),
+            "noise_offset": str(noise_offset), "input_perturbation": str(input_perturbation),
+            "train_text_encoder": str(int(train_te)), "rank": str(rank), "alpha": str(alpha), "steps": str(STEPS),
+            "trainable": str(len(named))}
+    for k in range(STEPS):
+        meta[f"step{k}.captions"] = "\n".join(CAPTIONS[k])
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, f"{name}.safetensors"), metadata=meta)
+    print(f"{name}: {len(named)} trainable tensors, losses", [round(float(out[f'step{k}.loss']), 6) for k in range(STEPS)])
+
+
+def vae_case():
+    torch.manual_seed(99)
+    vae = AutoencoderKL.from_pretrained(os.path.join(DATA, "pipe_tiny_sd1", "vae"), torch_dtype=torch.float32)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    dist = vae.encode(pixels).latent_dist
+    eps = torch.randn_like(dist.mean)
+    latents = (dist.mean + dist.std * eps) * vae.config.scaling_factor
+    t = {"pixels": pixels, "mean": dist.mean, "logvar": dist.logvar, "eps": eps, "latents": latents}
+    save_file({k: v.detach().contiguous() for k, v in t.items()}, os.path.join(OUT, "vae_sd1.safetensors"))
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    with torch.no_grad():
+        vae_case()
+    run_case("sd1_full", "sd1", "full", None, 5.0, train_te=True, input_perturbation=0.1)
+    run_case("sd1_lora_te", "sd1", "lora", "v_prediction", 5.0, train_te=True, rank=4, alpha=8)
+    run_case("sdxl_full", "sdxl", "full", None, 5.0)
+    run_case("sdxl_lora", "sdxl", "lora", "v_prediction", 5.0, rank=4, alpha=4, noise_offset=0.05)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+#include "train/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "runtime/error.h"
+#include "runtime/safetensors.h"
+
+namespace sd::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kFormatVersion = 1;
+
+// The step of "checkpoint-<N>", or -1 for anything else (temporaries included).
+int64_t checkpoint_step(const fs::path& p) {
+  const std::string n = p.filename().string();
+  if (n.rfind("checkpoint-", 0) != 0) return -1;
+  const std::string num = n.substr(11);
+  if (num.empty() || num.size() > 18 || !std::all_of(num.begin(), num.end(), ::isdigit)) return -1;
+  return std::stoll(num);
+}
+
+std::vector<std::pair<int64_t, fs::path>> list_checkpoints(const std::string& output_dir) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    const int64_t s = checkpoint_step(e.path());
+    if (s >= 0 && e.is_directory() && fs::exists(e.path() / "state.json")) out.emplace_back(s, e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  SD_CHECK(f, "cannot create '", path.string(), "': ", std::strerror(errno));
+  f << text;
+  f.flush();
+  SD_CHECK(f.good(), "cannot write '", path.string(), "' (disk full?): ", std::strerror(errno));
+  f.close();
+  SD_CHECK(!f.fail(), "cannot write '", path.string(), "' (disk full?)");
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& output_dir, int64_t step, const CheckpointContents& c) {
+  const fs::path final_dir = fs::path(output_dir) / ("checkpoint-" + std::to_string(step));
+  const fs::path tmp = fs::path(output_dir) / ("checkpoint-" + std::to_string(step) + ".tmp-" + std::to_string(getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  SD_CHECK(!ec, "cannot create the checkpoint folder '", tmp.string(), "': ", ec.message());
+  try {
+    save_safetensors((tmp / "optimizer.safetensors").string(), c.optimizer, {{"format", "pt"}});
+    if (!c.ema.empty()) save_safetensors((tmp / "ema.safetensors").string(), c.ema, {{"format", "pt"}});
+    if (c.write_extra) c.write_extra(tmp.string());
+    nlohmann::json state = c.state;
+    state["format_version"] = kFormatVersion;
+    state["step"] = step;
+    // state.json last: a directory without it is never taken for a checkpoint.
+    write_text_file(tmp / "state.json", state.dump(2) + "\n");
+    // An existing checkpoint of the same step (a re-run after resuming from an earlier one) is
+    // replaced only now that the new one is complete.
+    if (fs::exists(final_dir)) {
+      const fs::path old = final_dir.string() + ".old-" + std::to_string(getpid());
+      fs::rename(final_dir, old);
+      fs::rename(tmp, final_dir);
+      fs::remove_all(old, ec);
+    } else {
+      fs::rename(tmp, final_dir);
+    }
+  } catch (const std::exception& e) {
+    fs::remove_all(tmp, ec);
+    SD_FAIL("saving checkpoint ", final_dir.string(), " failed; earlier checkpoints are intact. ", e.what());
+  }
+  return final_dir.string();
+}
+
+void prune_checkpoints(const std::string& output_dir, int64_t limit) {
+  auto all = list_checkpoints(output_dir);
+  std::error_code ec;
+  for (size_t i = 0; i + size_t(limit) < all.size(); ++i) fs::remove_all(all[i].second, ec);
+}
+
+std::optional<std::string> find_checkpoint(const std::string& output_dir, const std::string& which) {
+  if (which == "latest") {
+    auto all = list_checkpoints(output_dir);
+    if (all.empty()) return std::nullopt;
+    return all.back().second.string();
+  }
+  SD_CHECK(fs::is_directory(which), "--resume_from_checkpoint '", which, "' is not a folder (give a checkpoint-N "
+           "folder or \"latest\")");
+  SD_CHECK(fs::exists(fs::path(which) / "state.json"), "--resume_from_checkpoint '", which,
+           "' is not a complete checkpoint: it has no state.json (an interrupted save leaves such folders; use an "
+           "earlier checkpoint)");
+  return which;
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& dir) {
+  LoadedCheckpoint out;
+  out.dir = dir;
+  const fs::path state_path = fs::path(dir) / "state.json";
+  std::ifstream f(state_path);
+  SD_CHECK(f, "cannot open '", state_path.string(), "'");
+  try {
+    out.state = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    SD_FAIL("'", state_path.string(), "' is not valid JSON: ", e.what());
+  }
+  SD_CHECK(out.state.is_object() && out.state.value("format_version", 0) == kFormatVersion, "'", state_path.string(),
+           "' is not an sd_train checkpoint of this version");
+  auto read_all = [](const fs::path& p) {
+    NamedTensors t;
+    SafetensorsFile sf = SafetensorsFile::open(p.string());
+    for (const std::string& k : sf.keys()) t.emplace_back(k, sf.get(k));
+    return t;
+  };
+  out.optimizer = read_all(fs::path(dir) / "optimizer.safetensors");
+  if (fs::exists(fs::path(dir) / "ema.safetensors")) out.ema = read_all(fs::path(dir) / "ema.safetensors");
+  return out;
+}
+
+void check_fingerprint(const nlohmann::json& saved, const nlohmann::json& current, const std::string& dir) {
+  static const std::map<std::string, std::string> why = {
+      {"method", "a checkpoint of another training method"},
+      {"model", "a checkpoint of another model"},
+      {"family", "a checkpoint of another model family"},
+      {"trainable", "the trainable tensors differ (other LoRA targets, rank or text-encoder training)"},
+      {"train_batch_size", "another batch size changes which examples each step sees"},
+      {"gradient_accumulation_steps", "another accumulation changes which examples each step sees"},
+      {"seed", "another seed changes the data order and the noise"},
+      {"dataset", "another dataset (or a changed one: examples added or removed)"},
+      {"resolution", "another resolution"},
+      {"mixed_precision", "another precision"},
+      {"world_size", "another process count (re-sharding is not supported for this state)"},
+  };
+  std::string problems;
+  for (const auto& [key, reason] : why) {
+    const auto a = saved.find(key);
+    const auto b = current.find(key);
+    const nlohmann::json av = a == saved.end() ? nlohmann::json() : *a;
+    const nlohmann::json bv = b == current.end() ? nlohmann::json() : *b;
+    if (av != bv) problems += "\n  " + key + ": checkpoint " + av.dump() + ", this run " + bv.dump() + " (" + reason + ")";
+  }
+  SD_CHECK(problems.empty(), "cannot resume from '", dir, "':", problems);
+}
+
+}  // namespace sd::train

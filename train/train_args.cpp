@@ -1,0 +1,317 @@
+#include "train/train_args.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/error.h"
+#include "train/flags.h"
+
+namespace sd::train {
+
+const char* method_name(TrainMethod m) {
+  switch (m) {
+    case TrainMethod::Full: return "full";
+    case TrainMethod::Lora: return "lora";
+  }
+  return "?";
+}
+
+const char* mixed_precision_name(MixedPrecision p) {
+  switch (p) {
+    case MixedPrecision::No: return "no";
+    case MixedPrecision::Fp16: return "fp16";
+    case MixedPrecision::Bf16: return "bf16";
+  }
+  return "?";
+}
+
+namespace {
+
+const char* kSummary =
+    R"(Trains Stable Diffusion models (SD1.x, SD2.x, SDXL) from a diffusers folder or a single-file
+checkpoint, with the flags of diffusers' training scripts: swap `accelerate launch
+train_text_to_image(_lora)(_sdxl).py` for `sd_train --method full|lora` and keep the rest.
+  --method full   fine-tunes the UNet (and the text encoder(s) with --train_text_encoder) and saves a
+                  diffusers pipeline folder (and a single file with --save_single_file)
+  --method lora   trains LoRA adapters and saves pytorch_lora_weights.safetensors (diffusers/PEFT
+                  layout) or, with --save_format kohya, a kohya-named file for A1111/ComfyUI
+Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits 0;
+--resume_from_checkpoint latest continues exactly where it stopped.)";
+
+const char* kEpilog =
+    R"(example (the tiny pipeline the repository ships; seconds on a CPU):
+  sd_train --method lora --pretrained_model_name_or_path tests/data/pipe_tiny_sd1 \
+    --train_data_dir tests/data/train_tiny --resolution 64 --train_batch_size 2 --max_train_steps 20 \
+    --learning_rate 1e-3 --lr_warmup_steps 0 --output_dir outputs/lora_tiny
+)";
+
+template <class T>
+std::function<void(const std::string&)> set_string(T& field) {
+  return [&field](const std::string& v) { field = v; };
+}
+
+std::function<void(const std::string&)> set_switch(bool& field) {
+  return [&field](const std::string&) { field = true; };
+}
+
+std::function<void(const std::string&)> set_int(int64_t& field, int64_t min) {
+  return [&field, min](const std::string& v) {
+    const int64_t x = parse_int(v);
+    SD_CHECK(x >= min, "must be at least ", min);
+    field = x;
+  };
+}
+
+std::function<void(const std::string&)> set_opt_int(std::optional<int64_t>& field, int64_t min) {
+  return [&field, min](const std::string& v) {
+    const int64_t x = parse_int(v);
+    SD_CHECK(x >= min, "must be at least ", min);
+    field = x;
+  };
+}
+
+std::function<void(const std::string&)> set_double(double& field) {
+  return [&field](const std::string& v) {
+    const double x = parse_double(v);
+    SD_CHECK(std::isfinite(x), "must be a finite number");
+    field = x;
+  };
+}
+
+std::function<void(const std::string&)> set_opt_double(std::optional<double>& field) {
+  return [&field](const std::string& v) {
+    const double x = parse_double(v);
+    SD_CHECK(std::isfinite(x), "must be a finite number");
+    field = x;
+  };
+}
+
+std::function<void(const std::string&)> set_choice(std::string& field, std::vector<std::string> choices) {
+  return [&field, choices](const std::string& v) {
+    if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
+      std::string list;
+      for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
+      SD_FAIL("must be one of: ", list);
+    }
+    field = v;
+  };
+}
+
+std::string fmt(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
+}
+
+void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::string& mixed_text) {
+  const std::string M = "model and output", D = "data", S = "steps and batches", O = "optimizer and schedule",
+                    L = "loss", T = "what trains (LoRA)", E = "EMA (full fine-tune)", P = "precision and device",
+                    C = "checkpoints", V = "validation", G = "logs";
+  p.add({"method", "full|lora", "", "what to train (required): full fine-tune or LoRA adapters", M,
+         set_choice(method_text, {"full", "lora"})});
+  p.add({"pretrained_model_name_or_path", "PATH", "",
+         "diffusers pipeline folder or single-file checkpoint (.safetensors/.ckpt) to start from (required)", M,
+         set_string(a.pretrained_model_name_or_path)});
+  p.add({"variant", "NAME", "", "read <name>.<NAME>.safetensors weights (e.g. fp16)", M, set_string(a.variant)});
+  p.add({"output_dir", "DIR", "sd-model-finetuned(-lora)",
+         "where checkpoints, logs, validation images and the trained model go", M, set_string(a.output_dir)});
+  p.add({"save_single_file", "", "", "full: also save one .safetensors checkpoint with the original key names "
+         "(A1111/ComfyUI)", M, set_switch(a.save_single_file)});
+  p.add({"save_precision", "fp32|fp16|bf16", "fp16", "dtype of the saved weights", M,
+         set_choice(a.save_precision, {"fp32", "fp16", "bf16"})});
+  p.add({"save_format", "diffusers|kohya", "diffusers",
+         "lora: diffusers/PEFT pytorch_lora_weights.safetensors, or kohya names with alphas", M,
+         set_choice(a.save_format, {"diffusers", "kohya"})});
+  p.add({"output_name", "NAME", "model / pytorch_lora_weights_kohya", "file stem of single files and kohya LoRAs", M,
+         set_string(a.output_name)});
+
+  p.add({"train_data_dir", "DIR", "", "image folder: metadata.jsonl (file_name + caption column) or same-name "
+         ".txt captions; PNG, JPEG, WebP", D, set_string(a.train_data_dir)});
+  p.add({"dataset_name", "DIR", "", "a Hugging Face dataset saved locally (data/*.parquet shards)", D,
+         set_string(a.dataset_name)});
+  p.add({"image_column", "NAME", "image", "dataset column holding the images", D, set_string(a.image_column)});
+  p.add({"caption_column", "NAME", "text", "metadata.jsonl / dataset column holding the captions", D,
+         set_string(a.caption_column)});
+  p.add({"max_train_samples", "N", "", "use only the first N examples", D, set_opt_int(a.max_train_samples, 1)});
+  p.add({"resolution", "PX", "the model's (512 SD1, 768 SD2-v, 1024 SDXL)",
+         "train at PX x PX: shorter side resized to PX, then cropped", D, set_int(a.resolution, 8)});
+  p.add({"center_crop", "", "", "crop the center (default: a random crop)", D, set_switch(a.center_crop)});
+  p.add({"random_flip", "", "", "flip images horizontally at random", D, set_switch(a.random_flip)});
+  p.add({"image_interpolation_mode", "MODE", "lanczos", "resize filter: lanczos, bilinear, bicubic, nearest", D,
+         set_choice(a.image_interpolation_mode, {"lanczos", "bilinear", "bicubic", "nearest"})});
+  p.add({"caption_dropout", "P", "0", "replace a caption by the empty one with probability P", D,
+         set_double(a.caption_dropout), {"proportion_empty_prompts"}});
+  p.add({"cache_latents", "", "", "encode each image once and keep its latent distribution on disk "
+         "(output_dir/cache, keyed by the file's content and the transform)", D, set_switch(a.cache_latents)});
+
+  p.add({"train_batch_size", "N", "16", "examples per step per process", S, set_int(a.train_batch_size, 1)});
+  p.add({"num_train_epochs", "N", "100", "epochs (overridden by --max_train_steps)", S,
+         set_int(a.num_train_epochs, 1)});
+  p.add({"max_train_steps", "N", "", "optimizer steps in all", S, set_opt_int(a.max_train_steps, 1)});
+  p.add({"gradient_accumulation_steps", "N", "1", "micro-batches per optimizer step", S,
+         set_int(a.gradient_accumulation_steps, 1)});
+  p.add({"gradient_checkpointing", "", "", "recompute each block's activations in backward (less memory)", S,
+         set_switch(a.gradient_checkpointing)});
+  p.add({"seed", "N", "0", "seed of the data order, noise, timesteps and LoRA init", S,
+         [&a](const std::string& v) {
+           const int64_t x = parse_int(v);
+           SD_CHECK(x >= 0, "must not be negative");
+           a.seed = uint64_t(x);
+         }});
+
+  p.add({"learning_rate", "LR", "1e-4", "AdamW learning rate", O, set_double(a.learning_rate)});
+  p.add({"text_encoder_lr", "LR", "learning_rate", "learning rate of the text encoder(s)", O,
+         set_opt_double(a.text_encoder_lr)});
+  p.add({"scale_lr", "", "", "multiply the learning rate by batch size x accumulation x processes", O,
+         set_switch(a.scale_lr)});
+  p.add({"adam_beta1", "B", "0.9", "", O, set_double(a.adam_beta1)});
+  p.add({"adam_beta2", "B", "0.999", "", O, set_double(a.adam_beta2)});
+  p.add({"adam_weight_decay", "W", "1e-2", "decoupled weight decay", O, set_double(a.adam_weight_decay)});
+  p.add({"adam_epsilon", "E", "1e-08", "", O, set_double(a.adam_epsilon)});
+  p.add({"max_grad_norm", "N", "1.0", "clip the gradients' global L2 norm (0: no clipping)", O,
+         set_double(a.max_grad_norm)});
+  p.add({"lr_scheduler", "NAME", "constant",
+         "linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup", O,
+         set_choice(a.lr_scheduler,
+                    {"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"})});
+  p.add({"lr_warmup_steps", "N", "500", "steps of linear warmup", O, set_int(a.lr_warmup_steps, 0)});
+  p.add({"lr_num_cycles", "N", "1", "cosine_with_restarts: hard restarts", O, set_int(a.lr_num_cycles, 1)});
+  p.add({"lr_power", "P", "1.0", "polynomial: power", O, set_double(a.lr_power)});
+
+  p.add({"snr_gamma", "G", "", "Min-SNR weighting gamma (5.0 recommended)", L, set_opt_double(a.snr_gamma)});
+  p.add({"noise_offset", "S", "0", "offset noise scale", L, set_double(a.noise_offset)});
+  p.add({"input_perturbation", "G", "0", "input perturbation (0.1 recommended)", L, set_double(a.input_perturbation)});
+  p.add({"prediction_type", "epsilon|v_prediction", "the model's scheduler config", "training target", L,
+         set_choice(a.prediction_type, {"epsilon", "v_prediction"})});
+
+  p.add({"train_text_encoder", "", "", "also train the text encoder(s) (full: all weights; lora: adapters on "
+         "q/k/v/out_proj)", T, set_switch(a.train_text_encoder)});
+  p.add({"rank", "R", "4", "LoRA rank", T, set_int(a.rank, 1), {"network_dim"}});
+  p.add({"lora_alpha", "A", "rank", "LoRA alpha: scale alpha/rank", T, set_opt_double(a.lora_alpha),
+         {"network_alpha"}});
+  p.add({"use_rslora", "", "", "rank-stabilised scale alpha/sqrt(rank)", T, set_switch(a.use_rslora)});
+  p.add({"lora_target", "LIST", "attn",
+         "UNet layers with adapters, comma-separated: attn (to_q,to_k,to_v,to_out.0), ff (feed-forward), proj "
+         "(proj_in/out), conv (3x3 convs as LoCon), or module-name suffixes", T,
+         [&a](const std::string& v) {
+           a.lora_target = split_list(v);
+           SD_CHECK(!a.lora_target.empty(), "needs at least one target");
+         }});
+
+  p.add({"use_ema", "", "", "keep an exponential moving average of the weights; the saved model is the EMA", E,
+         set_switch(a.use_ema)});
+  p.add({"offload_ema", "", "", "keep the EMA in host memory", E, set_switch(a.offload_ema)});
+  p.add({"ema_decay", "D", "0.9999", "EMA decay (upper bound of the schedule)", E, set_double(a.ema_decay)});
+  p.add({"ema_min_decay", "D", "0.0", "", E, set_double(a.ema_min_decay)});
+  p.add({"ema_update_after_step", "N", "0", "", E, set_int(a.ema_update_after_step, 0)});
+  p.add({"use_ema_warmup", "", "", "decay 1 - (1 + step/inv_gamma)^-power", E, set_switch(a.use_ema_warmup)});
+  p.add({"ema_inv_gamma", "G", "1.0", "", E, set_double(a.ema_inv_gamma)});
+  p.add({"ema_power", "P", "2/3", "", E, set_double(a.ema_power)});
+
+  p.add({"mixed_precision", "no|fp16|bf16", "no",
+         "frozen weights and compute in 16 bits, trained weights kept in f32 (fp16: dynamic loss scale)", P,
+         set_choice(mixed_text, {"no", "fp16", "bf16"})});
+  p.add({"allow_tf32", "", "", "TF32 matrix multiplies on Ampere+ GPUs", P, set_switch(a.allow_tf32)});
+  p.add({"device", "cpu|cuda[:N]", "cuda when a GPU is usable, else cpu", "", P, set_string(a.device)});
+
+  p.add({"checkpointing_steps", "N", "500", "save a resumable checkpoint every N optimizer steps", C,
+         set_int(a.checkpointing_steps, 1)});
+  p.add({"checkpoints_total_limit", "N", "", "keep at most N checkpoints (oldest removed)", C,
+         set_opt_int(a.checkpoints_total_limit, 1)});
+  p.add({"resume_from_checkpoint", "DIR|latest", "", "continue a run exactly (same batches, same noise)", C,
+         set_string(a.resume_from_checkpoint)});
+
+  FlagSpec vp{"validation_prompt", "TEXT", "", "generate images for this prompt during training (repeatable)", V,
+              [&a](const std::string& v) { a.validation_prompts.push_back(v); }, {"validation_prompts"}, true};
+  p.add(vp);
+  p.add({"num_validation_images", "N", "4", "images per validation prompt", V, set_int(a.num_validation_images, 1)});
+  p.add({"validation_steps", "N", "", "validate every N optimizer steps", V, set_opt_int(a.validation_steps, 1)});
+  p.add({"validation_epochs", "N", "1 when prompts are given", "validate every N epochs", V,
+         set_opt_int(a.validation_epochs, 1)});
+  p.add({"validation_inference_steps", "N", "25", "denoising steps of validation images", V,
+         set_int(a.validation_inference_steps, 1)});
+  p.add({"validation_guidance_scale", "G", "7.5", "", V, set_double(a.validation_guidance_scale)});
+
+  p.add({"report_to", "tensorboard|none", "tensorboard", "where scalars go besides logs/train.jsonl", G,
+         set_choice(a.report_to, {"tensorboard", "none"})});
+  p.add({"logging_dir", "DIR", "logs", "TensorBoard folder, relative to output_dir", G, set_string(a.logging_dir)});
+  p.add({"quiet", "", "", "no progress bar (errors and warnings still go to stderr)", G, set_switch(a.quiet)});
+
+  p.add_ignored("enable_xformers_memory_efficient_attention", false, "attention is always the fused kernel");
+  p.add_ignored("dataloader_num_workers", true, "images are decoded by the trainer's own threads");
+  p.add_ignored("local_rank", true, "ranks come from MPI (mpirun)");
+  p.add_ignored("tracker_project_name", true, "TensorBoard folders are named by --logging_dir");
+  p.add_ignored("foreach_ema", false, "the EMA update is always one fused pass");
+  p.add_ignored("non_ema_revision", true, "no hub revisions: models are local folders or files");
+  p.add_ignored("revision", true, "no hub revisions: models are local folders or files");
+  p.add_ignored("cache_dir", true, "no hub downloads");
+}
+
+}  // namespace
+
+std::string train_help() {
+  TrainArgs a;
+  std::string m, mp;
+  FlagParser p("sd_train", kSummary);
+  add_flags(p, a, m, mp);
+  p.set_epilog(kEpilog);
+  return p.help();
+}
+
+std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
+  TrainArgs a;
+  std::string method, mixed = "no";
+  FlagParser p("sd_train", kSummary);
+  add_flags(p, a, method, mixed);
+  p.set_epilog(kEpilog);
+  if (!p.parse(argc, argv)) return std::nullopt;
+
+  SD_CHECK(!method.empty(), "--method is required: full (fine-tune the weights) or lora (train adapters)");
+  a.method = method == "full" ? TrainMethod::Full : TrainMethod::Lora;
+  a.mixed_precision = mixed == "fp16" ? MixedPrecision::Fp16 : mixed == "bf16" ? MixedPrecision::Bf16 : MixedPrecision::No;
+  if (a.output_dir.empty()) a.output_dir = a.method == TrainMethod::Full ? "sd-model-finetuned" : "sd-model-finetuned-lora";
+  if (!a.validation_prompts.empty() && !a.validation_steps && !a.validation_epochs) a.validation_epochs = 1;
+
+  // Flags that belong to the other method are contradictions, not silent no-ops.
+  if (a.method == TrainMethod::Full) {
+    for (const char* f : {"rank", "lora_alpha", "use_rslora", "lora_target", "save_format"})
+      SD_CHECK(!p.was_given(f), "--", f, " is a LoRA setting; it means nothing with --method full");
+  } else {
+    for (const char* f : {"use_ema", "offload_ema", "ema_decay", "ema_min_decay", "ema_update_after_step",
+                          "use_ema_warmup", "ema_inv_gamma", "ema_power"})
+      SD_CHECK(!p.was_given(f), "--", f, " averages the trained base weights, which --method lora leaves "
+               "untouched; use it with --method full");
+    SD_CHECK(!p.was_given("save_single_file"), "--save_single_file writes a whole model; --method lora saves "
+             "adapters (use --save_format kohya for A1111/ComfyUI)");
+  }
+  SD_CHECK(!(p.was_given("offload_ema") && !a.use_ema), "--offload_ema needs --use_ema");
+  validate_train_args(a);
+  return a;
+}
+
+void validate_train_args(const TrainArgs& a) {
+  SD_CHECK(!a.pretrained_model_name_or_path.empty(),
+           "--pretrained_model_name_or_path is required: a diffusers folder or a single-file checkpoint");
+  SD_CHECK(a.train_data_dir.empty() != a.dataset_name.empty(),
+           a.train_data_dir.empty() ? "give the training data: --train_data_dir DIR (images with metadata.jsonl or "
+                                      ".txt captions) or --dataset_name DIR (a saved Hugging Face dataset)"
+                                    : "give either --train_data_dir or --dataset_name, not both");
+  SD_CHECK(a.resolution == 0 || a.resolution % 8 == 0, "--resolution ", a.resolution,
+           " must be a multiple of 8 (the VAE downsamples by 8)");
+  SD_CHECK(a.caption_dropout >= 0 && a.caption_dropout <= 1, "--caption_dropout must be in [0, 1]");
+  SD_CHECK(!a.snr_gamma || *a.snr_gamma > 0, "--snr_gamma must be positive");
+  SD_CHECK(a.learning_rate > 0, "--learning_rate must be positive");
+  SD_CHECK(a.max_grad_norm >= 0, "--max_grad_norm must not be negative (0 turns clipping off)");
+  SD_CHECK(a.adam_beta1 >= 0 && a.adam_beta1 < 1 && a.adam_beta2 >= 0 && a.adam_beta2 < 1,
+           "--adam_beta1/--adam_beta2 must be in [0, 1)");
+  SD_CHECK(a.adam_epsilon > 0, "--adam_epsilon must be positive");
+  SD_CHECK(a.ema_decay > 0 && a.ema_decay <= 1, "--ema_decay must be in (0, 1]");
+  SD_CHECK(a.noise_offset >= 0 && a.input_perturbation >= 0, "--noise_offset and --input_perturbation must not be negative");
+  SD_CHECK(!a.lora_alpha || *a.lora_alpha > 0, "--lora_alpha must be positive");
+  SD_CHECK(a.cache_latents ? a.center_crop : true,
+           "--cache_latents needs --center_crop: a random crop is a new image every epoch, which a cache cannot hold "
+           "(kohya refuses the same combination)");
+  SD_CHECK(!(a.device == "cpu" && a.allow_tf32), "--allow_tf32 is a GPU setting; it means nothing with --device cpu");
+}
+
+}  // namespace sd::train

@@ -1,0 +1,113 @@
+// Everything sd_train can be told, named as in diffusers' training scripts (train_text_to_image.py,
+// train_text_to_image_lora.py, their _sdxl versions), so that a user's existing command works by
+// swapping the launcher. parse_train_args() reads the command line; validate_train_args() rejects
+// contradictory settings with a sentence before any model is loaded.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sd::train {
+
+enum class TrainMethod { Full, Lora };
+const char* method_name(TrainMethod m);
+
+enum class MixedPrecision { No, Fp16, Bf16 };
+const char* mixed_precision_name(MixedPrecision p);
+
+struct TrainArgs {
+  TrainMethod method = TrainMethod::Lora;
+
+  // ---- model / output ----
+  std::string pretrained_model_name_or_path;  // diffusers folder or single file
+  std::string variant;                        // <name>.<variant>.safetensors weights
+  std::string output_dir;                     // default by method (diffusers' defaults)
+  bool save_single_file = false;              // full: also <output_dir>/<name>.safetensors
+  std::string save_precision = "fp16";        // fp32|fp16|bf16 of the saved weights
+  std::string save_format = "diffusers";      // lora: diffusers (PEFT) | kohya
+  std::string output_name;                    // file stem of single files / kohya LoRAs
+  std::string device;                         // "" = cuda when available, else cpu
+
+  // ---- data ----
+  std::string train_data_dir;   // image folder with metadata.jsonl or .txt captions
+  std::string dataset_name;     // a Hugging Face dataset saved locally (parquet shards)
+  std::string image_column = "image";
+  std::string caption_column = "text";
+  std::optional<int64_t> max_train_samples;
+  int64_t resolution = 0;       // 0 = the model's (UNet sample_size x VAE factor: 512, 768, 1024)
+  bool center_crop = false;
+  bool random_flip = false;
+  std::string image_interpolation_mode = "lanczos";
+  double caption_dropout = 0.0;  // diffusers' --proportion_empty_prompts
+  bool cache_latents = false;
+
+  // ---- steps ----
+  int64_t train_batch_size = 16;
+  int64_t num_train_epochs = 100;
+  std::optional<int64_t> max_train_steps;
+  int64_t gradient_accumulation_steps = 1;
+  bool gradient_checkpointing = false;
+  uint64_t seed = 0;
+
+  // ---- optimizer / schedule ----
+  double learning_rate = 1e-4;
+  std::optional<double> text_encoder_lr;
+  bool scale_lr = false;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_weight_decay = 1e-2, adam_epsilon = 1e-8;
+  double max_grad_norm = 1.0;
+  std::string lr_scheduler = "constant";
+  int64_t lr_warmup_steps = 500;
+  int64_t lr_num_cycles = 1;
+  double lr_power = 1.0;
+
+  // ---- objective ----
+  std::optional<double> snr_gamma;
+  double noise_offset = 0.0;
+  double input_perturbation = 0.0;
+  std::string prediction_type;  // "" = the model's scheduler config
+
+  // ---- what trains ----
+  bool train_text_encoder = false;
+  int64_t rank = 4;
+  std::optional<double> lora_alpha;  // default: rank
+  bool use_rslora = false;
+  std::vector<std::string> lora_target = {"attn"};
+
+  // ---- EMA ----
+  bool use_ema = false;
+  bool offload_ema = false;
+  double ema_decay = 0.9999, ema_min_decay = 0.0, ema_inv_gamma = 1.0, ema_power = 2.0 / 3.0;
+  int64_t ema_update_after_step = 0;
+  bool use_ema_warmup = false;
+
+  // ---- precision ----
+  MixedPrecision mixed_precision = MixedPrecision::No;
+  bool allow_tf32 = false;
+
+  // ---- checkpoints ----
+  int64_t checkpointing_steps = 500;
+  std::optional<int64_t> checkpoints_total_limit;
+  std::string resume_from_checkpoint;  // a checkpoint dir or "latest"
+
+  // ---- validation ----
+  std::vector<std::string> validation_prompts;
+  int64_t num_validation_images = 4;
+  std::optional<int64_t> validation_steps;
+  std::optional<int64_t> validation_epochs;
+  int64_t validation_inference_steps = 25;
+  double validation_guidance_scale = 7.5;
+
+  // ---- logs ----
+  std::string report_to = "tensorboard";  // tensorboard | none
+  std::string logging_dir = "logs";        // relative to output_dir, as accelerate joins them
+  bool quiet = false;
+};
+
+// Parses the command line. Returns nullopt when --help was printed. sd::Error with a sentence for an
+// unknown flag, a bad value, or a contradiction (validate_train_args runs at the end).
+std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv);
+void validate_train_args(const TrainArgs& a);
+std::string train_help();
+
+}  // namespace sd::train

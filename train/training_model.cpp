@@ -1,0 +1,224 @@
+#include "train/training_model.h"
+
+#include "autograd/node.h"
+#include "ops/concat.h"
+#include "ops/elementwise.h"
+#include "ops/view.h"
+#include "runtime/error.h"
+
+namespace sd::train {
+
+namespace {
+
+// Every parameter of `m` becomes trainable: with a 16-bit weight dtype the loaded f32 tensor becomes
+// the master and the module gets a 16-bit copy.
+void make_trainable(nn::Module& m, const std::string& prefix, int group, DType wd, std::vector<OptimizerParam>& out) {
+  for (auto& [name, p] : m.named_parameters()) {
+    SD_CHECK(p->slot->defined(), "training: parameter '", prefix, name, "' was not loaded");
+    OptimizerParam op;
+    op.name = prefix + name;
+    op.group = group;
+    if (wd != DType::F32) {
+      op.master = contiguous_raw(*p->slot);
+      SD_CHECK(op.master.dtype() == DType::F32, "training: '", op.name, "' must be loaded in f32 first");
+      *p->slot = copy_to(op.master, wd, op.master.device());
+      p->slot->set_name(name);
+    }
+    p->slot->set_requires_grad(true);
+    op.param = *p->slot;
+    out.push_back(op);
+  }
+}
+
+void add_lora_params(const TrainableLora& lora, int group, DType wd, std::vector<OptimizerParam>& out) {
+  for (const TrainableParam& tp : lora.params()) {
+    OptimizerParam op;
+    op.name = tp.name;
+    op.param = tp.tensor;
+    op.group = group;
+    // As diffusers' cast_training_params: the adapters are created in the weight dtype and trained
+    // in f32, so the master starts from the rounded initial values.
+    if (wd != DType::F32) op.master = copy_to(tp.tensor, DType::F32, tp.tensor.device());
+    out.push_back(op);
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<TrainingModel> TrainingModel::load(const std::string& model_path, const TrainingModelOptions& opt) {
+  infer::PipelineOptions po;
+  po.dtype = DType::F32;  // masters come from the file's values, not from 16-bit copies
+  po.device = opt.device;
+  po.variant = opt.variant;
+  po.vae_upcast = true;
+  return std::make_unique<TrainingModel>(infer::Pipeline::load(model_path, po), opt);
+}
+
+TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const TrainingModelOptions& opt)
+    : pipe_(std::move(pipe)), opt_(opt) {
+  infer::Pipeline& p = *pipe_;
+  SD_CHECK(p.text_encoder, "'", p.model_path, "' is an SDXL refiner (one text encoder, aesthetic-score time ids): "
+           "training it is not supported; train the SDXL base model");
+  SD_CHECK(p.tokenizer || !p.text_encoder, "'", p.model_path, "' has no tokenizer");
+
+  // The training schedule: DDPMScheduler built from the model's scheduler config, as the scripts do
+  // (DDPMScheduler.from_pretrained(..., subfolder="scheduler")), with --prediction_type on top.
+  infer::SchedulerConfig sc = infer::scheduler_config_for("ddpm", p.scheduler_config);
+  if (!opt_.prediction_override.empty()) sc.prediction_type = opt_.prediction_override;
+  SD_CHECK(sc.prediction_type == "epsilon" || sc.prediction_type == "v_prediction", "training: prediction type '",
+           sc.prediction_type, "' is not supported (epsilon or v_prediction)");
+  opt_.objective.prediction = sc.prediction_type == "v_prediction" ? nn::Prediction::VPrediction : nn::Prediction::Epsilon;
+  opt_.objective.num_train_timesteps = sc.num_train_timesteps;
+  noise_scheduler_ = infer::make_scheduler(sc);
+
+  const DType wd = opt_.weight_dtype;
+  const Device dev = opt_.device;
+  std::vector<nn::ClipTextModel*> encoders;
+  if (p.text_encoder) encoders.push_back(p.text_encoder.get());
+  if (p.text_encoder_2) encoders.push_back(p.text_encoder_2.get());
+
+  p.unet->set_requires_grad(false);
+  p.vae->set_requires_grad(false);
+  for (nn::ClipTextModel* te : encoders) te->set_requires_grad(false);
+
+  if (opt_.method == TrainMethod::Full) {
+    make_trainable(*p.unet, "unet.", 0, wd, trainable_);
+    if (opt_.train_text_encoder) {
+      make_trainable(*p.text_encoder, "text_encoder.", 1, wd, trainable_);
+      if (p.text_encoder_2) make_trainable(*p.text_encoder_2, "text_encoder_2.", 1, wd, trainable_);
+    }
+  }
+  // Frozen parts go to the weight dtype (a trainable part already holds 16-bit copies).
+  if (opt_.method != TrainMethod::Full) p.unet->to(wd, dev);
+  if (opt_.method != TrainMethod::Full || !opt_.train_text_encoder)
+    for (nn::ClipTextModel* te : encoders) te->to(wd, dev);
+  // The VAE in the weight dtype, or f32 where its config asks (force_upcast: SDXL).
+  p.vae->set_upcast(p.vae->config().force_upcast);
+  p.vae->place(wd, dev);
+  p.dtype = wd;
+  p.device = dev;
+
+  if (opt_.method == TrainMethod::Lora) {
+    loras_.push_back(TrainableLora::attach(*p.unet, "unet", opt_.unet_lora, opt_.seed, wd, dev));
+    add_lora_params(loras_.back(), 0, wd, trainable_);
+    if (opt_.train_text_encoder) {
+      loras_.push_back(TrainableLora::attach(*p.text_encoder, "text_encoder", opt_.text_lora, opt_.seed, wd, dev));
+      add_lora_params(loras_.back(), 1, wd, trainable_);
+      if (p.text_encoder_2) {
+        loras_.push_back(TrainableLora::attach(*p.text_encoder_2, "text_encoder_2", opt_.text_lora, opt_.seed, wd, dev));
+        add_lora_params(loras_.back(), 1, wd, trainable_);
+      }
+    }
+  }
+  p.unet->gradient_checkpointing = opt_.gradient_checkpointing;
+}
+
+int64_t TrainingModel::num_trainable_elements() const {
+  int64_t n = 0;
+  for (const OptimizerParam& p : trainable_) n += p.param.numel();
+  return n;
+}
+
+std::vector<const TrainableLora*> TrainingModel::loras() const {
+  std::vector<const TrainableLora*> out;
+  for (const TrainableLora& l : loras_) out.push_back(&l);
+  return out;
+}
+
+TokenIds TrainingModel::tokenize(const std::vector<std::string>& captions) const {
+  auto ids_of = [&](const ClipTokenizer& tok) {
+    std::vector<double> v;
+    int64_t len = 0;
+    for (const std::string& c : captions) {
+      // tokenizer(caption, max_length=model_max_length, padding="max_length", truncation=True)
+      const std::vector<int> ids = tok.encode_padded(c);
+      len = int64_t(ids.size());
+      v.insert(v.end(), ids.begin(), ids.end());
+    }
+    return from_vector(v, {int64_t(captions.size()), len}, DType::I64, opt_.device);
+  };
+  TokenIds t;
+  if (pipe_->tokenizer) t.ids = ids_of(*pipe_->tokenizer);
+  if (pipe_->tokenizer_2) t.ids_2 = ids_of(*pipe_->tokenizer_2);
+  return t;
+}
+
+TextConditioning TrainingModel::encode_text(const TokenIds& ids) const {
+  std::optional<autograd::NoGrad> no_grad;
+  if (!opt_.train_text_encoder) no_grad.emplace();
+  TextConditioning out;
+  if (!pipe_->is_sdxl()) {
+    out.context = pipe_->text_encoder->forward(ids.ids);
+    return out;
+  }
+  // train_text_to_image_sdxl.py encode_prompt: hidden_states[-2] of each encoder, concatenated;
+  // the pooled embedding is the last encoder's first output (text_embeds of the projection model).
+  nn::ClipTextRequest r1;
+  r1.last_hidden_state = false;
+  r1.hidden_states = {-2};
+  nn::ClipTextRequest r2 = r1;
+  r2.text_embeds = true;
+  const nn::ClipTextOutput o1 = pipe_->text_encoder->forward(ids.ids, r1);
+  const nn::ClipTextOutput o2 = pipe_->text_encoder_2->forward(ids.ids_2, r2);
+  out.context = cat({o1.hidden_states[0], o2.hidden_states[0]}, -1);
+  out.pooled = o2.text_embeds;
+  return out;
+}
+
+Tensor TrainingModel::sdxl_time_ids(const std::vector<std::array<int64_t, 2>>& original_sizes,
+                                    const std::vector<std::array<int64_t, 2>>& crops, int64_t resolution) {
+  SD_CHECK(original_sizes.size() == crops.size(), "sdxl_time_ids: ", original_sizes.size(), " sizes, ", crops.size(),
+           " crops");
+  std::vector<double> v;
+  for (size_t i = 0; i < crops.size(); ++i) {
+    v.insert(v.end(), {double(original_sizes[i][0]), double(original_sizes[i][1]), double(crops[i][0]),
+                       double(crops[i][1]), double(resolution), double(resolution)});
+  }
+  return from_vector(v, {int64_t(crops.size()), 6}, DType::F32);
+}
+
+std::pair<Tensor, Tensor> TrainingModel::encode_posterior(const Tensor& pixels) const {
+  autograd::NoGrad no_grad;
+  const nn::DiagonalGaussian g = pipe_->vae->encode(to(pixels, opt_.device));
+  return {copy_to(g.mean, DType::F32, opt_.device), copy_to(g.logvar, DType::F32, opt_.device)};
+}
+
+Tensor TrainingModel::sample_latents(const Tensor& mean, const Tensor& logvar, const Tensor& eps) const {
+  autograd::NoGrad no_grad;
+  // DiagonalGaussianDistribution.sample: mean + std * eps with std = exp(0.5 * logvar).
+  const Tensor z = mean + exp(mul_scalar(logvar, 0.5)) * to(eps, mean.device());
+  return mul_scalar(z, pipe_->vae->config().scaling_factor);
+}
+
+Tensor TrainingModel::loss(const MicroBatch& b, const NoiseDraws& draws) const {
+  const DType wd = opt_.weight_dtype;
+  Tensor context = b.context, pooled = b.pooled;
+  if (!context.defined()) {
+    const TextConditioning tc = encode_text(b.tokens);
+    context = tc.context;
+    pooled = tc.pooled;
+  }
+  NoisyInput in;
+  {
+    autograd::NoGrad no_grad;
+    in = make_noisy_input(to(b.latents, opt_.device), draws, *noise_scheduler_, opt_.objective);
+  }
+  nn::UNetAddedCond added;
+  if (pipe_->is_sdxl()) {
+    SD_CHECK(pooled.defined() && b.time_ids.defined(), "training: SDXL needs pooled embeddings and time ids");
+    added.text_embeds = to(pooled, wd);
+    added.time_ids = to(to(b.time_ids, opt_.device), wd);
+  }
+  const Tensor pred = pipe_->unet->forward(to(in.noisy_latents, wd), to(draws.timesteps, opt_.device),
+                                           to(context, wd), added);
+  const Tensor w = snr_weights(draws.timesteps, *noise_scheduler_, opt_.objective);
+  return diffusion_loss(pred, in.target, w);
+}
+
+void TrainingModel::load_compute_weights(const std::vector<Tensor>& f32_values) {
+  SD_CHECK(f32_values.size() == trainable_.size(), "load_compute_weights: ", f32_values.size(), " tensors for ",
+           trainable_.size(), " trainable ones");
+  for (size_t i = 0; i < trainable_.size(); ++i) copy_(trainable_[i].param, f32_values[i]);
+}
+
+}  // namespace sd::train
