@@ -21,7 +21,8 @@
 //
 // Names in the files (each file holds every component of one model):
 //   diffusers  <component>.<module path>.lora_A.weight / .lora_B.weight   (component: unet,
-//              text_encoder, text_encoder_2; the PEFT keys diffusers' save_lora_weights writes).
+//              text_encoder, text_encoder_2; the keys save_lora_weights writes for PEFT state dicts,
+//              which load_lora_weights reads as they are).
 //              Text-encoder paths keep transformers' "text_model." prefix
 //              (text_encoder.text_model.encoder.layers.0.self_attn.q_proj...): diffusers 0.42 strips
 //              it for the flattened CLIPTextModel of transformers >= 5.6, and older stacks need it.
@@ -37,10 +38,11 @@
 //              s * r, so rsLoRA is folded into alpha: kohya has no rsLoRA flag). Metadata:
 //              ss_network_module "networks.lora", ss_network_dim, ss_network_alpha,
 //              ss_network_args {"conv_dim", "conv_alpha"} when convolutions are adapted (LoCon),
-//              ss_base_model_version (sd_v1 / sd_v2 / sdxl_base_v1-0), ss_v2.
+//              ss_base_model_version (sd_v1, sd_v2 when the UNet's cross attention is 1024 wide,
+//              sdxl_base_v1-0 with sdxl), ss_v2.
 // Both files also carry {"format": "pt"}; the caller's extra_metadata is added and replaces the
-// defaults above (except lora_adapter_metadata, which is always ours). Tensors are written in
-// `save_dtype` (f32, f16 or bf16), atomically (runtime/safetensors.h).
+// defaults above (giving lora_adapter_metadata is an error: it comes from the configs). Tensors are
+// written in `save_dtype` (f32, f16 or bf16), atomically (runtime/safetensors.h).
 #pragma once
 #include <cstdint>
 #include <map>
