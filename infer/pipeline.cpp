@@ -136,7 +136,7 @@ void load_folder(Pipeline& p, const fs::path& dir, const PipelineOptions& o) {
   };
   for (const char* required : {"unet", "vae", "scheduler"})
     SD_CHECK(present(required), "'", dir.string(), "' (", p.pipeline_class, ") has no ", required,
-             "/ component: sd_infer runs Stable Diffusion pipelines (UNet, VAE, CLIP text encoders)");
+             "/ component: a Stable Diffusion pipeline needs a UNet, a VAE and CLIP text encoders");
   SD_CHECK(present("text_encoder") || present("text_encoder_2"), "'", dir.string(), "' has no text encoder");
 
   std::vector<std::string> files;

@@ -107,8 +107,7 @@ bool FlagParser::parse(int argc, const char* const* argv) {
       if (!parse_bool(value)) continue;
       value.clear();
     }
-    if (!spec->repeatable && was_given(spec->name))
-      SD_FAIL("--", spec->name, " given twice; give it once");
+    // Given twice: the last one wins, as with argparse (scripts append overrides to long commands).
     given_.push_back(spec->name);
     try {
       spec->set(value);

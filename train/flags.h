@@ -18,8 +18,8 @@ struct FlagSpec {
   std::string group;        // --help section
   // Receives the value ("" for a switch). Throws sd::Error on a bad value; the parser adds the flag name.
   std::function<void(const std::string&)> set;
-  std::vector<std::string> aliases;  // other accepted names, e.g. "validation_prompts"
-  bool repeatable = false;           // else giving it twice is an error (a typo in a long command)
+  std::vector<std::string> aliases = {};  // other accepted names, e.g. "validation_prompts"
+  bool repeatable = false;           // each value is collected; else the last one given wins (argparse)
 };
 
 class FlagParser {

@@ -97,11 +97,6 @@ std::function<void(const std::string&)> set_choice(std::string& field, std::vect
   };
 }
 
-std::string fmt(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", v);
-  return b;
-}
 
 void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::string& mixed_text) {
   const std::string M = "model and output", D = "data", S = "steps and batches", O = "optimizer and schedule",

@@ -184,8 +184,9 @@ void Loop::load_model() {
   o.objective.input_perturbation = a_.input_perturbation;
   o.prediction_override = a_.prediction_type;
   o.variant = a_.variant;
-  say("loading " + a_.pretrained_model_name_or_path + " (" + std::string(mixed_precision_name(a_.mixed_precision)) +
-      " mixed precision, " + (device_.is_cuda() ? "cuda" : "cpu") + ")");
+  say("loading " + a_.pretrained_model_name_or_path + " on " + (device_.is_cuda() ? "cuda:" + std::to_string(device_.index) : "cpu") +
+      (a_.mixed_precision == MixedPrecision::No ? std::string(" (fp32)")
+                                                : " (" + std::string(mixed_precision_name(a_.mixed_precision)) + " mixed precision)"));
   model_ = TrainingModel::load(a_.pretrained_model_name_or_path, o);
   infer::Pipeline& p = model_->pipeline();
   say("model: " + p.describe_family() + ", prediction " +
