@@ -51,9 +51,13 @@ void write_base_folder(const PipelineSaveRequest& req) {
   const fs::path out(req.output_dir);
   fs::create_directories(out);
   if (fs::is_directory(req.source)) {
-    for (const auto& e : fs::recursive_directory_iterator(req.source)) {
+    // Symlinked files and folders (hub cache snapshots link every file into ../../blobs; the test
+    // pipelines link shared files) are copied as what they point to, under their own names: the path
+    // inside the output is taken lexically (fs::relative would resolve the link and name the target).
+    const auto follow = fs::directory_options::follow_directory_symlink;
+    for (const auto& e : fs::recursive_directory_iterator(req.source, follow)) {
       if (e.is_directory()) continue;
-      const fs::path rel = fs::relative(e.path(), req.source);
+      const fs::path rel = e.path().lexically_relative(req.source);
       const std::string top = rel.begin()->string();
       // Checkpoints, logs or outputs of an earlier run inside the source are not part of the model.
       if (top.rfind("checkpoint-", 0) == 0 || top == "logs" || top == "validation" || top.rfind(".", 0) == 0) continue;

@@ -39,10 +39,10 @@ Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exi
 --resume_from_checkpoint latest continues exactly where it stopped.)";
 
 const char* kEpilog =
-    R"(example (the tiny pipeline and dataset the repository ships; seconds on a CPU):
+    R"(example (the tiny pipeline and dataset the repository ships; under a minute on a CPU):
   sd_train --method lora --pretrained_model_name_or_path tests/data/pipe_tiny_sd1 \
-    --train_data_dir tests/data/train_tiny --resolution 32 --train_batch_size 4 --max_train_steps 100 \
-    --learning_rate 1e-2 --lr_warmup_steps 0 --rank 8 --output_dir outputs/lora_tiny
+    --train_data_dir tests/data/train_tiny --resolution 32 --train_batch_size 4 --max_train_steps 120 \
+    --learning_rate 1e-2 --lr_warmup_steps 0 --rank 8 --lora_target attn,ff,proj,conv --output_dir outputs/lora_tiny
 )";
 
 template <class T>
