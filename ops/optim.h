@@ -30,7 +30,8 @@ struct AdamWSlot {
 // step counts from 1. grad_scale is 1/loss_scale for fp16 training.
 void fused_adamw_(std::vector<AdamWSlot>& slots, const AdamWConfig& cfg, int64_t step, double grad_scale = 1.0);
 
-// ema = decay * ema + (1 - decay) * param, pairwise; ema and params floating, same shapes.
+// ema -= (1 - decay) * (ema - param) (diffusers' EMAModel form: an average equal to its parameter does not
+// move), pairwise, in the ema's accumulation type; ema and params floating, same shapes.
 void ema_update_(const std::vector<Tensor>& ema, const std::vector<Tensor>& params, double decay);
 
 // L2 norm over every element of every (defined) tensor, accumulated in double. The sum is

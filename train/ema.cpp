@@ -79,14 +79,12 @@ void EmaModel::step(const std::vector<Tensor>& params) {
   const double decay = get_decay(optimization_step_);
   cur_decay_ = decay;
   if (shadow_.empty()) return;
-  // Rounded to float32 so that ema_update_'s float32 weights d and 1 - d add up to exactly 1 (ema.h).
-  const double d32 = double(float(decay));
 
   const Device dev = shadow_[0].device();
   std::vector<Tensor> ema, src;
   size_t staged = 0;
   auto flush = [&] {
-    if (!ema.empty()) ema_update_(ema, src, d32);
+    if (!ema.empty()) ema_update_(ema, src, decay);
     ema.clear();
     src.clear();
     staged = 0;

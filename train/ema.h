@@ -53,16 +53,10 @@ class EmaModel {
   // floating dtype, any device). With offload the parameters are brought to the host in batches of
   // at most 256 MiB and averaged there by the CPU, so the GPU holds nothing extra.
   //
-  // The update is ops/optim.h's ema_update_ (one pass over all tensors): ema = d*ema + (1-d)*param
-  // in float32, not diffusers' ema - (1-d)*(ema - param). The two agree to float32 rounding in any
-  // one step, but d and 1-d are rounded to float32 separately, and when their float32 values do not
-  // add up to 1 the difference acts on ema every step: for d = 0.9999 they add up to 1 - 1.66e-8,
-  // which pulls every average towards zero by 1.66e-8 / 1e-4 = 1.7e-4 of its value once the decay
-  // has reached its cap (diffusers' form leaves an average equal to its parameter unchanged). So d
-  // is rounded to float32 first: then 1 - d is exact in float32, the weights add up to 1 exactly and
-  // that pull is gone; what remains is a decay off from diffusers' by at most 3e-8 (2^-25), i.e. a
-  // time constant off by at most 0.03% at d = 0.9999, and float32 rounding of d*ema each step.
-  // (A decay above 1 - 2^-25 rounds to 1 and freezes the averages, where diffusers still moves them.)
+  // The update is ops/optim.h's ema_update_ (one pass over all tensors), diffusers' own form
+  // ema -= (1 - d) * (ema - param) in float32: an average equal to its parameter stays exactly where it
+  // is (the form d*ema + (1-d)*param, with d and 1 - d rounded to float32 apart, pulled every average
+  // towards zero by 1.7e-4 of its value per time constant at d = 0.9999).
   void step(const std::vector<Tensor>& params);
 
   // params = the averages (converted to each parameter's dtype and device). No autograd record.

@@ -107,8 +107,13 @@ void ema_update(const std::vector<Tensor>& ema, const std::vector<Tensor>& param
       E* eo = static_cast<E*>(e.data_ptr()) + c.begin;
       SD_DISPATCH_FLOAT(p.dtype(), "ema_update_", [&] {
         const scalar_t* pi = static_cast<const scalar_t*>(p.data_ptr()) + c.begin;
-        const A d = A(decay), one_minus_d = A(1.0 - decay);
-        for (int64_t i = 0; i < c.end - c.begin; ++i) eo[i] = E(d * A(eo[i]) + one_minus_d * A(pi[i]));
+        // diffusers' EMAModel form, ema -= (1 - d) (ema - param): an average equal to its parameter stays put
+        // (d * e + (1 - d) * p with d and 1 - d rounded apart pulls every average towards 0 at d = 0.9999).
+        const A one_minus_d = A(1.0 - decay);
+        for (int64_t i = 0; i < c.end - c.begin; ++i) {
+          const A e = A(eo[i]);
+          eo[i] = E(e - one_minus_d * (e - A(pi[i])));
+        }
       });
     });
   });

@@ -104,8 +104,8 @@ using pointee_t = std::remove_pointer_t<P>;
 
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 // Finite: not NaN (every comparison with NaN is false) and not +-inf.
 __device__ __forceinline__ bool finite(float v) { return fabsf(v) <= FLT_MAX; }
 __device__ __forceinline__ bool finite(double v) { return fabs(v) <= DBL_MAX; }
@@ -185,12 +185,15 @@ __global__ void __launch_bounds__(kThreads) ema_kernel(const Rec* recs, int coun
     using E = pointee_t<decltype(etag)>;
     using A = acc_t<E>;
     E* e = static_cast<E*>(ema_ptr);
-    const A d = A(decay), omd = A(one_minus_decay);
+    const A omd = A(one_minus_decay);
     with_float_type(param_dtype, [&](auto* ptag) {
       using P = pointee_t<decltype(ptag)>;
       const P* p = static_cast<const P*>(param_ptr);
-      for (int64_t i = sp.begin + threadIdx.x; i < sp.end; i += blockDim.x)
-        e[i] = from_acc<E>(add_rn(mul_rn(d, to_acc(e[i])), mul_rn(omd, A(to_acc(p[i])))));
+      // ema -= (1 - d) (ema - param), rounded step by step as the CPU kernel.
+      for (int64_t i = sp.begin + threadIdx.x; i < sp.end; i += blockDim.x) {
+        const A ei = A(to_acc(e[i]));
+        e[i] = from_acc<E>(sub_rn(ei, mul_rn(omd, sub_rn(ei, A(to_acc(p[i]))))));
+      }
     });
   });
 }
