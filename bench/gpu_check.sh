@@ -43,6 +43,9 @@ for sel in "-L ^cuda$" "-LE ^cuda$"; do
   skipped=$(grep -c "(Skipped)" "$LOG/ctest_$name.log")
   row "ctest ($name labels)" "${summary:-no tests} (skipped $skipped)"
   grep -E "\*\*\*Failed|Exception|Timeout|rel err|Failure" "$LOG/ctest_$name.log" | head -40 >> "$LOG/failures.txt"
+  # The training tests' measured errors (GPU vs CPU), from ctest's full log of this run.
+  [ "$name" = cuda ] && grep -hE "^\[ Cuda(TrainStep|SdTrain) \]" "$BUILD/Testing/Temporary/LastTest.log" \
+    > "$LOG/train_cuda_errors.txt" 2>/dev/null
 done
 
 # Python wheels carried in .whl/ (diffusers, for the UNet-step baseline), installed aside.
@@ -58,6 +61,25 @@ python3 bench/pytorch/ops.py --cases bench/gpu/cases.txt > "$LOG/torch.csv" 2> "
 python3 bench/compare.py "$LOG/ours.csv" "$LOG/torch.csv" > "$LOG/compare.txt" 2>&1
 row "benchmarks" "$(( $(date +%s) - t1 )) s ($(grep -c . "$LOG/ours.err") error lines from ours)"
 
+# Training steps at SD1.5 size (bench/NOTES.md "Training step"): sd_train's step (sd_bench_train) and
+# diffusers' scripts' step (train_step.py, eager; then torch.compile on one case, SD_TRAIN_COMPILE_CASES,
+# "none" to skip), each bounded so this part stays under about 3 minutes.
+t2=$(date +%s)
+timeout 150 "$BUILD/bench/sd_bench_train" > "$LOG/train_sd.csv" 2> "$LOG/train_sd.err" \
+  || echo "# sd_bench_train exited with status $? (124: timed out after 150 s)" >> "$LOG/train_sd.csv"
+timeout 150 python3 bench/pytorch/train_step.py > "$LOG/train_diffusers.csv" 2> "$LOG/train_diffusers.err" \
+  || echo "# train_step.py exited with status $? (124: timed out after 150 s)" >> "$LOG/train_diffusers.csv"
+compile_cases=${SD_TRAIN_COMPILE_CASES:-lora-bf16-b4}
+: > "$LOG/train_diffusers_compile.csv"
+if [ "$compile_cases" != none ]; then
+  timeout 100 python3 bench/pytorch/train_step.py --compile --cases "$compile_cases" \
+    > "$LOG/train_diffusers_compile.csv" 2> "$LOG/train_diffusers_compile.err" \
+    || echo "# train_step.py --compile exited with status $? (124: timed out after 100 s)" >> "$LOG/train_diffusers_compile.csv"
+fi
+python3 bench/compare_train.py "$LOG/train_sd.csv" "$LOG/train_diffusers.csv" "$LOG/train_diffusers_compile.csv" \
+  > "$LOG/compare_train.txt" 2>&1
+row "training-step benchmarks" "$(( $(date +%s) - t2 )) s ($(grep -c . "$LOG/train_sd.err") error lines from sd)"
+
 # Goldens that need a GPU to make: torch's CUDA randn for a few seeds (sd_infer --rng torch-cuda).
 python3 tests/golden/record_torch_cuda_randn.py "$LOG/torch_cuda_randn.safetensors" > "$LOG/torch_randn.log" 2>&1 \
   && row "torch cuda randn golden" "recorded" || row "torch cuda randn golden" "FAILED (see torch_randn.log)"
@@ -68,6 +90,12 @@ echo "==== sd gpu_check ($(date -u +%Y-%m-%d)) ===="
 cat "$LOG/devinfo.txt"
 cat "$LOG/failures.txt"
 head -5 "$LOG/ours.err" 2>/dev/null
+head -5 "$LOG/train_sd.err" 2>/dev/null
+grep -v "kept in float32" "$LOG/train_diffusers.err" 2>/dev/null | grep -m 5 -iE "error|Traceback"
 cat "$LOG/table.txt"
 echo
+grep -E "trainable tensors|bounds|LoRA file|fp16 (overflowing|clean)" "$LOG/train_cuda_errors.txt" 2>/dev/null | cut -c1-400
+echo
 cat "$LOG/compare.txt" 2>/dev/null
+echo
+cat "$LOG/compare_train.txt" 2>/dev/null

@@ -20,6 +20,9 @@
 #include "ops/view.h"
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
+#if defined(SD_WITH_CUDA)
+#include "ops/cuda/gemm.h"
+#endif
 #include "train/checkpoint.h"
 #include "train/dataset.h"
 #include "train/ema.h"
@@ -385,10 +388,14 @@ bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examp
     const auto [mean, logvar] = model_->encode_posterior(cat(px, 0));
     for (size_t t = 0; t < todo.size(); ++t) {
       const size_t j = todo[t];
-      means[j] = copy_to(narrow(mean, 0, int64_t(t), 1), DType::F32, Device::cpu());
-      logvars[j] = copy_to(narrow(logvar, 0, int64_t(t), 1), DType::F32, Device::cpu());
+      means[j] = narrow(mean, 0, int64_t(t), 1);
+      logvars[j] = narrow(logvar, 0, int64_t(t), 1);
       if (cache_ && is_main()) cache_->put(keys[j], {{"mean", means[j]}, {"logvar", logvars[j]}});
     }
+  }
+  for (size_t j = 0; j < means.size(); ++j) {  // cache hits come from the host
+    means[j] = to(means[j], device_);
+    logvars[j] = to(logvars[j], device_);
   }
   const Tensor mean = cat(means, 0), logvar = cat(logvars, 0);
   std::vector<Tensor> eps;
@@ -398,7 +405,7 @@ bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examp
     eps.push_back(draw_normal(s, draw_key(a_.seed, DrawPurpose::Posterior, uint64_t(pos_.micro_step), uint64_t(e.slot))));
   }
   MicroBatch mb;
-  mb.latents = model_->sample_latents(to(mean, device_), to(logvar, device_), to(cat(eps, 0), device_));
+  mb.latents = model_->sample_latents(mean, logvar, to(cat(eps, 0), device_));
 
   // ---- conditioning ----
   std::vector<std::string> captions;
@@ -625,6 +632,10 @@ void Loop::save_final() {
 int Loop::run() {
   device_ = resolve_device(a_.device);
   wd_ = weight_dtype_of(a_.mixed_precision);
+#if defined(SD_WITH_CUDA)
+  // --allow_tf32: f32 matrix multiplies and convolutions on TF32 tensor cores (torch.backends' switch).
+  if (device_.is_cuda()) cuda::set_allow_tf32(a_.allow_tf32);
+#endif
   if (is_main()) {
     fs::create_directories(a_.output_dir);
     // Leftovers of a save that was killed midway are never checkpoints: remove them.

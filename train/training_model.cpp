@@ -73,6 +73,13 @@ TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const Traini
 
   const DType wd = opt_.weight_dtype;
   const Device dev = opt_.device;
+  // Everything on the training device first (a pipeline loaded elsewhere is moved in f32).
+  if (!(p.device == dev)) {
+    p.unet->to(DType::F32, dev);
+    p.vae->to(DType::F32, dev);
+    if (p.text_encoder) p.text_encoder->to(DType::F32, dev);
+    if (p.text_encoder_2) p.text_encoder_2->to(DType::F32, dev);
+  }
   std::vector<nn::ClipTextModel*> encoders;
   if (p.text_encoder) encoders.push_back(p.text_encoder.get());
   if (p.text_encoder_2) encoders.push_back(p.text_encoder_2.get());
