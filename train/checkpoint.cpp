@@ -61,10 +61,19 @@ std::string save_checkpoint(const std::string& output_dir, int64_t step, const C
   fs::create_directories(tmp, ec);
   SD_CHECK(!ec, "cannot create the checkpoint folder '", tmp.string(), "': ", ec.message());
   try {
-    save_safetensors((tmp / "optimizer.safetensors").string(), c.optimizer, {{"format", "pt"}});
-    if (!c.ema.empty()) save_safetensors((tmp / "ema.safetensors").string(), c.ema, {{"format", "pt"}});
-    if (c.write_extra) c.write_extra(tmp.string());
+    nlohmann::json files = nlohmann::json::array();
+    for (const CheckpointFile& f : c.files) {
+      const fs::path p = tmp / f.path;
+      fs::create_directories(p.parent_path());
+      std::map<std::string, std::string> meta = f.metadata;
+      meta.emplace("format", "pt");
+      if (f.write) f.write(p.string());
+      else save_safetensors(p.string(), f.tensors, meta);
+      if (!f.copy_config_from.empty()) fs::copy_file(f.copy_config_from, p.parent_path() / "config.json");
+      files.push_back({{"path", f.path}, {"prefix", f.prefix}});
+    }
     nlohmann::json state = c.state;
+    state["files"] = files;
     state["format_version"] = kFormatVersion;
     state["step"] = step;
     // state.json last: a directory without it is never taken for a checkpoint.
@@ -119,14 +128,17 @@ LoadedCheckpoint load_checkpoint(const std::string& dir) {
   }
   SD_CHECK(out.state.is_object() && out.state.value("format_version", 0) == kFormatVersion, "'", state_path.string(),
            "' is not an sd_train checkpoint of this version");
-  auto read_all = [](const fs::path& p) {
-    NamedTensors t;
+  SD_CHECK(out.state.contains("files") && out.state["files"].is_array(), "'", state_path.string(),
+           "' lists no tensor files");
+  for (const nlohmann::json& f : out.state["files"]) {
+    const fs::path rel = f.at("path").get<std::string>();
+    SD_CHECK(rel.is_relative() && rel.lexically_normal().string().rfind("..", 0) != 0, "'", state_path.string(),
+             "' names a file outside the checkpoint: ", rel.string());
+    const fs::path p = fs::path(dir) / rel;
+    const std::string prefix = f.at("prefix").get<std::string>();
     SafetensorsFile sf = SafetensorsFile::open(p.string());
-    for (const std::string& k : sf.keys()) t.emplace_back(k, sf.get(k));
-    return t;
-  };
-  out.optimizer = read_all(fs::path(dir) / "optimizer.safetensors");
-  if (fs::exists(fs::path(dir) / "ema.safetensors")) out.ema = read_all(fs::path(dir) / "ema.safetensors");
+    for (const std::string& k : sf.keys()) out.tensors.emplace_back(prefix + k, sf.get(k));
+  }
   return out;
 }
 

@@ -1,10 +1,13 @@
 // Resumable training checkpoints: output_dir/checkpoint-<step>/ with
 //   state.json             where the run is (steps, epoch and batch position, loss scaler, EMA step,
-//                          the log's length) and a fingerprint of what must match to resume (method,
-//                          model, trainable tensors, batch size, accumulation, seed, data, precision)
-//   optimizer.safetensors  the f32 master of every trainable tensor and its AdamW moments
-//   ema.safetensors        the EMA averages (--use_ema)
-//   pytorch_lora_weights.safetensors   LoRA runs: the adapters so far, loadable as they are
+//                          the log's length), a fingerprint of what must match to resume (method,
+//                          model, trainable tensors, batch size, accumulation, seed, data, precision),
+//                          and the list of tensor files below with the name prefix of each
+//   optimizer.safetensors  the AdamW moments of every trainable tensor
+//   the f32 masters as people load them, as diffusers' checkpoints hold them:
+//     unet/ (+ text_encoder/ ...)    full fine-tunes: diffusers component folders (config.json copied)
+//     unet_ema/                      the EMA weights (--use_ema), the same way
+//     pytorch_lora_weights.safetensors   LoRA runs: the adapters, in the diffusers/PEFT layout
 // A checkpoint is written into checkpoint-<step>.tmp-<pid> and renamed into place when complete, so
 // a crash or a full disk mid-save never leaves a directory that loads as a good checkpoint, and the
 // previous checkpoints are untouched until the new one is complete (only then does
@@ -12,6 +15,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -25,12 +29,21 @@ namespace sd::train {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
+// One safetensors file of a checkpoint. Reading it back gives `prefix` + each key (so "unet/..." files
+// hold diffusers' own names, "unet.down_blocks..." in the trainer's namespace).
+struct CheckpointFile {
+  std::string path;     // relative to the checkpoint folder, e.g. "unet/diffusion_pytorch_model.safetensors"
+  std::string prefix;   // e.g. "unet."; "ema.unet." for unet_ema/
+  NamedTensors tensors;                       // keys without the prefix
+  std::map<std::string, std::string> metadata;
+  // Written by a callback instead (e.g. the LoRA file with its own metadata); `tensors` is then unused.
+  std::function<void(const std::string& path)> write;
+  std::string copy_config_from;  // a config.json to copy next to the file ("" = none)
+};
+
 struct CheckpointContents {
-  nlohmann::json state;        // free-form run state (the trainer's), plus "fingerprint"
-  NamedTensors optimizer;      // optimizer.safetensors
-  NamedTensors ema;            // ema.safetensors (empty: none)
-  // Extra files written by a callback into the temporary directory (e.g. the LoRA file).
-  std::function<void(const std::string& dir)> write_extra;
+  nlohmann::json state;              // free-form run state (the trainer's), plus "fingerprint"
+  std::vector<CheckpointFile> files;
 };
 
 // Writes checkpoint-<step> below output_dir atomically (see above) and returns its path. sd::Error
@@ -48,7 +61,7 @@ std::optional<std::string> find_checkpoint(const std::string& output_dir, const 
 struct LoadedCheckpoint {
   std::string dir;
   nlohmann::json state;
-  NamedTensors optimizer, ema;
+  NamedTensors tensors;  // every file's tensors, keys with their file's prefix
 };
 // Reads a checkpoint; sd::Error naming the file for anything missing or damaged.
 LoadedCheckpoint load_checkpoint(const std::string& dir);

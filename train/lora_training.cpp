@@ -291,14 +291,28 @@ void TrainableLora::remove() {
 
 // ---------------------------------------------------------------- files
 
+namespace {
+// The value a file gets for an adapter tensor: the caller's (the f32 master) when given, else the
+// adapter itself (the model's compute copy, which mixed precision rounds to 16 bits).
+const Tensor& value_of(const LoraValues* values, const std::string& name, const Tensor& fallback) {
+  if (!values) return fallback;
+  auto it = values->find(name);
+  SD_CHECK(it != values->end(), "saving a LoRA: no value for '", name, "'");
+  SD_CHECK(it->second.shape() == fallback.shape(), "saving a LoRA: '", name, "' is ", it->second.str(),
+           ", the adapter ", fallback.str());
+  return it->second;
+}
+}  // namespace
+
 void save_lora_diffusers(const std::string& path, const std::vector<const TrainableLora*>& loras, DType save_dtype,
-                         const std::map<std::string, std::string>& extra_metadata) {
+                         const std::map<std::string, std::string>& extra_metadata, const LoraValues* values) {
   check_save_dtype(save_dtype, "save_lora_diffusers");
   const auto list = checked_loras(loras, "save_lora_diffusers");
   std::vector<std::pair<std::string, Tensor>> tensors;
   bool need_config = false;
   for (const TrainableLora* l : list) {
-    for (const TrainableParam& p : l->params()) tensors.emplace_back(p.name, for_file(p.tensor, save_dtype));
+    for (const TrainableParam& p : l->params())
+      tensors.emplace_back(p.name, for_file(value_of(values, p.name, p.tensor), save_dtype));
     if (l->scale() != 1.0 || l->config().use_rslora) need_config = true;
   }
   SD_CHECK(!extra_metadata.count("lora_adapter_metadata"),
@@ -331,7 +345,8 @@ void save_lora_diffusers(const std::string& path, const std::vector<const Traina
 }
 
 void save_lora_kohya(const std::string& path, const std::vector<const TrainableLora*>& loras, bool sdxl,
-                     DType save_dtype, const std::map<std::string, std::string>& extra_metadata) {
+                     DType save_dtype, const std::map<std::string, std::string>& extra_metadata,
+                     const LoraValues* values) {
   check_save_dtype(save_dtype, "save_lora_kohya");
   const auto list = checked_loras(loras, "save_lora_kohya");
   std::vector<std::pair<std::string, Tensor>> tensors;
@@ -351,8 +366,9 @@ void save_lora_kohya(const std::string& path, const std::vector<const TrainableL
     const double alpha = l->scale() * double(l->config().rank);  // kohya: scale = alpha / r
     for (const TrainableLora::Layer& layer : l->layers()) {
       const std::string name = prefix + underscored(sdxl ? layer.kohya_path : layer.path);
-      tensors.emplace_back(name + ".lora_down.weight", for_file(layer.down, save_dtype));
-      tensors.emplace_back(name + ".lora_up.weight", for_file(layer.up, save_dtype));
+      const std::string stem = l->component() + "." + layer.path;
+      tensors.emplace_back(name + ".lora_down.weight", for_file(value_of(values, stem + ".lora_A.weight", layer.down), save_dtype));
+      tensors.emplace_back(name + ".lora_up.weight", for_file(value_of(values, stem + ".lora_B.weight", layer.up), save_dtype));
       tensors.emplace_back(name + ".alpha", scalar_tensor(alpha, DType::F32));
       any_conv = any_conv || layer.conv != nullptr;
     }

@@ -129,12 +129,18 @@ class TrainableLora {
   bool sd2_unet_ = false;
 };
 
+// Values to save instead of the adapters' own tensors, by their diffusers/PEFT name (params() names):
+// the trainer's f32 masters, which a mixed-precision model holds only as 16-bit copies.
+using LoraValues = std::map<std::string, Tensor>;
+
 // `loras`: the adapters of each component of one model (at most one per component).
 void save_lora_diffusers(const std::string& path, const std::vector<const TrainableLora*>& loras,
-                         DType save_dtype = DType::F32, const std::map<std::string, std::string>& extra_metadata = {});
+                         DType save_dtype = DType::F32, const std::map<std::string, std::string>& extra_metadata = {},
+                         const LoraValues* values = nullptr);
 // sdxl: SDXL names (sgm UNet paths, lora_te1 / lora_te2) and ss_base_model_version; a text_encoder_2
 // component without it is an error.
 void save_lora_kohya(const std::string& path, const std::vector<const TrainableLora*>& loras, bool sdxl,
-                     DType save_dtype = DType::F32, const std::map<std::string, std::string>& extra_metadata = {});
+                     DType save_dtype = DType::F32, const std::map<std::string, std::string>& extra_metadata = {},
+                     const LoraValues* values = nullptr);
 
 }  // namespace sd::train

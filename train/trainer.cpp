@@ -131,6 +131,17 @@ class Loop {
   void validate_now();
   void save_final();
   double lr_for_step(int64_t k, int group) const;
+  // The f32 master of every LoRA tensor by its file name (the model holds 16-bit copies with mixed precision).
+  LoraValues lora_masters() const {
+    LoraValues v;
+    for (size_t i = 0; i < opt_->params().size(); ++i) v[opt_->params()[i].name] = opt_->master(i);
+    return v;
+  }
+  // The starting model's config.json of a component ("" for single files), copied into checkpoints.
+  std::string source_config(const std::string& component) const {
+    const fs::path p = fs::path(a_.pretrained_model_name_or_path) / component / "config.json";
+    return fs::is_regular_file(p) ? p.string() : std::string();
+  }
   std::vector<Tensor> ema_targets() const;
 
   TrainArgs a_;
@@ -311,7 +322,12 @@ void Loop::resume() {
   pos_.epoch = s.at("epoch").get<int64_t>();
   pos_.batch_in_epoch = s.at("batch_in_epoch").get<int64_t>();
   pos_.micro_step = s.at("micro_step").get<int64_t>();
-  opt_->load_state_tensors(ck.optimizer, s.at("optimizer_steps").get<int64_t>());
+  NamedTensors opt_tensors, ema_tensors;
+  for (auto& [name, t] : ck.tensors) {
+    if (name.rfind("ema.", 0) == 0) ema_tensors.emplace_back(name.substr(4), t);
+    else opt_tensors.emplace_back(name, t);
+  }
+  opt_->load_state_tensors(opt_tensors, s.at("optimizer_steps").get<int64_t>());
   if (scaler_) {
     SD_CHECK(s.contains("loss_scaler"), "checkpoint '", *dir, "' has no loss-scaler state");
     LossScalerState ls;
@@ -321,8 +337,8 @@ void Loop::resume() {
     scaler_->load_state(ls);
   }
   if (ema_) {
-    SD_CHECK(!ck.ema.empty(), "checkpoint '", *dir, "' has no EMA weights, and this run uses --use_ema");
-    ema_->load_state(ck.ema, s.at("ema_step").get<int64_t>());
+    SD_CHECK(!ema_tensors.empty(), "checkpoint '", *dir, "' has no EMA weights (unet_ema/), and this run uses --use_ema");
+    ema_->load_state(ema_tensors, s.at("ema_step").get<int64_t>());
   }
   log_bytes_at_start_ = s.value("log_bytes", int64_t(0));
   bad_examples_ = s.value("bad_examples", int64_t(0));
@@ -533,13 +549,39 @@ void Loop::save_checkpoint_now() {
   s["log_bytes"] = log_ ? log_->bytes() : 0;
   s["bad_examples"] = bad_examples_;
   s["fingerprint"] = fingerprint();
-  c.optimizer = opt_->state_tensors();
-  if (ema_) c.ema = ema_->state_tensors();
+  // Moments in optimizer.safetensors; the f32 masters as loadable files (diffusers' checkpoint layout).
+  CheckpointFile moments{"optimizer.safetensors", "", {}, {}, {}, ""};
+  std::map<std::string, CheckpointFile> components;
+  for (auto& [name, t] : opt_->state_tensors()) {
+    if (name.rfind("exp_avg", 0) == 0) {
+      moments.tensors.emplace_back(name, t);
+      continue;
+    }
+    if (a_.method == TrainMethod::Lora) continue;  // the LoRA file below holds the adapters
+    const std::string component = name.substr(0, name.find('.'));
+    CheckpointFile& f = components[component];
+    if (f.path.empty()) {
+      f.path = component + "/" + (component == "unet" ? "diffusion_pytorch_model.safetensors" : "model.safetensors");
+      f.prefix = component + ".";
+      f.copy_config_from = source_config(component);
+    }
+    f.tensors.emplace_back(name.substr(component.size() + 1), t);
+  }
+  c.files.push_back(std::move(moments));
+  for (auto& [component, f] : components) c.files.push_back(std::move(f));
   if (a_.method == TrainMethod::Lora) {
-    c.write_extra = [this](const std::string& dir) {
-      save_lora_diffusers((fs::path(dir) / "pytorch_lora_weights.safetensors").string(), model_->loras(),
-                          DType::F32);
+    CheckpointFile lora;
+    lora.path = "pytorch_lora_weights.safetensors";
+    lora.write = [this](const std::string& path) {
+      const LoraValues masters = lora_masters();
+      save_lora_diffusers(path, model_->loras(), DType::F32, {}, &masters);
     };
+    c.files.push_back(std::move(lora));
+  }
+  if (ema_) {
+    CheckpointFile e{"unet_ema/diffusion_pytorch_model.safetensors", "ema.unet.", {}, {}, {}, source_config("unet")};
+    for (auto& [name, t] : ema_->state_tensors()) e.tensors.emplace_back(name.substr(5), t);  // "unet." off
+    c.files.push_back(std::move(e));
   }
   const std::string dir = save_checkpoint(a_.output_dir, pos_.global_step, c);
   if (a_.checkpoints_total_limit) prune_checkpoints(a_.output_dir, *a_.checkpoints_total_limit);
@@ -581,7 +623,8 @@ void Loop::save_final() {
   const DType sd = save_dtype_of(a_.save_precision);
   if (a_.method == TrainMethod::Lora) {
     const std::string path = (fs::path(a_.output_dir) / "pytorch_lora_weights.safetensors").string();
-    save_lora_diffusers(path, model_->loras(), sd);
+    const LoraValues masters = lora_masters();
+    save_lora_diffusers(path, model_->loras(), sd, {}, &masters);
     say("saved " + path);
     if (a_.save_format == "kohya") {
       const std::string name = a_.output_name.empty() ? "pytorch_lora_weights_kohya" : a_.output_name;
@@ -595,7 +638,7 @@ void Loop::save_final() {
                                                  {"ss_mixed_precision", mixed_precision_name(a_.mixed_precision)},
                                                  {"ss_sd_model_name", p.model_name()},
                                                  {"ss_training_comment", "sd_train"}};
-      save_lora_kohya(kpath, model_->loras(), p.is_sdxl(), sd, meta);
+      save_lora_kohya(kpath, model_->loras(), p.is_sdxl(), sd, meta, &masters);
       say("saved " + kpath);
     }
     return;

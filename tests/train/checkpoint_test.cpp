@@ -7,9 +7,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "runtime/error.h"
+#include "runtime/safetensors.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 
@@ -32,8 +34,9 @@ class TrainCheckpoint : public ::testing::Test {
     CheckpointContents c;
     c.state["global_step"] = 3;
     c.state["fingerprint"] = {{"method", "lora"}, {"model", "/m"}};
-    c.optimizer = {{"unet.w", full({n}, v)}, {"exp_avg.unet.w", full({n}, v / 2)}};
-    c.ema = {{"unet.w", full({n}, v * 3)}};
+    c.files.push_back({"optimizer.safetensors", "", {{"exp_avg.unet.w", full({n}, v / 2)}}, {}, {}, ""});
+    c.files.push_back({"unet/diffusion_pytorch_model.safetensors", "unet.", {{"w", full({n}, v)}}, {}, {}, ""});
+    c.files.push_back({"unet_ema/diffusion_pytorch_model.safetensors", "ema.unet.", {{"w", full({n}, v * 3)}}, {}, {}, ""});
     return c;
   }
   fs::path dir_;
@@ -52,10 +55,12 @@ TEST_F(TrainCheckpoint, SaveLoadRoundTrip) {
   const LoadedCheckpoint ck = load_checkpoint(path);
   EXPECT_EQ(ck.state["global_step"], 3);
   EXPECT_EQ(ck.state["step"], 3);
-  ASSERT_EQ(ck.optimizer.size(), 2u);
-  for (const auto& [name, t] : ck.optimizer) EXPECT_EQ(t.to_vector()[0], name == "unet.w" ? 1.5 : 0.75) << name;
-  ASSERT_EQ(ck.ema.size(), 1u);
-  EXPECT_EQ(ck.ema[0].second.to_vector()[999], 4.5);
+  ASSERT_EQ(ck.tensors.size(), 3u);
+  std::map<std::string, double> first;
+  for (const auto& [name, t] : ck.tensors) first[name] = t.to_vector()[999];
+  EXPECT_EQ(first, (std::map<std::string, double>{{"exp_avg.unet.w", 0.75}, {"unet.w", 1.5}, {"ema.unet.w", 4.5}}));
+  // The weights are diffusers component files with their own names.
+  EXPECT_TRUE(SafetensorsFile::open(path + "/unet/diffusion_pytorch_model.safetensors").contains("w"));
 }
 
 TEST_F(TrainCheckpoint, AFailedSaveLeavesNoCheckpointAndTheOthersIntact) {
@@ -64,7 +69,10 @@ TEST_F(TrainCheckpoint, AFailedSaveLeavesNoCheckpointAndTheOthersIntact) {
   // A write that fails after the optimizer and EMA files are written (the full-disk case runs the binary
   // under a file-size limit in tests/train/sd_train_e2e_test.cpp).
   CheckpointContents c = contents(2.0);
-  c.write_extra = [](const std::string& d) { SD_FAIL("cannot write '", d, "/extra.safetensors': No space left on device"); };
+  CheckpointFile extra;
+  extra.path = "extra.safetensors";
+  extra.write = [](const std::string& p) { SD_FAIL("cannot write '", p, "': No space left on device"); };
+  c.files.push_back(extra);
   try {
     save_checkpoint(dir_.string(), 4, c);
     FAIL() << "the save succeeded";
@@ -98,8 +106,8 @@ TEST_F(TrainCheckpoint, LatestIgnoresTemporariesAndPruneKeepsTheNewest) {
 TEST_F(TrainCheckpoint, ResavingAStepReplacesItWhole) {
   save_checkpoint(dir_.string(), 7, contents(1.0));
   save_checkpoint(dir_.string(), 7, contents(9.0));
-  for (const auto& [name, t] : load_checkpoint((dir_ / "checkpoint-7").string()).optimizer)
-    EXPECT_EQ(t.to_vector()[0], name == "unet.w" ? 9.0 : 4.5) << name;
+  for (const auto& [name, t] : load_checkpoint((dir_ / "checkpoint-7").string()).tensors)
+    if (name == "unet.w") EXPECT_EQ(t.to_vector()[0], 9.0);
 }
 
 TEST_F(TrainCheckpoint, DamagedCheckpointsAreNamedErrors) {
