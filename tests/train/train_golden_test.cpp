@@ -39,7 +39,7 @@ Golden open_golden(const std::string& name) {
   return Golden{std::move(f), std::move(meta)};
 }
 
-std::unique_ptr<TrainingModel> make_model(const Golden& g) {
+std::unique_ptr<TrainingModel> make_model(const Golden& g, bool gradient_checkpointing = false) {
   infer::PipelineOptions po;
   po.vae_upcast = true;
   auto pipe = infer::Pipeline::load(std::string(SD_TEST_DATA_DIR) + "/" + g.meta.at("pipe"), po);
@@ -55,12 +55,13 @@ std::unique_ptr<TrainingModel> make_model(const Golden& g) {
   o.objective.noise_offset = std::stod(g.meta.at("noise_offset"));
   o.objective.input_perturbation = std::stod(g.meta.at("input_perturbation"));
   o.prediction_override = g.meta.at("prediction_override");
+  o.gradient_checkpointing = gradient_checkpointing;
   return std::make_unique<TrainingModel>(pipe, o);
 }
 
-void run_case(const std::string& name) {
+void run_case(const std::string& name, bool gradient_checkpointing = false) {
   const Golden g = open_golden(name);
-  std::unique_ptr<TrainingModel> m = make_model(g);
+  std::unique_ptr<TrainingModel> m = make_model(g, gradient_checkpointing);
   const std::vector<OptimizerParam>& params = m->trainable();
   ASSERT_EQ(int64_t(params.size()), std::stoll(g.meta.at("trainable"))) << name << ": trainable tensor count";
   EXPECT_EQ(nn::prediction_name(m->objective().prediction), g.meta.at("prediction"));
@@ -182,6 +183,10 @@ TEST(GoldenTrain, Sd1FullWithTextEncoderMinSnrPerturbation) { run_case("sd1_full
 TEST(GoldenTrain, Sd1LoraWithTextEncoderLoraVPredictionMinSnr) { run_case("sd1_lora_te"); }
 TEST(GoldenTrain, SdxlFullMinSnr) { run_case("sdxl_full"); }
 TEST(GoldenTrain, SdxlLoraVPredictionNoiseOffset) { run_case("sdxl_lora"); }
+
+// --gradient_checkpointing recomputes each block in backward: the same numbers.
+TEST(GoldenTrain, Sd1FullWithGradientCheckpointing) { run_case("sd1_full", true); }
+TEST(GoldenTrain, SdxlLoraWithGradientCheckpointing) { run_case("sdxl_lora", true); }
 
 TEST(GoldenTrain, VaePosteriorSampleTimesScalingFactor) {
   infer::PipelineOptions po;
