@@ -168,6 +168,7 @@ class Loop {
   std::set<std::string> reported_bad_;
   int64_t bad_examples_ = 0;
   int64_t last_checkpoint_step_ = -1;
+  int64_t last_validation_step_ = -1;
 };
 
 void Loop::load_data() {
@@ -590,7 +591,8 @@ void Loop::save_checkpoint_now() {
 }
 
 void Loop::validate_now() {
-  if (a_.validation_prompts.empty() || !is_main()) return;
+  if (a_.validation_prompts.empty() || !is_main() || last_validation_step_ == pos_.global_step) return;
+  last_validation_step_ = pos_.global_step;
   std::vector<Tensor> compute;
   if (ema_) {
     // As diffusers: validate with the EMA weights, then put the trained ones back.
