@@ -54,6 +54,10 @@ void finish_leaf(PendingLeaf& p) {
                  ? g.impl_ptr()
                  : copy_to(g, leaf_impl->dtype, g.device()).impl_ptr();
   }
+  // The pending sum is in .grad now (adopted or copied): drop it, else every parameter gradient
+  // lives twice until backward returns (measured: +3.2 GiB at the SD1.5 UNet's backward peak).
+  p.grad = Tensor();
+  g = Tensor();
   Tensor leaf(p.impl);
   for (auto& hook : m.hooks) hook(leaf);
 }

@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-verify") verify = false;
     else if (a == "--leaf-check") return leaf_check();
     else {
-      std::printf("usage: sd_bench_train_memory [--latent 32] [--checkpointing] [--no-verify]\n");
+      std::printf("usage: sd_bench_train_memory [--latent 32] [--checkpointing] [--no-verify] | --leaf-check\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -451,7 +451,6 @@ int main(int argc, char** argv) {
   std::printf("| RSS HWM during backward | %.1f |\n", mib(bwd_hwm));
   std::printf("| peak over the step (allocator: max of forward peak, backward peak) | %.1f |\n",
               mib(std::max(after_fwd.peak_bytes, bwd_peak)));
-  const int64_t inputs = int64_t(x.nbytes() + ctx_in.nbytes() + gout.nbytes());
   if (!recs.empty()) {
     const BwdRec& r = recs[ipk];
     const int64_t ls = live_saved(r.seq);
@@ -461,7 +460,6 @@ int main(int argc, char** argv) {
                 (unsigned long long)r.seq, r.name.c_str(), mib(r.local_peak), mib(r.cur_before), mib(weight_bytes),
                 mib(r.grads_before), mib(ls), mib(r.cur_before - weight_bytes - r.grads_before - ls),
                 mib(r.local_peak - r.cur_before));
-    (void)inputs;
   }
   // The engine keeps each finished leaf gradient a second time until backward returns (see
   // --leaf-check): without checkpointing that copy is as large as the gradients done so far.
@@ -487,9 +485,13 @@ int main(int argc, char** argv) {
     if (!first) continue;
     const int64_t ls = live_saved(first->seq);
     const int64_t other = first->cur_before - weight_bytes - first->grads_before - ls;
-    std::printf("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s #%llu |\n", it->name.c_str(), count,
-                mib(first->cur_before), mib(first->grads_before), mib(ls), mib(other),
-                mib(other - first->grads_before), mib(pk->local_peak),
+    // With checkpointing only the gradients of parameters outside checkpointed blocks are held
+    // twice (nested backwards free theirs), so "other - param grads" means nothing there.
+    char minus[32] = "n/a";
+    if (!ckpt) std::snprintf(minus, sizeof minus, "%.1f", mib(other - first->grads_before));
+    std::printf("| %s | %d | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %s #%llu |\n", it->name.c_str(), count,
+                mib(first->cur_before), mib(first->grads_before), mib(ls), mib(other), minus,
+                mib(pk->local_peak),
                 pk->name.c_str(), (unsigned long long)pk->seq);
   }
   std::printf("\n### Top 10 node backwards by transient (local peak - current at start)\n");

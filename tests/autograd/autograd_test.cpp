@@ -12,6 +12,7 @@
 #include "ops/linear.h"
 #include "ops/reduce.h"
 #include "ops/view.h"
+#include "runtime/allocator.h"
 #include "tests/test_util.h"
 
 namespace sd {
@@ -194,6 +195,32 @@ TEST(Autograd, CheckpointWithoutGradRequiringInputStillTrainsParameters) {
   w_ref.set_requires_grad(true);
   autograd::backward(sum_all(tanh(linear(x, w_ref))));
   EXPECT_TRUE(test::all_close(w.grad(), w_ref.grad(), 1e-14, 0));
+}
+
+// Once a parameter's gradient is in its .grad, backward holds no second copy of it for the rest of
+// the pass (that doubled the parameter-gradient memory of a whole UNet step at the backward peak).
+TEST(Autograd, AFinishedLeafGradientIsNotHeldTwice) {
+  const int64_t n = int64_t(4) << 20;  // 16 MiB of f32
+  for (bool second_pass : {false, true}) {
+    Tensor u = from_vector({1, 2, 3}, {3}).set_requires_grad(true);
+    Tensor w = full({n}, 0.5).set_requires_grad(true);
+    if (second_pass) w.set_grad(zeros({n}));  // accumulation into an existing .grad
+    // w's gradient is complete before u's node runs (tape order), which measures what is held then.
+    Tensor v = mul_scalar(u, 3.0);
+    Tensor out = add(sum_all(mul_scalar(w, 2.0)), sum_all(v));
+    int64_t during = 0;
+    auto orig = v.grad_fn()->backward;
+    v.grad_fn()->backward = [orig, &during](Node& self, const std::vector<Tensor>& go) {
+      during = cpu_allocator().stats().current_bytes;
+      return orig(self, go);
+    };
+    const int64_t before = cpu_allocator().stats().current_bytes;
+    autograd::backward(out);
+    const int64_t held = during - before - (second_pass ? 0 : int64_t(w.nbytes()));
+    EXPECT_LT(held, int64_t(w.nbytes()) / 4) << (second_pass ? "accumulating" : "first") << " pass: "
+                                             << held << " bytes beyond w.grad while a later node runs";
+    EXPECT_EQ(w.grad().to_vector()[n - 1], 2.0);
+  }
 }
 
 TEST(GradAutograd, ComposedExpressionMatchesFiniteDifferences) {
