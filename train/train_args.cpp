@@ -12,6 +12,7 @@ const char* method_name(TrainMethod m) {
   switch (m) {
     case TrainMethod::Full: return "full";
     case TrainMethod::Lora: return "lora";
+    case TrainMethod::TextualInversion: return "textual-inversion";
   }
   return "?";
 }
@@ -102,8 +103,9 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
   const std::string M = "model and output", D = "data", S = "steps and batches", O = "optimizer and schedule",
                     L = "loss", T = "what trains (LoRA)", E = "EMA (full fine-tune)", P = "precision and device",
                     C = "checkpoints", V = "validation", G = "logs";
-  p.add({"method", "full|lora", "", "what to train (required): full fine-tune or LoRA adapters", M,
-         set_choice(method_text, {"full", "lora"})});
+  p.add({"method", "NAME", "", "what to train (required): full (fine-tune), lora (adapters), dreambooth, "
+         "dreambooth-lora (the same on a subject's photos with prior preservation), textual-inversion (new token "
+         "embeddings)", M, set_choice(method_text, {"full", "lora", "dreambooth", "dreambooth-lora", "textual-inversion"})});
   p.add({"pretrained_model_name_or_path", "PATH", "",
          "diffusers pipeline folder or single-file checkpoint (.safetensors/.ckpt) to start from (required)", M,
          set_string(a.pretrained_model_name_or_path)});
@@ -139,6 +141,40 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
   p.add({"cache_latents", "", "", "encode each image once and keep its latent distribution on disk "
          "(output_dir/cache, keyed by the file's content and the transform)", D, set_switch(a.cache_latents)});
 
+  const std::string DB = "DreamBooth (--method dreambooth, dreambooth-lora)", TI = "textual inversion",
+                    BK = "aspect-ratio buckets", MP = "processes (mpirun)";
+  p.add({"instance_data_dir", "DIR", "", "photos of the subject", DB, set_string(a.instance_data_dir)});
+  p.add({"instance_prompt", "TEXT", "", "the subject's prompt, e.g. \"a photo of sks dog\"", DB,
+         set_string(a.instance_prompt)});
+  p.add({"with_prior_preservation", "", "", "also train on images of the class (generated when missing)", DB,
+         set_switch(a.with_prior_preservation)});
+  p.add({"class_data_dir", "DIR", "", "images of the class; the missing ones are generated here", DB,
+         set_string(a.class_data_dir)});
+  p.add({"class_prompt", "TEXT", "", "the class's prompt, e.g. \"a photo of dog\"", DB, set_string(a.class_prompt)});
+  p.add({"num_class_images", "N", "100", "class images wanted in --class_data_dir", DB, set_int(a.num_class_images, 1)});
+  p.add({"prior_loss_weight", "W", "1.0", "weight of the class images' loss", DB, set_double(a.prior_loss_weight)});
+  p.add({"sample_batch_size", "N", "4", "batch size when generating class images", DB, set_int(a.sample_batch_size, 1)});
+  p.add({"prior_generation_precision", "fp32|fp16|bf16", "the training precision", "dtype of class-image generation",
+         DB, set_choice(a.prior_generation_precision, {"fp32", "fp16", "bf16"})});
+  p.add({"offset_noise", "", "", "train_dreambooth.py's offset noise: noise + 0.1 N(0, 1) per channel", DB,
+         set_switch(a.offset_noise)});
+  p.add({"placeholder_token", "TOKEN", "", "the new token, e.g. \"<cat-toy>\"", TI, set_string(a.placeholder_token)});
+  p.add({"initializer_token", "WORD", "", "a single-token word whose embedding starts the new one", TI,
+         set_string(a.initializer_token)});
+  p.add({"num_vectors", "N", "1", "vectors of the new token (<tok>, <tok>_1, ...)", TI, set_int(a.num_vectors, 1)});
+  p.add({"learnable_property", "object|style", "object", "which prompt templates train it", TI,
+         set_choice(a.learnable_property, {"object", "style"})});
+  p.add({"repeats", "N", "100", "how many times each image appears per epoch", TI, set_int(a.repeats, 1)});
+  p.add({"save_steps", "N", "500", "save learned_embeds-steps-N.safetensors every N steps", TI, set_int(a.save_steps, 1)});
+  p.add({"enable_bucket", "", "", "train images of mixed shapes in resolution buckets instead of cropping to squares "
+         "(kohya's algorithm; batches come from one bucket)", BK, set_switch(a.enable_bucket)});
+  p.add({"min_bucket_reso", "PX", "256", "", BK, set_int(a.min_bucket_reso, 64)});
+  p.add({"max_bucket_reso", "PX", "1024", "", BK, set_int(a.max_bucket_reso, 64)});
+  p.add({"bucket_reso_steps", "PX", "64", "bucket sides are multiples of this", BK, set_int(a.bucket_reso_steps, 8)});
+  p.add({"bucket_no_upscale", "", "", "never enlarge an image to fill its bucket", BK, set_switch(a.bucket_no_upscale)});
+  p.add({"bucket_mb", "MB", "25", "gradient all-reduce bucket size", MP, set_double(a.bucket_mb)});
+  p.add({"zero_stage", "0|1", "0", "1: shard the optimizer state (f32 masters and moments) across processes", MP,
+         set_int(a.zero_stage, 0)});
   p.add({"train_batch_size", "N", "16", "examples per step per process", S, set_int(a.train_batch_size, 1)});
   p.add({"num_train_epochs", "N", "100", "epochs (overridden by --max_train_steps)", S,
          set_int(a.num_train_epochs, 1)});
@@ -261,14 +297,37 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
   p.set_epilog(kEpilog);
   if (!p.parse(argc, argv)) return std::nullopt;
 
-  SD_CHECK(!method.empty(), "--method is required: full (fine-tune the weights) or lora (train adapters)");
-  a.method = method == "full" ? TrainMethod::Full : TrainMethod::Lora;
+  SD_CHECK(!method.empty(), "--method is required: full, lora, dreambooth, dreambooth-lora or textual-inversion");
+  a.method_text = method;
+  a.method = method == "full" || method == "dreambooth" ? TrainMethod::Full
+             : method == "textual-inversion"             ? TrainMethod::TextualInversion
+                                                         : TrainMethod::Lora;
+  a.dreambooth = method == "dreambooth" || method == "dreambooth-lora";
   a.mixed_precision = mixed == "fp16" ? MixedPrecision::Fp16 : mixed == "bf16" ? MixedPrecision::Bf16 : MixedPrecision::No;
-  if (a.output_dir.empty()) a.output_dir = a.method == TrainMethod::Full ? "sd-model-finetuned" : "sd-model-finetuned-lora";
+  if (a.output_dir.empty())
+    a.output_dir = method == "full"                ? "sd-model-finetuned"
+                   : method == "lora"              ? "sd-model-finetuned-lora"
+                   : method == "dreambooth"        ? "dreambooth-model"
+                   : method == "dreambooth-lora"   ? "lora-dreambooth-model"
+                                                   : "text-inversion-model";
   if (!a.validation_prompts.empty() && !a.validation_steps && !a.validation_epochs) a.validation_epochs = 1;
 
-  // Flags that belong to the other method are contradictions, not silent no-ops.
-  if (a.method == TrainMethod::Full) {
+  // Flags that belong to another method are contradictions, not silent no-ops.
+  for (const char* f : {"instance_data_dir", "instance_prompt", "with_prior_preservation", "class_data_dir",
+                        "class_prompt", "num_class_images", "prior_loss_weight", "sample_batch_size",
+                        "prior_generation_precision", "offset_noise"})
+    SD_CHECK(a.dreambooth || !p.was_given(f), "--", f, " is a DreamBooth setting; use --method dreambooth or "
+             "dreambooth-lora");
+  for (const char* f : {"placeholder_token", "initializer_token", "num_vectors", "learnable_property", "repeats",
+                        "save_steps"})
+    SD_CHECK(a.method == TrainMethod::TextualInversion || !p.was_given(f), "--", f,
+             " is a textual-inversion setting; use --method textual-inversion");
+  if (a.method == TrainMethod::TextualInversion) {
+    for (const char* f : {"rank", "lora_alpha", "use_rslora", "lora_target", "save_format", "train_text_encoder",
+                          "use_ema", "save_single_file"})
+      SD_CHECK(!p.was_given(f), "--", f, " means nothing with --method textual-inversion (only the new token's "
+               "embedding trains)");
+  } else if (a.method == TrainMethod::Full) {
     for (const char* f : {"rank", "lora_alpha", "use_rslora", "lora_target", "save_format"})
       SD_CHECK(!p.was_given(f), "--", f, " is a LoRA setting; it means nothing with --method full");
   } else {
@@ -287,10 +346,30 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
 void validate_train_args(const TrainArgs& a) {
   SD_CHECK(!a.pretrained_model_name_or_path.empty(),
            "--pretrained_model_name_or_path is required: a diffusers folder or a single-file checkpoint");
-  SD_CHECK(a.train_data_dir.empty() != a.dataset_name.empty(),
-           a.train_data_dir.empty() ? "give the training data: --train_data_dir DIR (images with metadata.jsonl or "
-                                      ".txt captions) or --dataset_name DIR (a saved Hugging Face dataset)"
-                                    : "give either --train_data_dir or --dataset_name, not both");
+  if (a.dreambooth) {
+    SD_CHECK(!a.instance_data_dir.empty() && !a.instance_prompt.empty(),
+             "DreamBooth needs --instance_data_dir (the subject's photos) and --instance_prompt (e.g. \"a photo of "
+             "sks dog\")");
+    SD_CHECK(a.train_data_dir.empty() && a.dataset_name.empty(), "DreamBooth reads --instance_data_dir, not "
+             "--train_data_dir / --dataset_name");
+    if (a.with_prior_preservation) {
+      SD_CHECK(!a.class_data_dir.empty(), "--with_prior_preservation needs --class_data_dir (where the class images "
+               "are, or will be generated)");
+      SD_CHECK(!a.class_prompt.empty(), "--with_prior_preservation needs --class_prompt (e.g. \"a photo of dog\")");
+    }
+  } else {
+    SD_CHECK(a.train_data_dir.empty() != a.dataset_name.empty(),
+             a.train_data_dir.empty() ? "give the training data: --train_data_dir DIR (images with metadata.jsonl or "
+                                        ".txt captions) or --dataset_name DIR (a saved Hugging Face dataset)"
+                                      : "give either --train_data_dir or --dataset_name, not both");
+  }
+  if (a.method == TrainMethod::TextualInversion) {
+    SD_CHECK(!a.placeholder_token.empty() && !a.initializer_token.empty(), "textual inversion needs "
+             "--placeholder_token (the new token, e.g. \"<cat-toy>\") and --initializer_token (e.g. \"toy\")");
+  }
+  SD_CHECK(a.zero_stage == 0 || a.zero_stage == 1, "--zero_stage ", a.zero_stage, ": 0 or 1");
+  SD_CHECK(a.bucket_mb > 0, "--bucket_mb must be positive");
+  SD_CHECK(a.min_bucket_reso <= a.max_bucket_reso, "--min_bucket_reso must not exceed --max_bucket_reso");
   SD_CHECK(a.resolution == 0 || a.resolution % 8 == 0, "--resolution ", a.resolution,
            " must be a multiple of 8 (the VAE downsamples by 8)");
   SD_CHECK(a.caption_dropout >= 0 && a.caption_dropout <= 1, "--caption_dropout must be in [0, 1]");

@@ -10,7 +10,8 @@
 
 namespace sd::train {
 
-enum class TrainMethod { Full, Lora };
+// What trains. DreamBooth is a data recipe on top of Full / Lora (TrainArgs::dreambooth).
+enum class TrainMethod { Full, Lora, TextualInversion };
 const char* method_name(TrainMethod m);
 
 enum class MixedPrecision { No, Fp16, Bf16 };
@@ -18,6 +19,8 @@ const char* mixed_precision_name(MixedPrecision p);
 
 struct TrainArgs {
   TrainMethod method = TrainMethod::Lora;
+  bool dreambooth = false;      // --method dreambooth | dreambooth-lora
+  std::string method_text;      // as given: full, lora, dreambooth, dreambooth-lora, textual-inversion
 
   // ---- model / output ----
   std::string pretrained_model_name_or_path;  // diffusers folder or single file
@@ -41,6 +44,35 @@ struct TrainArgs {
   std::string image_interpolation_mode = "lanczos";
   double caption_dropout = 0.0;  // diffusers' --proportion_empty_prompts
   bool cache_latents = false;
+
+  // ---- DreamBooth (train_dreambooth.py) ----
+  std::string instance_data_dir;
+  std::string instance_prompt;
+  bool with_prior_preservation = false;
+  std::string class_data_dir;
+  std::string class_prompt;
+  int64_t num_class_images = 100;
+  double prior_loss_weight = 1.0;
+  int64_t sample_batch_size = 4;
+  std::string prior_generation_precision;  // "" = the training precision; fp32|fp16|bf16
+  bool offset_noise = false;               // train_dreambooth.py's switch: noise += 0.1 * N(0, 1)[B, C, 1, 1]
+
+  // ---- textual inversion (textual_inversion.py) ----
+  std::string placeholder_token;
+  std::string initializer_token;
+  int64_t num_vectors = 1;
+  std::string learnable_property = "object";  // object | style
+  int64_t repeats = 100;
+  int64_t save_steps = 500;
+
+  // ---- aspect-ratio buckets (kohya) ----
+  bool enable_bucket = false;
+  int64_t min_bucket_reso = 256, max_bucket_reso = 1024, bucket_reso_steps = 64;
+  bool bucket_no_upscale = false;
+
+  // ---- processes ----
+  double bucket_mb = 25;  // gradient all-reduce bucket size
+  int64_t zero_stage = 0;  // 1: optimizer state sharded across processes
 
   // ---- steps ----
   int64_t train_batch_size = 16;
