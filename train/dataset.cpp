@@ -3,6 +3,7 @@
 #include <webp/decode.h>
 
 #include <algorithm>
+#include <map>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -43,7 +44,7 @@ std::string read_file(const std::string& path) {
 // Whether the first bytes describe an image the decoders know, with a sane size: the cheap check
 // listing runs on every example so that a dataset of broken files fails before a model is loaded.
 // Returns "" when fine, else the reason.
-std::string probe_image(const std::string& bytes) {
+std::string probe_image(const std::string& bytes, int64_t* width = nullptr, int64_t* height = nullptr) {
   if (bytes.empty()) return "empty file";
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   int w = 0, h = 0, c = 0;
@@ -54,10 +55,12 @@ std::string probe_image(const std::string& bytes) {
     return std::string("not a readable image (") + (why ? why : "unknown format") + ")";
   }
   if (w <= 0 || h <= 0) return "image has no pixels";
+  if (width) *width = w;
+  if (height) *height = h;
   return "";
 }
 
-std::string probe_file(const std::string& path) {
+std::string probe_file(const std::string& path, int64_t* width, int64_t* height) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return "cannot open the file";
   // Headers of every format here fit in the first 64 KiB (JPEG's SOF may follow large EXIF blocks:
@@ -65,8 +68,8 @@ std::string probe_file(const std::string& path) {
   std::string head(1 << 16, '\0');
   f.read(head.data(), std::streamsize(head.size()));
   head.resize(size_t(f.gcount()));
-  std::string why = probe_image(head);
-  if (!why.empty() && head.size() == (1u << 16)) why = probe_image(read_file(path));
+  std::string why = probe_image(head, width, height);
+  if (!why.empty() && head.size() == (1u << 16)) why = probe_image(read_file(path), width, height);
   return why;
 }
 
@@ -82,7 +85,8 @@ TrainDataset TrainDataset::from_items(std::vector<DatasetItem> items, std::strin
   TrainDataset d;
   d.source_ = std::move(source);
   for (DatasetItem& it : items) {
-    const std::string why = it.bytes ? probe_image(*it.bytes) : probe_file(it.path);
+    const std::string why = it.bytes ? probe_image(*it.bytes, &it.width, &it.height)
+                                     : probe_file(it.path, &it.width, &it.height);
     if (why.empty()) d.items_.push_back(std::move(it));
     else d.skipped_.push_back({it.name, why});
   }
@@ -224,6 +228,28 @@ TrainDataset TrainDataset::from_hf_dataset(const std::string& dir, const std::st
   return d;
 }
 
+TrainDataset TrainDataset::from_image_folder(const std::string& dir, const std::string& caption,
+                                             const std::string& what) {
+  SD_CHECK(fs::is_directory(dir), what, " '", dir, "' is not a folder");
+  std::vector<fs::path> images;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && is_image_name(e.path())) images.push_back(e.path());
+  std::sort(images.begin(), images.end());
+  std::vector<DatasetItem> items;
+  for (const fs::path& p : images) {
+    DatasetItem it;
+    it.path = it.name = p.string();
+    it.caption = caption;
+    items.push_back(std::move(it));
+  }
+  TrainDataset d = from_items(std::move(items), dir);
+  SD_CHECK(d.size() > 0, what, " '", dir, "' holds no usable images",
+           d.skipped().empty() ? std::string(" (PNG, JPEG, WebP, BMP, GIF)")
+                               : ": " + std::to_string(d.skipped().size()) + " unreadable, the first '" +
+                                     d.skipped()[0].name + "': " + d.skipped()[0].reason);
+  return d;
+}
+
 void TrainDataset::truncate(int64_t n) {
   if (n < size()) items_.resize(size_t(n));
 }
@@ -287,6 +313,55 @@ std::vector<int64_t> EpochSampler::batch(int64_t epoch, int64_t b, int64_t rank)
 
 int64_t EpochSampler::global_batch_size(int64_t b) const {
   return std::min(batch_ * world_, n_ - b * batch_ * world_);
+}
+
+// ---- bucket sampler ------------------------------------------------------------------------------
+
+BucketSampler::BucketSampler(std::vector<int64_t> bucket_of, int64_t batch, int64_t world, uint64_t seed)
+    : bucket_of_(std::move(bucket_of)), batch_(batch), world_(world), seed_(seed) {
+  SD_CHECK(!bucket_of_.empty() && batch > 0 && world > 0, "BucketSampler: ", bucket_of_.size(), " examples, batch ",
+           batch, ", world ", world);
+  batches_ = int64_t(epoch_batches(0).size());
+}
+
+const std::vector<std::vector<int64_t>>& BucketSampler::epoch_batches(int64_t epoch) const {
+  if (epoch == cached_epoch_) return cached_;
+  std::map<int64_t, std::vector<int64_t>> members;
+  for (size_t i = 0; i < bucket_of_.size(); ++i) members[bucket_of_[i]].push_back(int64_t(i));
+  auto shuffle = [](std::vector<int64_t>& v, uint64_t key) {
+    for (int64_t i = int64_t(v.size()) - 1; i > 0; --i) {
+      uint32_t w[4];
+      rng::philox_block(key, uint64_t(i), w);
+      const int64_t j = std::min(i, int64_t(rng::uniform53(w[0], w[1]) * double(i + 1)));
+      std::swap(v[size_t(i)], v[size_t(j)]);
+    }
+  };
+  const int64_t global = batch_ * world_;
+  std::vector<std::vector<int64_t>> batches;
+  for (auto& [bucket, m] : members) {
+    shuffle(m, draw_key(seed_, DrawPurpose::Shuffle, uint64_t(epoch), uint64_t(bucket) + 1));
+    for (size_t b = 0; b < m.size(); b += size_t(global))
+      batches.emplace_back(m.begin() + std::ptrdiff_t(b), m.begin() + std::ptrdiff_t(std::min(m.size(), b + size_t(global))));
+  }
+  // The order of the batches (by index, then applied).
+  std::vector<int64_t> order(batches.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
+  shuffle(order, draw_key(seed_, DrawPurpose::Shuffle, uint64_t(epoch), 0));
+  std::vector<std::vector<int64_t>> out;
+  for (int64_t o : order) out.push_back(batches[size_t(o)]);
+  cached_epoch_ = epoch;
+  cached_ = std::move(out);
+  return cached_;
+}
+
+std::vector<int64_t> BucketSampler::batch(int64_t epoch, int64_t b, int64_t rank) const {
+  const std::vector<std::vector<int64_t>>& all = epoch_batches(epoch);
+  SD_CHECK(b >= 0 && b < int64_t(all.size()) && rank >= 0 && rank < world_, "BucketSampler: batch ", b, " of ",
+           all.size(), ", rank ", rank);
+  const std::vector<int64_t>& g = all[size_t(b)];
+  const size_t begin = size_t(rank * batch_), end = std::min(g.size(), size_t((rank + 1) * batch_));
+  return begin < end ? std::vector<int64_t>(g.begin() + std::ptrdiff_t(begin), g.begin() + std::ptrdiff_t(end))
+                     : std::vector<int64_t>();
 }
 
 }  // namespace sd::train

@@ -489,4 +489,82 @@ TrainImage transform_for_training(const Tensor& hwc_u8, const TransformParams& p
   return out;
 }
 
+// ---- textual inversion and buckets --------------------------------------------------------------
+
+namespace {
+// The Philox words of (seed, index) for a stream tag: crop offsets, flips.
+std::array<uint32_t, 4> transform_words(uint64_t seed, uint64_t index, uint32_t tag) {
+  const uint32_t ctr[4] = {uint32_t(index), uint32_t(index >> 32), tag, 0u};
+  const uint32_t key[2] = {uint32_t(seed), uint32_t(seed >> 32)};
+  std::array<uint32_t, 4> w{};
+  rng::philox4x32_10(ctr, key, w.data());
+  return w;
+}
+int64_t below(uint32_t word, int64_t n) { return int64_t((uint64_t(word) * uint64_t(n)) >> 32); }
+}  // namespace
+
+TrainImage transform_for_textual_inversion(const Tensor& hwc_u8, int64_t resolution, bool center_crop,
+                                           Interpolation interp, uint64_t seed, uint64_t index) {
+  check_hwc_u8(hwc_u8, "transform_for_textual_inversion");
+  SD_CHECK(resolution > 0, "transform_for_textual_inversion: resolution must be positive, got ", resolution);
+  TrainImage out;
+  const int64_t h = hwc_u8.size(0), w = hwc_u8.size(1);
+  out.original_size = {h, w};
+  Tensor img = hwc_u8;
+  if (center_crop) {
+    // img[(h - c) // 2 : (h + c) // 2, (w - c) // 2 : (w + c) // 2] with c = min(h, w) (numpy slicing)
+    const int64_t c = std::min(h, w);
+    out.crop_offset = {(h - c) / 2, (w - c) / 2};
+    img = crop(img, out.crop_offset[0], out.crop_offset[1], (h + c) / 2 - (h - c) / 2, (w + c) / 2 - (w - c) / 2);
+  }
+  img = resize_u8(img, resolution, resolution, interp);  // a square whatever the aspect (the script's resize)
+  out.crop_top_left = out.crop_offset;
+  // transforms.RandomHorizontalFlip(p=0.5), always on in the script.
+  if ((transform_words(seed, index, 0x74696E76u /* 'tinv' */)[0] >> 31) != 0) {
+    out.flipped = true;
+    img = hflip(img);
+  }
+  // (image / 127.5 - 1.0) in float64, then float32, as the script's numpy computes it.
+  const Tensor src = contiguous_raw(img);
+  const int64_t H = src.size(0), W = src.size(1), n = H * W;
+  Tensor px = empty({3, H, W}, DType::F32);
+  const uint8_t* sp = src.data<uint8_t>();
+  float* d = px.data<float>();
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < n; ++i) d[c * n + i] = float(double(sp[i * 3 + c]) / 127.5 - 1.0);
+  out.pixels = px;
+  return out;
+}
+
+TrainImage transform_to_bucket(const Tensor& hwc_u8, int64_t bucket_h, int64_t bucket_w, const TransformParams& params,
+                               uint64_t seed, uint64_t index) {
+  check_hwc_u8(hwc_u8, "transform_to_bucket");
+  SD_CHECK(bucket_h > 0 && bucket_w > 0, "transform_to_bucket: bucket ", bucket_w, "x", bucket_h);
+  TrainImage out;
+  const int64_t h = hwc_u8.size(0), w = hwc_u8.size(1);
+  out.original_size = {h, w};
+  // kohya's BucketManager: scale so the image covers the bucket along its tighter side,
+  // resized_size = (int(w * scale + 0.5), int(h * scale + 0.5)), then crop the rest away.
+  const double ar = double(w) / double(h), bucket_ar = double(bucket_w) / double(bucket_h);
+  const double scale = ar > bucket_ar ? double(bucket_h) / double(h) : double(bucket_w) / double(w);
+  const int64_t rw = std::max(bucket_w, int64_t(double(w) * scale + 0.5));
+  const int64_t rh = std::max(bucket_h, int64_t(double(h) * scale + 0.5));
+  const Tensor resized = (rh == h && rw == w) ? hwc_u8 : resize_u8(hwc_u8, rh, rw, params.interp);
+  const std::array<uint32_t, 4> words = transform_words(seed, index, 0x62636B74u /* 'bckt' */);
+  if (params.center_crop) {
+    out.crop_offset = {(rh - bucket_h) / 2, (rw - bucket_w) / 2};
+  } else {
+    out.crop_offset = {below(words[0], rh - bucket_h + 1), below(words[1], rw - bucket_w + 1)};
+  }
+  Tensor img = crop(resized, out.crop_offset[0], out.crop_offset[1], bucket_h, bucket_w);
+  out.crop_top_left = out.crop_offset;
+  if (params.random_flip && (words[2] >> 31) != 0) {
+    out.flipped = true;
+    img = hflip(img);
+    out.crop_top_left[1] = bucket_w - out.crop_offset[1];
+  }
+  out.pixels = to_training_tensor(img);
+  return out;
+}
+
 }  // namespace sd::train

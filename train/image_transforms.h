@@ -92,4 +92,17 @@ struct TrainImage {
 TrainImage transform_for_training(const Tensor& hwc_u8, const TransformParams& params, uint64_t seed,
                                   uint64_t index);
 
+// textual_inversion.py's TextualInversionDataset: with center_crop the largest centred square of the
+// original (numpy slicing (h - c) // 2 : (h + c) // 2), then a resize to resolution x resolution whatever
+// the aspect (the script's Image.resize, bicubic by default), a horizontal flip with probability 1/2
+// (always on in the script), and x / 127.5 - 1 computed in float64.
+TrainImage transform_for_textual_inversion(const Tensor& hwc_u8, int64_t resolution, bool center_crop,
+                                           Interpolation interp, uint64_t seed, uint64_t index);
+
+// Aspect-ratio buckets (kohya's BucketManager): scaled so it covers the bucket (the side that is
+// relatively shorter fits exactly, int(size * scale + 0.5)), then cropped to bucket_h x bucket_w (center
+// or random) and flipped as params say; crop_top_left as the SDXL scripts record it.
+TrainImage transform_to_bucket(const Tensor& hwc_u8, int64_t bucket_h, int64_t bucket_w, const TransformParams& params,
+                               uint64_t seed, uint64_t index);
+
 }  // namespace sd::train

@@ -87,7 +87,8 @@ Tensor snr_weights(const Tensor& timesteps, const infer::Scheduler& scheduler, c
   for (float s : snr) {
     // torch.stack([snr, gamma * ones]).min(dim=1)[0] / snr (or / (snr + 1)), all float32.
     const float m = std::min(s, gamma);
-    w.push_back(cfg.prediction == nn::Prediction::VPrediction ? m / (s + 1.0f) : m / s);
+    if (cfg.prediction != nn::Prediction::VPrediction) w.push_back(m / s);
+    else w.push_back(cfg.dreambooth_snr ? m / s + 1.0f : m / (s + 1.0f));
   }
   return from_floats(w, {int64_t(w.size())});
 }
@@ -97,6 +98,20 @@ Tensor diffusion_loss(const Tensor& pred, const Tensor& target, const Tensor& we
   const Tensor t = target.dtype() == DType::F32 ? target : to(target, DType::F32);
   if (!weights.defined()) return mse_loss(p, t, Reduction::Mean);
   return mse_loss(p, t, Reduction::Mean, to(weights, pred.device()));
+}
+
+Tensor dreambooth_loss(const Tensor& pred, const Tensor& target, const Tensor& timesteps,
+                       const infer::Scheduler& scheduler, const ObjectiveConfig& cfg, int64_t n_prior,
+                       double prior_weight) {
+  const int64_t B = pred.size(0), n = B - n_prior;
+  SD_CHECK(n_prior >= 0 && n > 0, "DreamBooth loss: ", n_prior, " class examples in a batch of ", B);
+  if (n_prior == 0) return diffusion_loss(pred, target, snr_weights(timesteps, scheduler, cfg));
+  // torch.chunk(model_pred, 2): instance half first, class half second.
+  const Tensor pi = narrow(pred, 0, 0, n), pp = narrow(pred, 0, n, n_prior);
+  const Tensor ti = narrow(target, 0, 0, n), tp = narrow(target, 0, n, n_prior);
+  const Tensor prior = diffusion_loss(pp, tp, Tensor());
+  const Tensor instance = diffusion_loss(pi, ti, snr_weights(narrow(timesteps, 0, 0, n), scheduler, cfg));
+  return instance + mul_scalar(prior, prior_weight);
 }
 
 }  // namespace sd::train

@@ -21,6 +21,9 @@ namespace sd::train {
 struct ObjectiveConfig {
   nn::Prediction prediction = nn::Prediction::Epsilon;
   std::optional<double> snr_gamma;
+  // The DreamBooth scripts (train_dreambooth*.py) weigh v-prediction with min(SNR, gamma)/SNR + 1 ("floored
+  // to an SNR weight of one") where the text-to-image scripts use min(SNR, gamma)/(SNR + 1).
+  bool dreambooth_snr = false;
   double noise_offset = 0.0;
   double input_perturbation = 0.0;
   int64_t num_train_timesteps = 1000;
@@ -56,5 +59,12 @@ Tensor snr_weights(const Tensor& timesteps, const infer::Scheduler& scheduler, c
 // `weights` ([B]) undefined = plain MSE over every element; else the per-example means are weighted
 // and averaged over the batch, as the scripts compute Min-SNR.
 Tensor diffusion_loss(const Tensor& pred, const Tensor& target, const Tensor& weights);
+
+// DreamBooth with prior preservation (train_dreambooth.py): the batch is [instance examples, class
+// examples] (n_prior of them at the end); the instance loss (Min-SNR weighted over the instance timesteps
+// only, when on) plus prior_weight times the plain MSE of the class examples. n_prior = 0: the plain loss.
+Tensor dreambooth_loss(const Tensor& pred, const Tensor& target, const Tensor& timesteps,
+                       const infer::Scheduler& scheduler, const ObjectiveConfig& cfg, int64_t n_prior,
+                       double prior_weight);
 
 }  // namespace sd::train

@@ -21,6 +21,8 @@ enum class DrawPurpose : uint32_t {
   CaptionDropout = 7, // --caption_dropout
   Transform = 8,      // random crop and flip (train/image_transforms.h takes it as its index base)
   LoraInit = 9,       // LoRA A initialisation
+  TemplateChoice = 10,  // textual inversion: which prompt template captions an example
+  ClassImages = 11,     // DreamBooth: the noise of generated class images
 };
 
 // The Philox key of (seed, purpose, a, b): a 64-bit mix, so nearby inputs give unrelated keys.

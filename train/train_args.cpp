@@ -311,6 +311,23 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
                    : method == "dreambooth-lora"   ? "lora-dreambooth-model"
                                                    : "text-inversion-model";
   if (!a.validation_prompts.empty() && !a.validation_steps && !a.validation_epochs) a.validation_epochs = 1;
+  // The defaults of the diffusers script each method replaces, where they differ from
+  // train_text_to_image's (TRAINERS.md, appendix A), unless the flag was given.
+  auto method_default = [&](const char* flag, auto& field, auto value) {
+    if (!p.was_given(flag)) field = value;
+  };
+  if (a.dreambooth) {
+    method_default("train_batch_size", a.train_batch_size, int64_t(4));
+    method_default("num_train_epochs", a.num_train_epochs, int64_t(1));
+    method_default("learning_rate", a.learning_rate, method == "dreambooth" ? 5e-6 : 5e-4);
+    // train_dreambooth.py resizes with bilinear (the LoRA scripts take --image_interpolation_mode).
+    if (method == "dreambooth") method_default("image_interpolation_mode", a.image_interpolation_mode, std::string("bilinear"));
+  }
+  if (a.method == TrainMethod::TextualInversion) {
+    if (!p.was_given("max_train_steps") && !p.was_given("num_train_epochs")) a.max_train_steps = 5000;
+    method_default("max_grad_norm", a.max_grad_norm, 0.0);  // textual_inversion.py does not clip
+    method_default("image_interpolation_mode", a.image_interpolation_mode, std::string("bicubic"));
+  }
 
   // Flags that belong to another method are contradictions, not silent no-ops.
   for (const char* f : {"instance_data_dir", "instance_prompt", "with_prior_preservation", "class_data_dir",

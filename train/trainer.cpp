@@ -26,6 +26,7 @@
 #include "train/checkpoint.h"
 #include "train/dataset.h"
 #include "train/ema.h"
+#include "train/embedding_saving.h"
 #include "train/feature_cache.h"
 #include "train/flags.h"
 #include "train/image_transforms.h"
@@ -35,6 +36,7 @@
 #include "train/random_draws.h"
 #include "train/tensorboard.h"
 #include "train/train_log.h"
+#include "train/training_data.h"
 #include "train/training_model.h"
 #include "train/validation.h"
 
@@ -99,14 +101,6 @@ struct Position {
   int64_t micro_step = 0;       // micro-batches done in all: the key of their random draws
 };
 
-// One example after loading.
-struct LoadedExample {
-  int64_t index = 0;   // dataset index
-  int64_t slot = 0;    // position in the global batch
-  TrainImage image;
-  std::string caption;
-};
-
 class Loop {
  public:
   Loop(const TrainArgs& args, std::shared_ptr<GradientSync> sync) : a_(args), sync_(std::move(sync)) {}
@@ -124,7 +118,6 @@ class Loop {
   void setup_schedule();
   nlohmann::json fingerprint() const;
   void resume();
-  std::vector<LoadedExample> load_examples(const std::vector<int64_t>& indices, int64_t first_slot);
   bool train_micro_batch(double loss_multiplier, double& loss_out, int64_t& examples_out);
   StepRecord optimizer_step();
   void save_checkpoint_now();
@@ -148,15 +141,14 @@ class Loop {
   std::shared_ptr<GradientSync> sync_;
   Device device_ = Device::cpu();
   DType wd_ = DType::F32;
-  std::optional<TrainDataset> data_;
+  std::unique_ptr<TrainingData> data_;
   std::unique_ptr<TrainingModel> model_;
   std::unique_ptr<AdamWOptimizer> opt_;
   std::optional<LossScaler> scaler_;
   std::unique_ptr<EmaModel> ema_;
-  std::optional<EpochSampler> sampler_;
+  std::unique_ptr<BatchSampler> sampler_;
   std::optional<FeatureCache> cache_;
   std::string vae_fp_, text_fp_;
-  TransformParams tf_;
   LrScheduleConfig lr_cfg_;
   double te_lr_ = 0;
   int64_t max_steps_ = 0, steps_per_epoch_ = 0, num_epochs_ = 0;
@@ -173,11 +165,8 @@ class Loop {
 
 void Loop::load_data() {
   // The data first: an empty or unreadable dataset fails before minutes of model loading.
-  data_ = a_.train_data_dir.empty() ? TrainDataset::from_hf_dataset(a_.dataset_name, a_.image_column, a_.caption_column)
-                                    : TrainDataset::from_folder(a_.train_data_dir, a_.caption_column);
-  if (a_.max_train_samples) data_->truncate(*a_.max_train_samples);
-  say("data: " + std::to_string(data_->size()) + " examples from " + data_->source());
-  for (const SkippedItem& s : data_->skipped()) say("  skipped (unreadable): " + s.name + ": " + s.reason);
+  data_ = std::make_unique<TrainingData>(a_, [this](const std::string& m) { say(m); });
+  say("data: " + data_->describe());
 }
 
 void Loop::load_model() {
@@ -199,6 +188,22 @@ void Loop::load_model() {
   o.objective.input_perturbation = a_.input_perturbation;
   o.prediction_override = a_.prediction_type;
   o.variant = a_.variant;
+  o.ti.placeholder = a_.placeholder_token;
+  o.ti.initializer = a_.initializer_token;
+  o.ti.num_vectors = a_.num_vectors;
+  o.prior_loss_weight = a_.prior_loss_weight;
+  o.objective.dreambooth_snr = a_.dreambooth;
+  if (a_.offset_noise) o.objective.noise_offset = 0.1;  // train_dreambooth.py's --offset_noise
+  // DreamBooth prior preservation: the missing class images first, with a pipeline of their own (freed
+  // before the training model loads), as train_dreambooth.py does.
+  if (a_.dreambooth && a_.with_prior_preservation) {
+    const DType gen = a_.prior_generation_precision == "fp16"   ? DType::F16
+                      : a_.prior_generation_precision == "bf16" ? DType::BF16
+                      : a_.prior_generation_precision == "fp32" ? DType::F32
+                                                                : wd_;
+    data_->prepare_class_images(a_.pretrained_model_name_or_path, gen, device_, is_main());
+    say("data: " + data_->describe());
+  }
   say("loading " + a_.pretrained_model_name_or_path + " on " + (device_.is_cuda() ? "cuda:" + std::to_string(device_.index) : "cpu") +
       (a_.mixed_precision == MixedPrecision::No ? std::string(" (fp32)")
                                                 : " (" + std::string(mixed_precision_name(a_.mixed_precision)) + " mixed precision)"));
@@ -206,12 +211,9 @@ void Loop::load_model() {
   infer::Pipeline& p = model_->pipeline();
   say("model: " + p.describe_family() + ", prediction " +
       nn::prediction_name(model_->objective().prediction) + ", " + std::to_string(model_->num_trainable_elements()) +
-      " trainable parameters in " + std::to_string(model_->trainable().size()) + " tensors (" + method_name(a_.method) + ")");
+      " trainable parameters in " + std::to_string(model_->trainable().size()) + " tensors (" + a_.method_text + ")");
   if (a_.resolution == 0) a_.resolution = p.unet->config().sample_size[0] * p.vae_scale_factor();
-  tf_.resolution = a_.resolution;
-  tf_.interp = parse_interpolation(a_.image_interpolation_mode);
-  tf_.center_crop = a_.center_crop;
-  tf_.random_flip = a_.random_flip;
+  data_->configure(a_.resolution, model_->placeholder_text());
   if (a_.cache_latents) {
     cache_.emplace((fs::path(a_.output_dir) / "cache").string());
     vae_fp_ = weights_fingerprint(p.vae->state_dict()) + dtype_name(p.vae->compute_dtype());
@@ -225,7 +227,7 @@ void Loop::load_model() {
 }
 
 void Loop::setup_schedule() {
-  sampler_.emplace(data_->size(), a_.train_batch_size, sync_->world_size(), a_.seed);
+  sampler_ = data_->make_sampler(a_.train_batch_size, sync_->world_size(), a_.seed);
   const int64_t batches = sampler_->batches_per_epoch();
   steps_per_epoch_ = (batches + a_.gradient_accumulation_steps - 1) / a_.gradient_accumulation_steps;
   max_steps_ = a_.max_train_steps ? *a_.max_train_steps : a_.num_train_epochs * steps_per_epoch_;
@@ -302,7 +304,7 @@ nlohmann::json Loop::fingerprint() const {
   f["train_batch_size"] = a_.train_batch_size;
   f["gradient_accumulation_steps"] = a_.gradient_accumulation_steps;
   f["seed"] = a_.seed;
-  f["dataset"] = std::to_string(data_->size()) + " examples from " + data_->source();
+  f["dataset"] = data_->fingerprint();
   f["resolution"] = a_.resolution;
   f["mixed_precision"] = mixed_precision_name(a_.mixed_precision);
   f["world_size"] = sync_->world_size();
@@ -348,37 +350,23 @@ void Loop::resume() {
       std::to_string(pos_.epoch) + ", batch " + std::to_string(pos_.batch_in_epoch) + ")");
 }
 
-std::vector<LoadedExample> Loop::load_examples(const std::vector<int64_t>& indices, int64_t first_slot) {
-  std::vector<LoadedExample> out;
-  for (size_t j = 0; j < indices.size(); ++j) {
-    LoadedExample e;
-    e.index = indices[j];
-    e.slot = first_slot + int64_t(j);
-    try {
-      const Tensor img = data_->decode(e.index);
-      // The crop and flip vary per epoch and example.
-      e.image = transform_for_training(img, tf_, draw_key(a_.seed, DrawPurpose::Transform, uint64_t(pos_.epoch)),
-                                       uint64_t(e.index));
-    } catch (const Error& err) {
-      ++bad_examples_;
-      const std::string name = data_->item(e.index).name;
-      if (reported_bad_.insert(name).second) say("skipping an unreadable example: " + std::string(err.what()));
-      continue;
-    }
-    e.caption = data_->item(e.index).caption;
-    const double u = draw_uniform(draw_key(a_.seed, DrawPurpose::CaptionDropout, uint64_t(pos_.micro_step), uint64_t(e.slot)));
-    if (a_.caption_dropout > 0 && u < a_.caption_dropout) e.caption.clear();
-    out.push_back(std::move(e));
-  }
-  return out;
-}
-
 // One micro-batch: forward, backward of loss * multiplier, gradients collected. Returns false when no
 // example of it could be loaded.
 bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examples_out) {
   const std::vector<int64_t> idx = sampler_->batch(pos_.epoch, pos_.batch_in_epoch, sync_->rank());
   const int64_t first_slot = int64_t(sync_->rank()) * a_.train_batch_size;
-  std::vector<LoadedExample> ex = load_examples(idx, first_slot);
+  // Class images (DreamBooth) draw from slots after the whole global batch's instance slots.
+  const int64_t class_slot_base = a_.train_batch_size * sync_->world_size() + first_slot;
+  TrainingData::Batch loaded = data_->load(idx, pos_.epoch, uint64_t(pos_.micro_step), first_slot, class_slot_base,
+                                           [this](const std::string& name, const std::string& why) {
+                                             ++bad_examples_;
+                                             if (reported_bad_.insert(name).second)
+                                               say("skipping an unreadable example: " + why);
+                                           });
+  std::vector<LoadedExample>& ex = loaded.examples;
+  // With prior preservation a batch must keep its instance/class halves: drop it whole if one side lost
+  // an image (the loss splits the batch in two equal halves, as the script's torch.chunk).
+  if (loaded.class_images > 0 && loaded.class_images * 2 != int64_t(ex.size())) return false;
   if (ex.empty()) return false;
   const int64_t B = int64_t(ex.size());
   infer::Pipeline& p = model_->pipeline();
@@ -389,8 +377,8 @@ bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examp
   std::vector<std::string> keys(static_cast<size_t>(B));
   for (size_t j = 0; j < ex.size(); ++j) {
     if (cache_) {
-      keys[j] = FeatureCache::key({"latents-v1", data_->content_hash(ex[j].index), std::to_string(tf_.resolution),
-                                   interpolation_name(tf_.interp), ex[j].image.flipped ? "flip" : "noflip", vae_fp_});
+      keys[j] = FeatureCache::key({"latents-v2", ex[j].dataset->content_hash(ex[j].index), data_->transform_key(ex[j]),
+                                   vae_fp_});
       if (auto hit = cache_->get(keys[j])) {
         means[j] = (*hit)[0].first == "mean" ? (*hit)[0].second : (*hit)[1].second;
         logvars[j] = (*hit)[0].first == "mean" ? (*hit)[1].second : (*hit)[0].second;
@@ -453,12 +441,14 @@ bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examp
       sizes.push_back(e.image.original_size);
       crops.push_back(e.image.crop_top_left);
     }
-    mb.time_ids = TrainingModel::sdxl_time_ids(sizes, crops, tf_.resolution);
+    // target_size: the training size (a bucket's with --enable_bucket), (height, width) as the scripts order it.
+    mb.time_ids = TrainingModel::sdxl_time_ids(sizes, crops, ex[0].image.pixels.size(1), ex[0].image.pixels.size(2));
   }
 
   // ---- loss and backward ----
   std::vector<int64_t> slots;
   for (const LoadedExample& e : ex) slots.push_back(e.slot);
+  mb.prior_examples = loaded.class_images;
   const NoiseDraws draws = draw_noise(model_->objective(), mb.latents.shape(), a_.seed, uint64_t(pos_.micro_step), slots);
   const Tensor loss = model_->loss(mb, draws);
   loss_out = loss.item();
@@ -522,6 +512,7 @@ StepRecord Loop::optimizer_step() {
     const double g = double(float(inv)) * double(float(clip));
     const int64_t k = opt_->step_count();
     opt_->step({lr_for_step(k, 0), lr_for_step(k, 1)}, g);
+    model_->after_optimizer_step();  // textual inversion: every row but the new tokens' back
   }
   if (ema_) ema_->step(ema_targets());  // diffusers steps the EMA on every synchronised step
   if (scaler_) {
@@ -559,6 +550,12 @@ void Loop::save_checkpoint_now() {
       continue;
     }
     if (a_.method == TrainMethod::Lora) continue;  // the LoRA file below holds the adapters
+    if (a_.method == TrainMethod::TextualInversion) {  // whole token tables (the new rows are in them)
+      if (components.empty() || components.begin()->first != "tables")
+        components["tables"] = CheckpointFile{"token_embeddings.safetensors", "", {}, {}, {}, ""};
+      components["tables"].tensors.emplace_back(name, t);
+      continue;
+    }
     const std::string component = name.substr(0, name.find('.'));
     CheckpointFile& f = components[component];
     if (f.path.empty()) {
@@ -578,6 +575,15 @@ void Loop::save_checkpoint_now() {
       save_lora_diffusers(path, model_->loras(), DType::F32, {}, &masters);
     };
     c.files.push_back(std::move(lora));
+  }
+  if (a_.method == TrainMethod::TextualInversion) {
+    CheckpointFile emb;  // the embedding as people load it (diffusers' learned_embeds.safetensors)
+    emb.path = "learned_embeds.safetensors";
+    emb.prefix = "learned.";  // read back under names the optimizer ignores
+    emb.write = [this](const std::string& path) {
+      save_learned_embeds(*model_, fs::path(path).parent_path().string(), "learned_embeds", DType::F32);
+    };
+    c.files.push_back(std::move(emb));
   }
   if (ema_) {
     CheckpointFile e{"unet_ema/diffusion_pytorch_model.safetensors", "ema.unet.", {}, {}, {}, source_config("unet")};
@@ -603,6 +609,13 @@ void Loop::validate_now() {
   }
   ValidationConfig vc;
   vc.prompts = a_.validation_prompts;
+  if (a_.method == TrainMethod::TextualInversion && a_.num_vectors > 1) {
+    // "<tok>" in a prompt stands for all its vectors, as diffusers' maybe_convert_prompt expands it.
+    for (std::string& prompt : vc.prompts)
+      for (size_t at = prompt.find(a_.placeholder_token); at != std::string::npos;
+           at = prompt.find(a_.placeholder_token, at + model_->placeholder_text().size()))
+        prompt.replace(at, a_.placeholder_token.size(), model_->placeholder_text());
+  }
   vc.num_images = a_.num_validation_images;
   vc.steps = a_.validation_inference_steps;
   vc.guidance_scale = a_.validation_guidance_scale;
@@ -623,6 +636,12 @@ void Loop::save_final() {
   if (!is_main()) return;
   infer::Pipeline& p = model_->pipeline();
   const DType sd = save_dtype_of(a_.save_precision);
+  if (a_.method == TrainMethod::TextualInversion) {
+    for (const std::string& path : save_learned_embeds(*model_, a_.output_dir, "learned_embeds", sd)) say("saved " + path);
+    const std::string name = a_.output_name.empty() ? embedding_file_name(a_.placeholder_token) : a_.output_name;
+    say("saved " + save_a1111_embedding(*model_, a_.output_dir, name, sd) + " (A1111/ComfyUI: trigger \"" + name + "\")");
+    return;
+  }
   if (a_.method == TrainMethod::Lora) {
     const std::string path = (fs::path(a_.output_dir) / "pytorch_lora_weights.safetensors").string();
     const LoraValues masters = lora_masters();
@@ -717,6 +736,8 @@ int Loop::run() {
     }
     bar_->update(r, peak_memory_bytes(device_));
     if (pos_.global_step % a_.checkpointing_steps == 0) save_checkpoint_now();
+    if (a_.method == TrainMethod::TextualInversion && pos_.global_step % a_.save_steps == 0 && is_main())
+      save_learned_embeds(*model_, a_.output_dir, "learned_embeds-steps-" + std::to_string(pos_.global_step), DType::F32);
     const bool epoch_done = pos_.epoch != epoch_before;
     if ((a_.validation_steps && pos_.global_step % *a_.validation_steps == 0) ||
         (epoch_done && a_.validation_epochs && pos_.epoch % *a_.validation_epochs == 0 && pos_.global_step < max_steps_))

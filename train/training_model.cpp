@@ -87,6 +87,8 @@ TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const Traini
   p.unet->set_requires_grad(false);
   p.vae->set_requires_grad(false);
   for (nn::ClipTextModel* te : encoders) te->set_requires_grad(false);
+  text_grad_ = opt_.train_text_encoder;
+  if (opt_.method == TrainMethod::TextualInversion) setup_textual_inversion();
 
   if (opt_.method == TrainMethod::Full) {
     make_trainable(*p.unet, "unet.", 0, wd, trainable_);
@@ -97,8 +99,18 @@ TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const Traini
   }
   // Frozen parts go to the weight dtype (a trainable part already holds 16-bit copies).
   if (opt_.method != TrainMethod::Full) p.unet->to(wd, dev);
-  if (opt_.method != TrainMethod::Full || !opt_.train_text_encoder)
+  if (opt_.method == TrainMethod::Lora || (opt_.method == TrainMethod::Full && !opt_.train_text_encoder)) {
     for (nn::ClipTextModel* te : encoders) te->to(wd, dev);
+  } else if (opt_.method == TrainMethod::TextualInversion) {
+    // Everything but the token tables (which hold their 16-bit copies already).
+    for (NewTokens& n : ti_) {
+      const Tensor table = n.encoder->text_model->embeddings->token_embedding->weight;
+      n.encoder->to(wd, dev);
+      n.encoder->text_model->embeddings->token_embedding->weight = table;
+      n.encoder->set_requires_grad(false);
+      n.encoder->text_model->embeddings->token_embedding->weight.set_requires_grad(true);
+    }
+  }
   // The VAE in the weight dtype, or f32 where its config asks (force_upcast: SDXL).
   p.vae->set_upcast(p.vae->config().force_upcast);
   p.vae->place(wd, dev);
@@ -152,7 +164,7 @@ TokenIds TrainingModel::tokenize(const std::vector<std::string>& captions) const
 
 TextConditioning TrainingModel::encode_text(const TokenIds& ids) const {
   std::optional<autograd::NoGrad> no_grad;
-  if (!opt_.train_text_encoder) no_grad.emplace();
+  if (!text_grad_) no_grad.emplace();
   TextConditioning out;
   if (!pipe_->is_sdxl()) {
     out.context = pipe_->text_encoder->forward(ids.ids);
@@ -173,13 +185,14 @@ TextConditioning TrainingModel::encode_text(const TokenIds& ids) const {
 }
 
 Tensor TrainingModel::sdxl_time_ids(const std::vector<std::array<int64_t, 2>>& original_sizes,
-                                    const std::vector<std::array<int64_t, 2>>& crops, int64_t resolution) {
+                                    const std::vector<std::array<int64_t, 2>>& crops, int64_t target_h,
+                                    int64_t target_w) {
   SD_CHECK(original_sizes.size() == crops.size(), "sdxl_time_ids: ", original_sizes.size(), " sizes, ", crops.size(),
            " crops");
   std::vector<double> v;
   for (size_t i = 0; i < crops.size(); ++i) {
     v.insert(v.end(), {double(original_sizes[i][0]), double(original_sizes[i][1]), double(crops[i][0]),
-                       double(crops[i][1]), double(resolution), double(resolution)});
+                       double(crops[i][1]), double(target_h), double(target_w)});
   }
   return from_vector(v, {int64_t(crops.size()), 6}, DType::F32);
 }
@@ -218,8 +231,81 @@ Tensor TrainingModel::loss(const MicroBatch& b, const NoiseDraws& draws) const {
   }
   const Tensor pred = pipe_->unet->forward(to(in.noisy_latents, wd), to(draws.timesteps, opt_.device),
                                            to(context, wd), added);
-  const Tensor w = snr_weights(draws.timesteps, *noise_scheduler_, opt_.objective);
-  return diffusion_loss(pred, in.target, w);
+  return dreambooth_loss(pred, in.target, draws.timesteps, *noise_scheduler_, opt_.objective, b.prior_examples,
+                         opt_.prior_loss_weight);
+}
+
+void TrainingModel::setup_textual_inversion() {
+  const TextualInversionOptions& o = opt_.ti;
+  SD_CHECK(!o.placeholder.empty() && !o.initializer.empty() && o.num_vectors >= 1,
+           "textual inversion needs a placeholder token, an initializer token and at least one vector");
+  infer::Pipeline& p = *pipe_;
+  std::vector<std::string> tokens = {o.placeholder};
+  for (int64_t i = 1; i < o.num_vectors; ++i) tokens.push_back(o.placeholder + "_" + std::to_string(i));
+  ti_text_.clear();
+  for (const std::string& t : tokens) ti_text_ += (ti_text_.empty() ? "" : " ") + t;
+  struct Side {
+    nn::ClipTextModel* te;
+    std::optional<ClipTokenizer>* tok;
+    const char* component;
+  };
+  std::vector<Side> sides = {{p.text_encoder.get(), &p.tokenizer, "text_encoder"}};
+  if (p.text_encoder_2) sides.push_back({p.text_encoder_2.get(), &p.tokenizer_2, "text_encoder_2"});
+  for (const Side& side : sides) {
+    SD_CHECK(side.tok->has_value(), "textual inversion: the model has no tokenizer for its ", side.component);
+    ClipTokenizer& tok = **side.tok;
+    nn::Embedding& table = *side.te->text_model->embeddings->token_embedding;
+    const int64_t V = table.weight.size(0);
+    SD_CHECK(tok.size() == V, "textual inversion: the ", side.component, "'s tokenizer has ", tok.size(),
+             " tokens but its embedding table ", V, " rows");
+    // textual_inversion.py: "The initializer token must be a single token."
+    const std::vector<int> init = tok.encode(o.initializer);
+    SD_CHECK(init.size() == 1, "--initializer_token '", o.initializer, "' is ", init.size(),
+             " tokens for this tokenizer; the initializer token must be a single token");
+    std::vector<int64_t> ids;
+    for (const std::string& t : tokens) {
+      const int before = tok.size();
+      const int id = tok.add_token(t);
+      SD_CHECK(id == before, "--placeholder_token: the tokenizer already contains the token '", t,
+               "'; pass a placeholder that is not in the vocabulary (e.g. <my-", o.initializer, ">)");
+      ids.push_back(id);
+    }
+    // The new rows start as copies of the initializer's row.
+    const Tensor init_row = narrow(table.weight, 0, init[0], 1);
+    std::vector<Tensor> rows(tokens.size(), copy_to(init_row, DType::F32, Device::cpu()));
+    const auto [first, end] = side.te->add_tokens(cat(rows, 0));
+    SD_CHECK(first == ids.front() && end == ids.back() + 1, "textual inversion: token ids ", ids.front(), "..",
+             ids.back(), " but embedding rows ", first, "..", end - 1);
+    NewTokens n;
+    n.encoder = side.te;
+    n.component = side.component;
+    n.first = first;
+    n.end = end;
+    ti_.push_back(n);
+  }
+  // The tables train (whole, as in the script); rows outside the new ones are restored after each step.
+  for (NewTokens& n : ti_) {
+    nn::Embedding& table = *n.encoder->text_model->embeddings->token_embedding;
+    n.original = copy_to(table.weight, DType::F32, table.weight.device());
+    std::vector<OptimizerParam> one;
+    make_trainable(table, n.component + ".text_model.embeddings.token_embedding.", 0, opt_.weight_dtype, one);
+    n.param = one[0].param;
+    n.master = one[0].master.defined() ? one[0].master : one[0].param;
+    trainable_.push_back(one[0]);
+  }
+  text_grad_ = true;
+}
+
+void TrainingModel::after_optimizer_step() {
+  autograd::NoGrad no_grad;
+  for (const NewTokens& n : ti_) {
+    const int64_t V = n.original.size(0);
+    for (const Tensor& t : {n.master, n.param}) {
+      if (n.first > 0) copy_(narrow(t, 0, 0, n.first), narrow(n.original, 0, 0, n.first));
+      if (n.end < V) copy_(narrow(t, 0, n.end, V - n.end), narrow(n.original, 0, n.end, V - n.end));
+      if (t.same(n.master) && n.param.same(n.master)) break;  // f32: one tensor
+    }
+  }
 }
 
 void TrainingModel::load_compute_weights(const std::vector<Tensor>& f32_values) {

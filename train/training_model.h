@@ -2,6 +2,10 @@
 //
 //   full   the UNet's parameters train (and every text-encoder parameter with train_text_encoder)
 //   lora   the base weights are frozen; LoRA adapters on the UNet (and text encoders) train
+//   textual inversion   new tokens ("<tok>", "<tok>_1", ...) are added to the tokenizer(s) and text
+//          encoder(s), their rows starting from the initializer token's; the whole token-embedding table
+//          gets gradients and optimizer updates and every other row is put back bit for bit after each
+//          step (textual_inversion.py's index_no_updates), so only the new rows change
 //
 // Precision (diffusers' --mixed_precision): frozen weights and the forward/backward run in the weight
 // dtype (f32, f16 or bf16); trainable tensors keep f32 masters in the optimizer, and the model holds
@@ -27,6 +31,12 @@
 
 namespace sd::train {
 
+struct TextualInversionOptions {
+  std::string placeholder;   // "<cat-toy>"
+  std::string initializer;   // a word that is one token, e.g. "toy"
+  int64_t num_vectors = 1;
+};
+
 struct TrainingModelOptions {
   TrainMethod method = TrainMethod::Lora;
   DType weight_dtype = DType::F32;  // from --mixed_precision
@@ -39,6 +49,8 @@ struct TrainingModelOptions {
   ObjectiveConfig objective;        // prediction filled from the model unless given
   std::string prediction_override;  // --prediction_type ("" = the scheduler config's)
   std::string variant;
+  TextualInversionOptions ti;       // method TextualInversion
+  double prior_loss_weight = 1.0;   // DreamBooth prior preservation
 };
 
 // Token ids of a batch of captions for each tokenizer the model has ([B, 77] i64).
@@ -54,6 +66,8 @@ struct MicroBatch {
   Tensor time_ids;  // SDXL [B, 6]
   // Text conditioning computed elsewhere (the cache of a frozen text encoder): used when defined.
   Tensor context, pooled;
+  // DreamBooth prior preservation: the last prior_examples examples are class images.
+  int64_t prior_examples = 0;
 };
 
 struct TextConditioning {
@@ -75,7 +89,8 @@ class TrainingModel {
   const infer::Scheduler& noise_scheduler() const { return *noise_scheduler_; }
   const ObjectiveConfig& objective() const { return opt_.objective; }
   bool is_sdxl() const { return pipe_->is_sdxl(); }
-  bool text_encoder_trains() const { return opt_.train_text_encoder; }
+  // The text encoder's forward records gradients (it trains, or textual inversion's new rows do).
+  bool text_encoder_trains() const { return text_grad_; }
 
   // The trainable tensors with their masters (group 0: UNet side, 1: text encoders).
   const std::vector<OptimizerParam>& trainable() const { return trainable_; }
@@ -86,9 +101,9 @@ class TrainingModel {
   TokenIds tokenize(const std::vector<std::string>& captions) const;
   // Differentiable when the text encoder trains.
   TextConditioning encode_text(const TokenIds& ids) const;
-  // SDXL micro-conditioning: original_size (h, w) + crop_top_left (top, left) + (res, res), [B, 6] f32.
+  // SDXL micro-conditioning: original_size (h, w) + crop_top_left (top, left) + target (h, w), [B, 6] f32.
   static Tensor sdxl_time_ids(const std::vector<std::array<int64_t, 2>>& original_sizes,
-                              const std::vector<std::array<int64_t, 2>>& crops, int64_t resolution);
+                              const std::vector<std::array<int64_t, 2>>& crops, int64_t target_h, int64_t target_w);
 
   // pixels [B, 3, H, W] in [-1, 1] -> the VAE posterior (mean, logvar) in f32, no gradient.
   std::pair<Tensor, Tensor> encode_posterior(const Tensor& pixels) const;
@@ -102,12 +117,31 @@ class TrainingModel {
   // copies: validation with EMA weights, and back.
   void load_compute_weights(const std::vector<Tensor>& f32_values);
 
+  // ---- textual inversion ----
+  // After every optimizer step: every token-embedding row but the new tokens' back to its value.
+  void after_optimizer_step();
+  // "<tok> <tok>_1 ..." as captions spell the new tokens (the script's placeholder string).
+  const std::string& placeholder_text() const { return ti_text_; }
+  struct NewTokens {
+    nn::ClipTextModel* encoder = nullptr;
+    std::string component;           // "text_encoder", "text_encoder_2"
+    int64_t first = 0, end = 0;      // the new rows
+    Tensor master, param;            // the table's f32 master and compute copy
+    Tensor original;                 // f32 copy of the table when training started
+  };
+  const std::vector<NewTokens>& new_tokens() const { return ti_; }
+
  private:
   std::shared_ptr<infer::Pipeline> pipe_;
   TrainingModelOptions opt_;
   std::unique_ptr<infer::Scheduler> noise_scheduler_;
+  void setup_textual_inversion();
+
   std::vector<TrainableLora> loras_;
   std::vector<OptimizerParam> trainable_;
+  std::vector<NewTokens> ti_;
+  std::string ti_text_;
+  bool text_grad_ = false;  // the text encoder's forward records (it trains, or its new rows do)
 };
 
 }  // namespace sd::train
