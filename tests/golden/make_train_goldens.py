@@ -34,6 +34,13 @@ Cases:
                     --prediction_type v_prediction, Min-SNR 5
     sdxl_full       full UNet, epsilon, Min-SNR 5 (time ids from sizes/crops)
     sdxl_lora       LoRA rank 4 (alpha = rank) on the UNet, v_prediction, Min-SNR 5, noise_offset 0.05
+    sd1_dreambooth_prior        train_dreambooth.py: full UNet + text encoder, 2 instance + 2 class examples,
+                                prior_loss_weight 0.5, --offset_noise (0.1)
+    sdxl_dreambooth_lora_prior  train_dreambooth_lora_sdxl.py: UNet LoRA, prior preservation, v_prediction,
+                                Min-SNR 5 in the DreamBooth form (min(SNR, 5)/SNR + 1, instance timesteps only)
+    sd1_textual_inversion       textual_inversion.py: "<shape>" with 2 vectors from "a", no clipping; the whole
+                                token table's gradient and its value after 3 steps (other rows restored)
+    sdxl_textual_inversion      textual_inversion_sdxl.py: both encoders' tables, 1 vector
 
 Run: python3 tests/golden/make_train_goldens.py   (torch 2.15 CPU, diffusers 0.42.1, transformers 5.25, peft 0.21)
 """
@@ -72,7 +79,7 @@ def unet_name(n):
 
 
 def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, alpha=4, noise_offset=0.0,
-             input_perturbation=0.0):
+             input_perturbation=0.0, prior=0, prior_weight=1.0, dreambooth=False, ti_vectors=0, max_grad_norm=1.0):
     torch.manual_seed(1234 + len(name))
     root = os.path.join(DATA, f"pipe_tiny_{pipe}")
     sdxl = pipe == "sdxl"
@@ -90,7 +97,31 @@ def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, 
         m.requires_grad_(False)
 
     named = []  # (C++ name, parameter)
-    if method == "full":
+    captions = CAPTIONS
+    ti = []  # (tokenizer, encoder, component, new ids, original table) for textual inversion
+    if method == "textual_inversion":
+        # textual_inversion(_sdxl).py: new tokens "<shape>", "<shape>_1", their rows copied from the initializer
+        # token's, the whole token-embedding table trains, every other row is put back after each step.
+        tokens = ["<shape>"] + [f"<shape>_{i}" for i in range(1, ti_vectors)]
+        sides = [(tok, te, "text_encoder")] + ([(tok2, te2, "text_encoder_2")] if sdxl else [])
+        for tk, enc, comp in sides:
+            assert tk.add_tokens(tokens) == len(tokens)
+            enc.resize_token_embeddings(len(tk))
+            ids = tk.convert_tokens_to_ids(tokens)
+            init = tk.encode("a", add_special_tokens=False)
+            assert len(init) == 1
+            table = enc.get_input_embeddings()
+            with torch.no_grad():
+                for i in ids:
+                    table.weight[i] = table.weight[init[0]].clone()
+            table.weight.requires_grad_(True)
+            ti.append((tk, enc, comp, ids, table.weight.detach().clone()))
+            named.append((comp + ".text_model.embeddings.token_embedding.weight", table.weight))
+        text = " ".join(tokens)
+        captions = [[f"a photo of a {text}", f"a rendering of a {text}"],
+                    [f"a dark photo of the {text}", f"a photo of my {text}"],
+                    [f"the photo of a {text}", f"a photo of one {text}"]]
+    elif method == "full":
         unet.requires_grad_(True)
         named += [(unet_name(n), p) for n, p in unet.named_parameters()]
         if train_te:
@@ -112,19 +143,23 @@ def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, 
     lr_scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=2, num_training_steps=10)
 
     out = {}
-    if method != "full":  # a full fine-tune starts from the pipeline's own weights
+    if method == "lora":  # a full fine-tune starts from the pipeline's weights, textual inversion from the initializer
         for n, p in named:
             out["init." + n] = p.detach().clone()
+    batch = BATCH + prior
+    if prior:
+        # train_dreambooth.py's collate_fn: instance examples first, then class examples.
+        captions = [["a photo of sks dog", "a photo of sks dog", "a photo of dog", "a photo of dog"]] * STEPS
     for k in range(STEPS):
-        latents = torch.randn(BATCH, *LATENT)
+        latents = torch.randn(batch, *LATENT)
         noise = torch.randn_like(latents)
         out[f"step{k}.latents"] = latents
         out[f"step{k}.noise"] = noise.clone()
         if noise_offset:
-            offset = torch.randn(BATCH, LATENT[0], 1, 1)
+            offset = torch.randn(batch, LATENT[0], 1, 1)
             out[f"step{k}.offset"] = offset
             noise = noise + noise_offset * offset
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (BATCH,)).long()
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (batch,)).long()
         out[f"step{k}.timesteps"] = timesteps
         noised_with = noise
         if input_perturbation:
@@ -132,12 +167,12 @@ def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, 
             out[f"step{k}.perturbation"] = perturbation
             noised_with = noise + input_perturbation * perturbation
         noisy = sched.add_noise(latents, noised_with, timesteps)
-        ids = tok(CAPTIONS[k], max_length=tok.model_max_length, padding="max_length", truncation=True,
+        ids = tok(captions[k], max_length=tok.model_max_length, padding="max_length", truncation=True,
                   return_tensors="pt").input_ids
         out[f"step{k}.ids"] = ids
         added = None
         if sdxl:
-            ids2 = tok2(CAPTIONS[k], max_length=tok2.model_max_length, padding="max_length", truncation=True,
+            ids2 = tok2(captions[k], max_length=tok2.model_max_length, padding="max_length", truncation=True,
                         return_tensors="pt").input_ids
             out[f"step{k}.ids_2"] = ids2
             # encode_prompt of train_text_to_image_sdxl.py
@@ -146,7 +181,7 @@ def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, 
             context = torch.cat([e1[-1][-2], e2[-1][-2]], dim=-1)
             pooled = e2[0]
             time_ids = torch.tensor([[40.0 + 8 * k, 56.0, 4.0 * k, 0.0, 32.0, 32.0],
-                                     [32.0, 48.0 + 8 * k, 0.0, 8.0, 32.0, 32.0]])
+                                     [32.0, 48.0 + 8 * k, 0.0, 8.0, 32.0, 32.0]] * (batch // 2))
             out[f"step{k}.time_ids"] = time_ids
             added = {"text_embeds": pooled, "time_ids": time_ids}
         else:
@@ -156,33 +191,52 @@ def run_case(name, pipe, method, prediction, snr_gamma, train_te=False, rank=4, 
         else:
             target = sched.get_velocity(latents, noise, timesteps)
         pred = unet(noisy, timesteps, context, added_cond_kwargs=added, return_dict=False)[0]
+        snr_timesteps = timesteps
+        if prior:
+            # train_dreambooth(_lora_sdxl).py: chunk into instance and class halves; the prior loss is plain MSE
+            # and Min-SNR weighs the instance half with its own timesteps.
+            pred, pred_prior = torch.chunk(pred, 2, dim=0)
+            target, target_prior = torch.chunk(target, 2, dim=0)
+            prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+            snr_timesteps, _ = torch.chunk(timesteps, 2, dim=0)
         if snr_gamma is None:
             loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
         else:
-            snr = compute_snr(sched, timesteps)
-            w = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
-            w = w / snr if sched.config.prediction_type == "epsilon" else w / (snr + 1)
+            snr = compute_snr(sched, snr_timesteps)
+            w = torch.stack([snr, snr_gamma * torch.ones_like(snr_timesteps)], dim=1).min(dim=1)[0] / snr
+            if sched.config.prediction_type == "v_prediction":
+                # the DreamBooth scripts floor v at an SNR weight of one; the text-to-image scripts divide by SNR + 1
+                w = w + 1 if dreambooth else w * snr / (snr + 1)
             loss = F.mse_loss(pred.float(), target.float(), reduction="none")
             loss = (loss.mean(dim=list(range(1, len(loss.shape)))) * w).mean()
+        if prior:
+            loss = loss + prior_weight * prior_loss
         out[f"step{k}.loss"] = loss.detach().clone()
         out[f"step{k}.lr"] = torch.tensor(lr_scheduler.get_last_lr()[0], dtype=torch.float64)
         loss.backward()
         if k == 0:
             for n, p in named:
                 out["grad." + n] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad()
+        for tk, enc, comp, ids, original in ti:
+            keep = torch.ones(original.shape[0], dtype=torch.bool)
+            keep[min(ids):max(ids) + 1] = False
+            with torch.no_grad():
+                enc.get_input_embeddings().weight[keep] = original[keep]
     for n, p in named:
         out["final." + n] = p.detach().clone()
     meta = {"method": method, "pipe": f"pipe_tiny_{pipe}", "prediction": sched.config.prediction_type,
             "prediction_override": prediction or "", "snr_gamma": "" if snr_gamma is None else str(snr_gamma),
             "noise_offset": str(noise_offset), "input_perturbation": str(input_perturbation),
             "train_text_encoder": str(int(train_te)), "rank": str(rank), "alpha": str(alpha), "steps": str(STEPS),
-            "trainable": str(len(named))}
+            "trainable": str(len(named)), "prior": str(prior), "prior_weight": str(prior_weight),
+            "dreambooth": str(int(dreambooth)), "ti_vectors": str(ti_vectors), "max_grad_norm": str(max_grad_norm)}
     for k in range(STEPS):
-        meta[f"step{k}.captions"] = "\n".join(CAPTIONS[k])
+        meta[f"step{k}.captions"] = "\n".join(captions[k])
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, f"{name}.safetensors"), metadata=meta)
     print(f"{name}: {len(named)} trainable tensors, losses", [round(float(out[f'step{k}.loss']), 6) for k in range(STEPS)])
 
@@ -206,6 +260,12 @@ def main():
     run_case("sd1_lora_te", "sd1", "lora", "v_prediction", 5.0, train_te=True, rank=4, alpha=8)
     run_case("sdxl_full", "sdxl", "full", None, 5.0)
     run_case("sdxl_lora", "sdxl", "lora", "v_prediction", 5.0, rank=4, alpha=4, noise_offset=0.05)
+    run_case("sd1_dreambooth_prior", "sd1", "full", None, None, train_te=True, prior=2, prior_weight=0.5,
+             dreambooth=True, noise_offset=0.1)
+    run_case("sdxl_dreambooth_lora_prior", "sdxl", "lora", "v_prediction", 5.0, prior=2, prior_weight=1.0,
+             dreambooth=True)
+    run_case("sd1_textual_inversion", "sd1", "textual_inversion", None, None, ti_vectors=2, max_grad_norm=0)
+    run_case("sdxl_textual_inversion", "sdxl", "textual_inversion", None, None, ti_vectors=1, max_grad_norm=0)
 
 
 if __name__ == "__main__":

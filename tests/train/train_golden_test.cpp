@@ -44,7 +44,11 @@ std::unique_ptr<TrainingModel> make_model(const Golden& g, bool gradient_checkpo
   po.vae_upcast = true;
   auto pipe = infer::Pipeline::load(std::string(SD_TEST_DATA_DIR) + "/" + g.meta.at("pipe"), po);
   TrainingModelOptions o;
-  o.method = g.meta.at("method") == "full" ? TrainMethod::Full : TrainMethod::Lora;
+  const std::string method = g.meta.at("method");
+  o.method = method == "full" ? TrainMethod::Full : method == "lora" ? TrainMethod::Lora : TrainMethod::TextualInversion;
+  if (o.method == TrainMethod::TextualInversion) o.ti = {"<shape>", "a", std::stoll(g.meta.at("ti_vectors"))};
+  o.prior_loss_weight = std::stod(g.meta.at("prior_weight"));
+  o.objective.dreambooth_snr = g.meta.at("dreambooth") == "1";
   o.train_text_encoder = g.meta.at("train_text_encoder") == "1";
   o.unet_lora.rank = std::stoll(g.meta.at("rank"));
   o.unet_lora.alpha = std::stod(g.meta.at("alpha"));
@@ -104,6 +108,7 @@ void run_case(const std::string& name, bool gradient_checkpointing = false) {
       EXPECT_EQ(ours.ids_2.to_vector(), mb.tokens.ids_2.to_vector()) << name << " step " << k << ": token ids 2";
     }
     if (g.has(s + "time_ids")) mb.time_ids = g.get(s + "time_ids");
+    mb.prior_examples = std::stoll(g.meta.at("prior"));
     NoiseDraws d;
     d.noise = g.get(s + "noise");
     d.timesteps = g.get(s + "timesteps");
@@ -120,10 +125,24 @@ void run_case(const std::string& name, bool gradient_checkpointing = false) {
     if (k == 0)
       for (const Tensor& t : opt.grads()) grads0.push_back(t);
     EXPECT_NEAR(lr_at(lr, k), g.get(s + "lr").item(), 1e-15) << name << " step " << k;
+    const double max_norm = std::stod(g.meta.at("max_grad_norm"));
     const double norm = global_grad_norm(opt.grads());
-    const double clip = norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0;
+    const double clip = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
     opt.step({lr_at(lr, k), lr_at(lr, k)}, double(float(clip)));
+    m->after_optimizer_step();
     opt.zero_grad();
+    // Textual inversion: every row but the new tokens' is its original value, bit for bit.
+    for (const TrainingModel::NewTokens& n : m->new_tokens()) {
+      const std::vector<double> now = n.master.to_vector(), orig = n.original.to_vector();
+      const int64_t D = n.master.size(1);
+      int64_t changed_old = 0, changed_new = 0;
+      for (int64_t i = 0; i < int64_t(now.size()); ++i) {
+        const bool is_new = i / D >= n.first && i / D < n.end;
+        if (now[size_t(i)] != orig[size_t(i)]) (is_new ? changed_new : changed_old)++;
+      }
+      EXPECT_EQ(changed_old, 0) << name << " step " << k << ": rows other than the new tokens changed";
+      if (k >= 1) EXPECT_GT(changed_new, 0) << name << " step " << k << ": the new rows did not move";
+    }
   }
 
   // Gradients at step 0 and updates (after - before) over the 3 steps: the relative error of all the
@@ -187,6 +206,11 @@ TEST(GoldenTrain, SdxlLoraVPredictionNoiseOffset) { run_case("sdxl_lora"); }
 // --gradient_checkpointing recomputes each block in backward: the same numbers.
 TEST(GoldenTrain, Sd1FullWithGradientCheckpointing) { run_case("sd1_full", true); }
 TEST(GoldenTrain, SdxlLoraWithGradientCheckpointing) { run_case("sdxl_lora", true); }
+
+TEST(GoldenTrain, Sd1DreamBoothPriorPreservationWithTextEncoder) { run_case("sd1_dreambooth_prior"); }
+TEST(GoldenTrain, SdxlDreamBoothLoraPriorVPredictionMinSnr) { run_case("sdxl_dreambooth_lora_prior"); }
+TEST(GoldenTrain, Sd1TextualInversionTwoVectors) { run_case("sd1_textual_inversion"); }
+TEST(GoldenTrain, SdxlTextualInversionBothEncoders) { run_case("sdxl_textual_inversion"); }
 
 TEST(GoldenTrain, VaePosteriorSampleTimesScalingFactor) {
   infer::PipelineOptions po;
