@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include "autograd/node.h"
 #include "infer/generate.h"
@@ -230,6 +231,22 @@ std::string TrainingData::describe() const {
 }
 
 std::string TrainingData::fingerprint() const { return describe(); }
+
+std::string TrainingData::bucket_summary() const {
+  if (!buckets_) return "";
+  std::map<Bucket, int64_t> count;
+  for (int64_t v = 0; v < main().size(); ++v) ++count[bucket_of_virtual(v)];
+  std::string s = "aspect-ratio buckets:";
+  for (const auto& [b, n] : count) {
+    s += ' ';
+    s += std::to_string(b.width);
+    s += 'x';
+    s += std::to_string(b.height);
+    s += " x";
+    s += std::to_string(n);
+  }
+  return s;
+}
 
 std::string TrainingData::transform_key(const LoadedExample& e) const {
   return std::to_string(e.image.pixels.size(1)) + "x" + std::to_string(e.image.pixels.size(2)) + " " +

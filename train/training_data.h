@@ -66,6 +66,8 @@ class TrainingData {
              int64_t class_slot_base, const std::function<void(const std::string&, const std::string&)>& on_bad) const;
 
   std::string describe() const;      // "8 examples from DIR" / "5 instance + 100 class images"
+  // "aspect-ratio buckets: 64x64 x3, 80x48 x1" (width x height, examples), or "" without buckets.
+  std::string bucket_summary() const;
   std::string fingerprint() const;   // what must match on resume
   // The transform of an example, for the latent cache key ("512 lanczos center noflip").
   std::string transform_key(const LoadedExample& e) const;

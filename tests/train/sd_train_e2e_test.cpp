@@ -380,6 +380,129 @@ TEST_F(E2ESdTrain, CachedLatentsTrainTheSameAsEncodingEveryStep) {
   EXPECT_EQ(again, entries) << "the second run computed new entries instead of reading the cache";
 }
 
+// ---- DreamBooth, textual inversion, buckets ------------------------------------------------------------
+
+TEST_F(E2ESdTrain, DreamBoothWithPriorPreservationGeneratesClassImagesAndLearns) {
+  const fs::path out = dir_ / "db", cls = dir_ / "class";
+  fs::create_directories(cls);
+  // One class image already there: it is kept, and only the missing ones are generated.
+  fs::copy_file(kData + "/train_tiny/00_red_circle.png", cls / "existing.png");
+  const std::vector<std::string> a = {"--method", "dreambooth-lora", "--pretrained_model_name_or_path", kSd1,
+                                      "--instance_data_dir", kData + "/train_tiny_txt", "--instance_prompt",
+                                      "a photo of sks shape", "--with_prior_preservation", "--class_data_dir",
+                                      cls.string(), "--class_prompt", "a photo of a shape", "--num_class_images", "3",
+                                      "--sample_batch_size", "2", "--resolution", "32", "--train_batch_size", "2",
+                                      "--max_train_steps", "60", "--learning_rate", "1e-2", "--rank", "8",
+                                      "--lora_target", "attn,ff,proj,conv", "--output_dir", out.string(), "--quiet",
+                                      "--save_format", "kohya"};
+  const RunResult r = run(a);
+  ASSERT_EQ(r.code, 0) << r.err;
+  int64_t images = 0;
+  for (const auto& e : fs::directory_iterator(cls)) images += e.path().extension() == ".png";
+  EXPECT_EQ(images, 3);
+  EXPECT_TRUE(fs::exists(cls / "existing.png"));
+  EXPECT_NE(r.err.find("generating 2 class image(s)"), std::string::npos) << r.err;
+  const auto log = read_jsonl(out / "logs" / "train.jsonl");
+  ASSERT_EQ(log.size(), 60u);
+  const double first = mean_loss(log, 0, 10), last = mean_loss(log, 50, 60);
+  std::printf("[ E2ESdTrain ] DreamBooth-LoRA with prior: loss %.4f -> %.4f (x%.2f)\n", first, last, first / last);
+  EXPECT_GT(first / last, 1.3);
+  EXPECT_EQ(log[0]["examples"].get<int64_t>(), 4);  // 2 instance + 2 class images
+  // A second run finds enough class images and generates none.
+  const RunResult again = run(plus(a, {"--max_train_steps", "1", "--output_dir", (dir_ / "db2").string()}));
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(again.err.find("generating"), std::string::npos) << again.err;
+  // Both files change sd_infer's image.
+  for (const char* f : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"}) {
+    const RunResult ri = run({"--model", kSd1, "--lora", (out / f).string(), "--prompt", "a photo of sks shape",
+                              "--steps", "3", "--output_dir", (dir_ / "img").string(), "--quiet"}, kInfer);
+    EXPECT_EQ(ri.code, 0) << f << ": " << ri.err;
+  }
+}
+
+TEST_F(E2ESdTrain, TextualInversionLearnsAnEmbeddingThatLoadsInSdInfer) {
+  const fs::path out = dir_ / "ti";
+  const RunResult r = run({"--method", "textual-inversion", "--pretrained_model_name_or_path", kSd1, "--train_data_dir",
+                           kData + "/train_tiny_txt", "--placeholder_token", "<shape>", "--initializer_token", "a",
+                           "--num_vectors", "2", "--resolution", "32", "--train_batch_size", "4", "--max_train_steps",
+                           "80", "--learning_rate", "5e-2", "--lr_warmup_steps", "0", "--save_steps", "40",
+                           "--output_dir", out.string(), "--quiet"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* f : {"learned_embeds.safetensors", "shape.safetensors", "learned_embeds-steps-40.safetensors",
+                        "learned_embeds-steps-80.safetensors"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  const SafetensorsFile emb = SafetensorsFile::open((out / "learned_embeds.safetensors").string());
+  ASSERT_TRUE(emb.contains("<shape>"));
+  EXPECT_EQ(emb.info("<shape>").shape, (Shape{2, 32}));
+  const SafetensorsFile a1111 = SafetensorsFile::open((out / "shape.safetensors").string());
+  EXPECT_TRUE(a1111.contains("emb_params"));
+  const auto log = read_jsonl(out / "logs" / "train.jsonl");
+  const double first = mean_loss(log, 0, 15), last = mean_loss(log, 65, 80);
+  std::printf("[ E2ESdTrain ] textual inversion loss %.4f -> %.4f (x%.2f)\n", first, last, first / last);
+  EXPECT_LT(last, first) << "the embedding did not learn";
+  // The trigger in sd_infer, from both files: different images than the initializer word gives.
+  auto image = [&](const std::vector<std::string>& extra, const std::string& prompt, const std::string& name) {
+    std::vector<std::string> a = {"--model", kSd1, "--prompt", prompt, "--steps", "4", "--seed", "5", "--output_dir",
+                                  (dir_ / name).string(), "--quiet"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const RunResult ri = run(a, kInfer);
+    EXPECT_EQ(ri.code, 0) << ri.err;
+    return infer::load_image_u8((dir_ / name / "5-00000.png").string()).to_vector();
+  };
+  const auto base = image({}, "a photo of a a", "base");
+  const auto learned = image({"--embedding", (out / "learned_embeds.safetensors").string()}, "a photo of a <shape>", "ti");
+  const auto a1 = image({"--embedding", (out / "shape.safetensors").string()}, "a photo of a shape", "a1111");
+  double change = 0, same = 0;
+  for (size_t i = 0; i < base.size(); ++i) {
+    change += std::abs(learned[i] - base[i]);
+    same += std::abs(learned[i] - a1[i]);
+  }
+  EXPECT_GT(change / double(base.size()), 0.5);
+  EXPECT_LT(same / double(base.size()), 0.05) << "the diffusers and A1111 files give different images";
+}
+
+TEST_F(E2ESdTrain, BucketsTrainMixedShapesOneBucketPerBatch) {
+  // train_tiny_txt has 64x64 images and one 80x48: with buckets at 64 px and steps of 16 the wide image
+  // trains at 80x48-like shape instead of being cropped to a square.
+  std::vector<std::string> a = quick("lora", dir_ / "out");
+  a[5] = kData + "/train_tiny_txt";
+  a[7] = "64";
+  const RunResult r = run(plus(a, {"--enable_bucket", "--min_bucket_reso", "32", "--max_bucket_reso", "128",
+                                   "--bucket_reso_steps", "16", "--max_train_steps", "6", "--train_batch_size", "2"}));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("aspect-ratio buckets: 64x64 x3 80x48 x1"), std::string::npos) << r.err;
+  int64_t examples = 0;
+  for (const auto& line : read_jsonl(dir_ / "out" / "logs" / "train.jsonl")) examples += line["examples"].get<int64_t>();
+  // 2 epochs of 3 square + 1 wide (80x48 -> its own 80x48 bucket) examples: batches of 2 and 1 squares and
+  // 1 wide, 3 steps per epoch.
+  EXPECT_EQ(examples, 8);
+}
+
+TEST_F(E2ESdTrain, MethodSpecificBadInputIsAClearError) {
+  const fs::path empty = dir_ / "empty";
+  fs::create_directories(empty);
+  std::vector<std::string> db = {"--method", "dreambooth", "--pretrained_model_name_or_path", kSd1, "--instance_data_dir",
+                                 empty.string(), "--instance_prompt", "a photo of sks dog", "--output_dir",
+                                 (dir_ / "o").string(), "--quiet"};
+  RunResult r = run(db);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--instance_data_dir"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("holds no usable images"), std::string::npos) << r.err;
+  db[5] = kImages;
+  r = run(plus(db, {"--with_prior_preservation", "--class_data_dir", (dir_ / "c").string()}));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("needs --class_prompt"), std::string::npos) << r.err;
+  std::vector<std::string> ti = {"--method", "textual-inversion", "--pretrained_model_name_or_path", kSd1,
+                                 "--train_data_dir", kImages, "--output_dir", (dir_ / "t").string(), "--quiet",
+                                 "--resolution", "32", "--max_train_steps", "1"};
+  r = run(plus(ti, {"--placeholder_token", "a", "--initializer_token", "a"}));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("already contains the token 'a'"), std::string::npos) << r.err;
+  r = run(plus(ti, {"--placeholder_token", "<x>", "--initializer_token", "a photo"}));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("must be a single token"), std::string::npos) << r.err;
+}
+
 // ---- bad input ---------------------------------------------------------------------------------------
 
 TEST_F(E2ESdTrain, CorruptImagesAreSkippedAndNamed) {
