@@ -168,8 +168,8 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
   p.add({"save_steps", "N", "500", "save learned_embeds-steps-N.safetensors every N steps", TI, set_int(a.save_steps, 1)});
   p.add({"enable_bucket", "", "", "train images of mixed shapes in resolution buckets instead of cropping to squares "
          "(kohya's algorithm; batches come from one bucket)", BK, set_switch(a.enable_bucket)});
-  p.add({"min_bucket_reso", "PX", "256", "", BK, set_int(a.min_bucket_reso, 64)});
-  p.add({"max_bucket_reso", "PX", "1024", "", BK, set_int(a.max_bucket_reso, 64)});
+  p.add({"min_bucket_reso", "PX", "256", "", BK, set_int(a.min_bucket_reso, 8)});
+  p.add({"max_bucket_reso", "PX", "1024", "", BK, set_int(a.max_bucket_reso, 8)});
   p.add({"bucket_reso_steps", "PX", "64", "bucket sides are multiples of this", BK, set_int(a.bucket_reso_steps, 8)});
   p.add({"bucket_no_upscale", "", "", "never enlarge an image to fill its bucket", BK, set_switch(a.bucket_no_upscale)});
   p.add({"bucket_mb", "MB", "25", "gradient all-reduce bucket size", MP, set_double(a.bucket_mb)});

@@ -214,6 +214,7 @@ void Loop::load_model() {
       " trainable parameters in " + std::to_string(model_->trainable().size()) + " tensors (" + a_.method_text + ")");
   if (a_.resolution == 0) a_.resolution = p.unet->config().sample_size[0] * p.vae_scale_factor();
   data_->configure(a_.resolution, model_->placeholder_text());
+  if (a_.enable_bucket) say(data_->bucket_summary());
   if (a_.cache_latents) {
     cache_.emplace((fs::path(a_.output_dir) / "cache").string());
     vae_fp_ = weights_fingerprint(p.vae->state_dict()) + dtype_name(p.vae->compute_dtype());
