@@ -388,9 +388,9 @@ TEST_F(E2ESdTrain, DreamBoothWithPriorPreservationGeneratesClassImagesAndLearns)
   // One class image already there: it is kept, and only the missing ones are generated.
   fs::copy_file(kData + "/train_tiny/00_red_circle.png", cls / "existing.png");
   const std::vector<std::string> a = {"--method", "dreambooth-lora", "--pretrained_model_name_or_path", kSd1,
-                                      "--instance_data_dir", kData + "/train_tiny_txt", "--instance_prompt",
-                                      "a photo of sks shape", "--with_prior_preservation", "--class_data_dir",
-                                      cls.string(), "--class_prompt", "a photo of a shape", "--num_class_images", "3",
+                                      "--instance_data_dir", kData + "/dreambooth_dog", "--instance_prompt",
+                                      "a photo of sks dog", "--with_prior_preservation", "--class_data_dir",
+                                      cls.string(), "--class_prompt", "a photo of a dog", "--num_class_images", "3",
                                       "--sample_batch_size", "2", "--resolution", "32", "--train_batch_size", "2",
                                       "--max_train_steps", "60", "--learning_rate", "1e-2", "--rank", "8",
                                       "--lora_target", "attn,ff,proj,conv", "--output_dir", out.string(), "--quiet",
@@ -414,7 +414,7 @@ TEST_F(E2ESdTrain, DreamBoothWithPriorPreservationGeneratesClassImagesAndLearns)
   EXPECT_EQ(again.err.find("generating"), std::string::npos) << again.err;
   // Both files change sd_infer's image.
   for (const char* f : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"}) {
-    const RunResult ri = run({"--model", kSd1, "--lora", (out / f).string(), "--prompt", "a photo of sks shape",
+    const RunResult ri = run({"--model", kSd1, "--lora", (out / f).string(), "--prompt", "a photo of sks dog",
                               "--steps", "3", "--output_dir", (dir_ / "img").string(), "--quiet"}, kInfer);
     EXPECT_EQ(ri.code, 0) << f << ": " << ri.err;
   }
