@@ -27,10 +27,30 @@
 //   reference gradient below 1e-6 (16-bit: 1e-3) of the total norm is left out of the relative errors,
 //   and the GPU's must stay below 10x that.
 //
+// CudaTrainMethodStep: the same for the other training methods' goldens: DreamBooth with prior
+// preservation (sd1_dreambooth_prior: full with the text encoder, prior loss weight 0.5, noise offset;
+// sdxl_dreambooth_lora_prior: LoRA, v-prediction with the DreamBooth scripts' Min-SNR weighting) and
+// textual inversion (sd1_textual_inversion: 2 vectors; sdxl_textual_inversion: both encoders), each
+// with its case's clipping (max_grad_norm 0: none, as textual_inversion.py) and, for textual
+// inversion, TrainingModel::after_optimizer_step() after every step. Same f32 bounds as above; the
+// bf16 DreamBooth-LoRA run has the 16-bit bounds above. Textual inversion also: after every step every
+// token-table row but the new tokens' is bit-identical to its value before the first step (master and
+// compute copy, read back from the device), and the new rows moved.
+//
 // CudaSdTrain: the sd_train binary (SD_BINARY_DIR/tools/sd_train) on tests/data/train_tiny with
 // --device cuda and --device cpu, same seed (every random draw is made on the CPU by design, and the
 // LoRA initialisation is the same Philox stream on both devices): same losses, and LoRA files that
 // agree; and 16-bit runs (fp16 full fine-tune with loss scaling, bf16 LoRA) that finish and save.
+//
+// CudaSdTrainMethods: sd_train --device cuda and --device cpu (f32, same seed) for
+//   --method textual-inversion: both exit 0 and write learned_embeds.safetensors and the A1111 file;
+//        losses per step within 1e-4 relative; the learned embedding within 1e-4 relative of the CPU
+//        run's, its change from the initializer's row within 1e-3 (the LoRA file's lora_B bound), and
+//        it moved;
+//   --method dreambooth-lora --with_prior_preservation: the GPU run generates the class images (into
+//        a temporary --class_data_dir) and trains; the CPU run then finds them and generates none, so
+//        both train on the same images: losses within 1e-4, gradient norms 1e-3, LoRA files as above
+//        (all 1e-5, lora_B 1e-3).
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -39,6 +59,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -87,7 +108,12 @@ Tensor host_f32(const Tensor& t) { return copy_to(t, DType::F32, Device::cpu());
 // part placed in its training dtype), with the golden's method and objective.
 std::unique_ptr<TrainingModel> make_model(const Golden& g, Device dev, DType wd) {
   TrainingModelOptions o;
-  o.method = g.meta.at("method") == "full" ? TrainMethod::Full : TrainMethod::Lora;
+  const std::string method = g.meta.at("method");
+  o.method = method == "full" ? TrainMethod::Full : method == "lora" ? TrainMethod::Lora : TrainMethod::TextualInversion;
+  // As train_golden_test.cpp: the placeholder "<shape>" from the initializer "a".
+  if (o.method == TrainMethod::TextualInversion) o.ti = {"<shape>", "a", std::stoll(g.meta.at("ti_vectors"))};
+  o.prior_loss_weight = std::stod(g.meta.at("prior_weight"));
+  o.objective.dreambooth_snr = g.meta.at("dreambooth") == "1";
   o.weight_dtype = wd;
   o.device = dev;
   o.train_text_encoder = g.meta.at("train_text_encoder") == "1";
@@ -112,6 +138,7 @@ MicroBatch golden_batch(const Golden& g, int64_t k, Device dev) {
   mb.tokens.ids = to(g.get(s + "ids"), dev);
   if (g.has(s + "ids_2")) mb.tokens.ids_2 = to(g.get(s + "ids_2"), dev);
   if (g.has(s + "time_ids")) mb.time_ids = g.get(s + "time_ids");
+  mb.prior_examples = std::stoll(g.meta.at("prior"));  // DreamBooth: the last ones are class images
   return mb;
 }
 
@@ -147,12 +174,108 @@ struct RunResult {
 
 constexpr double kLr = 1e-3;
 
+// Textual inversion: the token tables, read back to the host before the first step and after each
+// step. Every row but the new tokens' must stay bit for bit what it was (the master, and the compute
+// copy: the start rounded to its dtype), and the new rows must move.
+struct TokenTableCheck {
+  std::string what;
+  std::vector<Tensor> start;  // f32 masters before the first step, on the CPU
+  std::vector<int64_t> kept_master_worst, kept_param_worst, moved_least;
+  int64_t steps = 0;
+
+  void begin(const TrainingModel& m, Device dev, DeviceCheck& dc) {
+    for (const TrainingModel::NewTokens& n : m.new_tokens()) {
+      dc.expect(n.master, dev, n.component + " token table (master)");
+      dc.expect(n.param, dev, n.component + " token table (compute copy)");
+      dc.expect(n.original, dev, n.component + " token table (original rows)");
+      start.push_back(host_f32(n.master));
+      EXPECT_TRUE(bits_equal(host_f32(n.original), start.back()))
+          << what << " " << n.component << ": the kept original rows are not the table's starting values";
+      EXPECT_EQ(n.master.dim(), 2);
+      EXPECT_LT(n.first, n.end);
+      EXPECT_EQ(n.end, n.master.size(0)) << "the new tokens are the table's last rows";
+    }
+    kept_master_worst.assign(start.size(), 0);
+    kept_param_worst.assign(start.size(), 0);
+    moved_least.assign(start.size(), std::numeric_limits<int64_t>::max());
+  }
+
+  static bool bits_equal(const Tensor& a, const Tensor& b) {
+    return a.numel() == b.numel() && std::memcmp(a.data_ptr(), b.data_ptr(), size_t(a.numel()) * sizeof(float)) == 0;
+  }
+
+  // Rows of `now` (f32, on the CPU) outside [first, end) that differ from `ref` in any bit.
+  static int64_t changed_rows(const Tensor& now, const Tensor& ref, int64_t first, int64_t end) {
+    const int64_t V = now.size(0), D = now.size(1);
+    const auto* a = static_cast<const uint32_t*>(now.data_ptr());
+    const auto* b = static_cast<const uint32_t*>(ref.data_ptr());
+    int64_t changed = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      if (v >= first && v < end) continue;
+      for (int64_t j = 0; j < D; ++j)
+        if (a[v * D + j] != b[v * D + j]) {
+          ++changed;
+          break;
+        }
+    }
+    return changed;
+  }
+
+  void after_step(const TrainingModel& m, int64_t k) {
+    const std::vector<TrainingModel::NewTokens>& nt = m.new_tokens();
+    ASSERT_EQ(nt.size(), start.size());
+    ++steps;
+    for (size_t t = 0; t < nt.size(); ++t) {
+      const TrainingModel::NewTokens& n = nt[t];
+      const Tensor master = host_f32(n.master);
+      ASSERT_EQ(master.shape(), start[t].shape()) << what << " " << n.component;
+      const Tensor param = host_f32(n.param);
+      const Tensor start_rounded = host_f32(copy_to(start[t], n.param.dtype(), Device::cpu()));
+      const int64_t old_master = changed_rows(master, start[t], n.first, n.end);
+      const int64_t old_param = changed_rows(param, start_rounded, n.first, n.end);
+      EXPECT_EQ(old_master, 0) << what << " step " << k << " " << n.component
+                               << ": token-table rows other than the new tokens' changed (master)";
+      EXPECT_EQ(old_param, 0) << what << " step " << k << " " << n.component
+                              << ": token-table rows other than the new tokens' changed (compute copy)";
+      const int64_t D = master.size(1);
+      const float* a = master.data<float>();
+      const float* b = start[t].data<float>();
+      int64_t moved = 0;
+      for (int64_t i = n.first * D; i < n.end * D; ++i) moved += a[i] != b[i];
+      EXPECT_GT(moved, 0) << what << " step " << k << " " << n.component << ": the new rows did not move";
+      kept_master_worst[t] = std::max(kept_master_worst[t], old_master);
+      kept_param_worst[t] = std::max(kept_param_worst[t], old_param);
+      moved_least[t] = std::min(moved_least[t], moved);
+    }
+  }
+
+  void print(const TrainingModel& m) const {
+    const std::vector<TrainingModel::NewTokens>& nt = m.new_tokens();
+    for (size_t t = 0; t < nt.size() && t < start.size(); ++t) {
+      const TrainingModel::NewTokens& n = nt[t];
+      std::printf("[ CudaTrainStep ] %-28s %s token table [%lld x %lld], after each of %lld steps: other rows changed "
+                  "%lld (master) %lld (compute copy), expected 0; new rows %lld..%lld: at least %lld of %lld elements "
+                  "moved\n",
+                  what.c_str(), n.component.c_str(), static_cast<long long>(start[t].size(0)),
+                  static_cast<long long>(start[t].size(1)), static_cast<long long>(steps),
+                  static_cast<long long>(kept_master_worst[t]), static_cast<long long>(kept_param_worst[t]),
+                  static_cast<long long>(n.first), static_cast<long long>(n.end - 1),
+                  static_cast<long long>(steps > 0 ? moved_least[t] : 0),
+                  static_cast<long long>((n.end - n.first) * start[t].size(1)));
+    }
+    std::fflush(stdout);
+  }
+};
+
 // Two optimizer steps as sd_train's loop takes them: loss -> backward of loss x scale -> collect ->
-// global norm (unscaled) -> clip to 1 -> fused AdamW with grad_scale = (1/scale) x clip -> zero_grad.
+// global norm (unscaled) -> clip to the case's max_grad_norm (0: no clipping) -> fused AdamW with
+// grad_scale = (1/scale) x clip -> after_optimizer_step (textual inversion: the old rows back) -> zero_grad.
 RunResult run_steps(const std::string& golden, Device dev, DType wd, double loss_scale, int64_t steps = 2) {
   const Golden g = open_golden(golden);
   std::unique_ptr<TrainingModel> m = make_model(g, dev, wd);
   const std::vector<OptimizerParam>& params = m->trainable();
+  EXPECT_EQ(int64_t(params.size()), std::stoll(g.meta.at("trainable"))) << golden << ": trainable tensor count";
+  const double max_grad_norm = std::stod(g.meta.at("max_grad_norm"));
   RunResult r;
   r.trainable_elements = m->num_trainable_elements();
   DeviceCheck dc;
@@ -171,8 +294,22 @@ RunResult run_steps(const std::string& golden, Device dev, DType wd, double loss
       if (p.master.defined()) copy_(p.param, p.master);
     }
   }
-  // The frozen UNet (LoRA) is placed too.
+  // The frozen UNet (LoRA) and text encoders are placed too.
   for (auto& [name, p] : m->pipeline().unet->named_parameters()) dc.expect(*p->slot, dev, "unet." + name);
+  if (m->pipeline().text_encoder)
+    for (auto& [name, p] : m->pipeline().text_encoder->named_parameters())
+      dc.expect(*p->slot, dev, "text_encoder." + name);
+  if (m->pipeline().text_encoder_2)
+    for (auto& [name, p] : m->pipeline().text_encoder_2->named_parameters())
+      dc.expect(*p->slot, dev, "text_encoder_2." + name);
+  TokenTableCheck tables;
+  tables.what = golden + " " + dtype_name(wd) + " on " + dev.str();
+  if (g.meta.at("method") == "textual_inversion") {
+    EXPECT_EQ(m->new_tokens().size(), m->is_sdxl() ? 2u : 1u) << golden << ": token tables with new rows";
+    tables.begin(*m, dev, dc);
+  } else {
+    EXPECT_TRUE(m->new_tokens().empty()) << golden;
+  }
   AdamWConfig ac;
   ac.lr = kLr;
   ac.weight_decay = 1e-2;
@@ -204,10 +341,13 @@ RunResult run_steps(const std::string& golden, Device dev, DType wd, double loss
     const double norm = global_grad_norm(grads) * inv;
     EXPECT_TRUE(std::isfinite(norm)) << "step " << k << ": gradient norm " << norm;
     EXPECT_FALSE(has_non_finite(grads)) << "step " << k;
-    const double clip = norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0;
+    const double clip = max_grad_norm > 0 && norm > max_grad_norm ? max_grad_norm / (norm + 1e-6) : 1.0;
     opt.step({kLr, kLr}, double(float(inv)) * double(float(clip)));
+    m->after_optimizer_step();
     opt.zero_grad();
+    if (!tables.start.empty()) tables.after_step(*m, k);
   }
+  if (!tables.start.empty()) tables.print(*m);
   for (size_t i = 0; i < params.size(); ++i) {
     r.after.push_back(host_f32(opt.master(i)));
     dc.expect(opt.master(i), dev, "master of " + params[i].name + " after the steps");
@@ -404,6 +544,35 @@ TEST(CudaTrainStep, SdxlFullAndLoraF32MatchCpu) {
   gpu_matches_cpu_f32("sdxl_lora");
 }
 
+// DreamBooth with prior preservation: the batch's last `prior` examples are class images, their loss
+// weighted by prior_weight; the instance half with the DreamBooth scripts' Min-SNR weighting.
+TEST(CudaTrainMethodStep, Sd1DreamBoothPriorWithTextEncoderF32MatchesCpu) {
+  SD_REQUIRE_CUDA();
+  gpu_matches_cpu_f32("sd1_dreambooth_prior");
+}
+
+TEST(CudaTrainMethodStep, SdxlDreamBoothLoraPriorF32MatchesCpu) {
+  SD_REQUIRE_CUDA();
+  gpu_matches_cpu_f32("sdxl_dreambooth_lora_prior");
+}
+
+TEST(CudaTrainMethodStep, SdxlDreamBoothLoraPriorBf16MatchesCpu) {
+  SD_REQUIRE_CUDA();
+  gpu_matches_cpu_16bit("sdxl_dreambooth_lora_prior", DType::BF16);
+}
+
+// Textual inversion: the whole token table gets gradients and updates; after_optimizer_step puts every
+// row but the new tokens' back (checked bit for bit on the device's tables in run_steps).
+TEST(CudaTrainMethodStep, Sd1TextualInversionTwoVectorsF32MatchesCpu) {
+  SD_REQUIRE_CUDA();
+  gpu_matches_cpu_f32("sd1_textual_inversion");
+}
+
+TEST(CudaTrainMethodStep, SdxlTextualInversionBothEncodersF32MatchesCpu) {
+  SD_REQUIRE_CUDA();
+  gpu_matches_cpu_f32("sdxl_textual_inversion");
+}
+
 // fp16 loss scaling on the GPU: an overflowing backward leaves inf/NaN in the f32 gradient
 // accumulators, and the checks the loop uses (global_grad_norm, has_non_finite, the scaler's unscale_)
 // see it; a clean step right after is finite; one planted inf or NaN in one GPU gradient is found.
@@ -513,6 +682,11 @@ class CudaSdTrain : public ::testing::Test {
                                      "--learning_rate", "1e-3", "--lr_warmup_steps", "0", "--seed", "7",
                                      "--output_dir", (dir_ / name).string(), "--report_to", "none", "--quiet"};
     args.insert(args.end(), extra.begin(), extra.end());
+    return run_sd_train(name, args);
+  }
+
+  // Runs sd_train with exactly `args`; stdout and stderr go to dir_/<name>.stdout.txt / .stderr.txt.
+  int run_sd_train(const std::string& name, const std::vector<std::string>& args) {
     std::string cmd = shell_quote(kSdTrain);
     for (const std::string& a : args) cmd += " " + shell_quote(a);
     const fs::path err = dir_ / (name + ".stderr.txt");
@@ -542,7 +716,8 @@ TEST_F(CudaSdTrain, LoraRunMatchesCpuRun) {
   cpu_flags.insert(cpu_flags.end(), {"--device", "cpu"});
   ASSERT_EQ(train("gpu", gpu_flags), 0);
   ASSERT_EQ(train("cpu", cpu_flags), 0);
-  EXPECT_NE(read_text(dir_ / "gpu.stderr.txt").find("cuda"), std::string::npos) << "the GPU run did not say cuda";
+  EXPECT_NE(read_text(dir_ / "gpu.stderr.txt").find(" on cuda:"), std::string::npos)
+      << "the GPU run did not say it loads on cuda";
 
   const std::vector<nlohmann::json> lg = log("gpu"), lc = log("cpu");
   ASSERT_EQ(lg.size(), 3u);
@@ -605,6 +780,180 @@ TEST_F(CudaSdTrain, MixedPrecisionRunsFinishAndSave) {
       if (name == "lora_bf16") EXPECT_FALSE(j["skipped"].get<bool>()) << name << " " << j.dump();
     }
   }
+}
+
+// ---------------------------------------------------------------- sd_train's other methods on the GPU
+
+class CudaSdTrainMethods : public CudaSdTrain {
+ protected:
+  // The GPU run's log against the CPU run's: `steps` entries each, finite losses within 1e-4 relative,
+  // gradient norms (where logged) within 1e-3, the same example counts (`examples` each step). Returns
+  // the worst loss error.
+  double compare_logs(const std::string& what, size_t steps, int64_t examples) {
+    const std::vector<nlohmann::json> lg = log("gpu"), lc = log("cpu");
+    EXPECT_EQ(lg.size(), steps) << what << ": steps logged by the GPU run";
+    EXPECT_EQ(lc.size(), steps) << what << ": steps logged by the CPU run";
+    double worst = 0;
+    for (size_t k = 0; k < std::min(lg.size(), lc.size()); ++k) {
+      if (lg[k]["loss"].is_null() || lc[k]["loss"].is_null()) {
+        ADD_FAILURE() << what << " step " << k + 1 << ": no loss (gpu " << lg[k].dump() << ", cpu " << lc[k].dump() << ")";
+        return INFINITY;
+      }
+      const double a = lg[k]["loss"].get<double>(), b = lc[k]["loss"].get<double>();
+      const double le = std::abs(a - b) / std::abs(b);
+      std::printf("[ CudaSdTrain ] %s step %zu loss gpu %.8f cpu %.8f (rel %.2e)", what.c_str(), k + 1, a, b, le);
+      EXPECT_TRUE(std::isfinite(a)) << what << " step " << k + 1;
+      EXPECT_LE(std::abs(a - b), 1e-4 * std::abs(b)) << what << ": loss at step " << k + 1;
+      worst = std::max(worst, std::isfinite(le) ? le : INFINITY);
+      const bool ng = lg[k].contains("grad_norm") && lg[k]["grad_norm"].is_number(),
+                 nc = lc[k].contains("grad_norm") && lc[k]["grad_norm"].is_number();
+      EXPECT_EQ(ng, nc) << what << " step " << k + 1 << ": the gradient norm is logged by one run only";
+      if (ng && nc) {
+        const double na = lg[k]["grad_norm"].get<double>(), nb = lc[k]["grad_norm"].get<double>();
+        std::printf(", grad norm gpu %.8f cpu %.8f (rel %.2e)", na, nb, std::abs(na - nb) / std::abs(nb));
+        EXPECT_LE(std::abs(na - nb), 1e-3 * std::abs(nb)) << what << ": grad norm at step " << k + 1;
+      }
+      std::printf("\n");
+      EXPECT_EQ(lg[k]["examples"], lc[k]["examples"]) << what << " step " << k + 1;
+      if (lg[k]["examples"].is_number()) EXPECT_EQ(lg[k]["examples"].get<int64_t>(), examples) << what << " step " << k + 1;
+    }
+    std::fflush(stdout);
+    return worst;
+  }
+};
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// The initializer's row of the tiny SD1 text encoder's token table, as the file holds it (in f32).
+std::vector<double> initializer_row(const std::string& pipe, const std::string& word) {
+  std::ifstream vf(pipe + "/tokenizer/vocab.json");
+  const nlohmann::json vocab = nlohmann::json::parse(vf);
+  const std::string key = word + "</w>";
+  if (!vocab.contains(key)) {
+    ADD_FAILURE() << "'" << key << "' is not in " << pipe << "/tokenizer/vocab.json";
+    return {};
+  }
+  const int64_t id = vocab.at(key).get<int64_t>();
+  const SafetensorsFile f = SafetensorsFile::open(pipe + "/text_encoder/model.safetensors");
+  for (const std::string& k : f.keys()) {
+    const std::string suffix = "token_embedding.weight";
+    if (k.size() < suffix.size() || k.compare(k.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const Tensor table = f.get(k, DType::F32, Device::cpu());
+    const std::vector<double> all = table.to_vector();
+    const int64_t D = table.size(1);
+    return std::vector<double>(all.begin() + id * D, all.begin() + (id + 1) * D);
+  }
+  ADD_FAILURE() << pipe << "/text_encoder/model.safetensors has no token_embedding.weight";
+  return {};
+}
+
+// Textual inversion, 2 vectors, 3 steps on each device: the learned embedding (saved in f32) agrees.
+TEST_F(CudaSdTrainMethods, TextualInversionRunMatchesCpuRun) {
+  const std::string pipe = kData + "/pipe_tiny_sd1";
+  const std::vector<std::string> flags = {
+      "--method", "textual-inversion", "--pretrained_model_name_or_path", pipe, "--train_data_dir",
+      kData + "/train_tiny_txt", "--placeholder_token", "<shape>", "--initializer_token", "a", "--num_vectors", "2",
+      "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3", "--learning_rate", "1e-3",
+      "--lr_warmup_steps", "0", "--seed", "7", "--save_precision", "fp32", "--report_to", "none", "--quiet"};
+  ASSERT_EQ(run_sd_train("gpu", with(flags, {"--output_dir", (dir_ / "gpu").string(), "--device", "cuda"})), 0);
+  ASSERT_EQ(run_sd_train("cpu", with(flags, {"--output_dir", (dir_ / "cpu").string(), "--device", "cpu"})), 0);
+  EXPECT_NE(read_text(dir_ / "gpu.stderr.txt").find(" on cuda:"), std::string::npos)
+      << "the GPU run did not say it loads on cuda";
+  for (const char* run : {"gpu", "cpu"})
+    for (const char* f : {"learned_embeds.safetensors", "shape.safetensors"})
+      EXPECT_TRUE(fs::is_regular_file(dir_ / run / f)) << run << ": " << f << " was not written";
+  const double loss_err = compare_logs("textual inversion", 3, 2);
+
+  const fs::path fg = dir_ / "gpu" / "learned_embeds.safetensors", fc = dir_ / "cpu" / "learned_embeds.safetensors";
+  ASSERT_TRUE(fs::is_regular_file(fg));
+  ASSERT_TRUE(fs::is_regular_file(fc));
+  const SafetensorsFile sg = SafetensorsFile::open(fg.string()), sc = SafetensorsFile::open(fc.string());
+  ASSERT_TRUE(sg.contains("<shape>"));
+  ASSERT_TRUE(sc.contains("<shape>"));
+  EXPECT_EQ(sg.info("<shape>").shape, (Shape{2, 32}));
+  EXPECT_EQ(sg.info("<shape>").shape, sc.info("<shape>").shape);
+  EXPECT_EQ(sg.info("<shape>").dtype_str, "F32") << "--save_precision fp32";
+  const std::vector<double> a = sg.get("<shape>", DType::F32, Device::cpu()).to_vector();
+  const std::vector<double> b = sc.get("<shape>", DType::F32, Device::cpu()).to_vector();
+  const std::vector<double> init = initializer_row(pipe, "a");
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_EQ(a.size(), 2 * init.size()) << "2 vectors of the table's width";
+  // Relative L2: the embeddings, and their change from the initializer's row (both vectors start there).
+  double d = 0, r = 0, du = 0, ru = 0;
+  for (size_t j = 0; j < a.size(); ++j) {
+    const double i0 = init[j % init.size()];
+    d += (a[j] - b[j]) * (a[j] - b[j]);
+    r += b[j] * b[j];
+    du += ((a[j] - i0) - (b[j] - i0)) * ((a[j] - i0) - (b[j] - i0));
+    ru += (b[j] - i0) * (b[j] - i0);
+  }
+  ASSERT_GT(r, 0);
+  ASSERT_GT(ru, 0) << "the CPU run's embedding did not move from the initializer's row";
+  const double e = std::sqrt(d / r), eu = std::sqrt(du / ru), moved = std::sqrt(ru / r);
+  std::printf("[ CudaSdTrain ] textual inversion learned_embeds [2 x %zu] after 3 steps: rel err %.2e, change from the "
+              "initializer rel err %.2e (the change is %.2e of the embedding), worst loss rel err %.2e\n",
+              init.size(), e, eu, moved, loss_err);
+  std::fflush(stdout);
+  EXPECT_LE(e, 1e-4) << "the learned embedding";
+  EXPECT_LE(eu, 1e-3) << "the learned embedding's change from the initializer's row";
+}
+
+// DreamBooth-LoRA with prior preservation: the class images are generated on the GPU; the CPU run then
+// finds them and trains on the same images.
+TEST_F(CudaSdTrainMethods, DreamBoothLoraPriorClassImagesOnGpuRunMatchesCpuRun) {
+  const fs::path cls = dir_ / "class";
+  const std::vector<std::string> flags = {
+      "--method", "dreambooth-lora", "--pretrained_model_name_or_path", kData + "/pipe_tiny_sd1",
+      "--instance_data_dir", kData + "/dreambooth_dog", "--instance_prompt", "a photo of sks dog",
+      "--with_prior_preservation", "--class_data_dir", cls.string(), "--class_prompt", "a photo of a dog",
+      "--num_class_images", "2", "--sample_batch_size", "2", "--resolution", "32", "--train_batch_size", "2",
+      "--max_train_steps", "3", "--learning_rate", "1e-3", "--lr_warmup_steps", "0", "--seed", "7",
+      "--save_precision", "fp32", "--report_to", "none", "--quiet"};
+  ASSERT_EQ(run_sd_train("gpu", with(flags, {"--output_dir", (dir_ / "gpu").string(), "--device", "cuda"})), 0);
+  const std::string gpu_err = read_text(dir_ / "gpu.stderr.txt");
+  EXPECT_NE(gpu_err.find(" on cuda:"), std::string::npos) << "the GPU run did not say it loads on cuda";
+  EXPECT_NE(gpu_err.find("generating 2 class image(s)"), std::string::npos) << gpu_err;
+  int64_t images = 0;
+  for (const auto& e : fs::directory_iterator(cls)) images += e.path().extension() == ".png";
+  EXPECT_EQ(images, 2) << "class images in " << cls;
+  ASSERT_EQ(run_sd_train("cpu", with(flags, {"--output_dir", (dir_ / "cpu").string(), "--device", "cpu"})), 0);
+  EXPECT_EQ(read_text(dir_ / "cpu.stderr.txt").find("generating"), std::string::npos)
+      << "the CPU run generated class images although the GPU run left enough";
+  const double loss_err = compare_logs("DreamBooth-LoRA with prior", 3, 4);  // 2 instance + 2 class images
+
+  const fs::path fg = dir_ / "gpu" / "pytorch_lora_weights.safetensors", fc = dir_ / "cpu" / "pytorch_lora_weights.safetensors";
+  ASSERT_TRUE(fs::is_regular_file(fg));
+  ASSERT_TRUE(fs::is_regular_file(fc));
+  const SafetensorsFile sg = SafetensorsFile::open(fg.string()), sc = SafetensorsFile::open(fc.string());
+  ASSERT_EQ(sg.keys(), sc.keys());
+  double d_all = 0, r_all = 0, d_b = 0, r_b = 0;
+  for (const std::string& k : sc.keys()) {
+    const std::vector<double> a = sg.get(k, DType::F32, Device::cpu()).to_vector();
+    const std::vector<double> b = sc.get(k, DType::F32, Device::cpu()).to_vector();
+    ASSERT_EQ(a.size(), b.size()) << k;
+    const bool is_b = k.find("lora_B") != std::string::npos;
+    for (size_t j = 0; j < a.size(); ++j) {
+      const double dd = (a[j] - b[j]) * (a[j] - b[j]), rr = b[j] * b[j];
+      d_all += dd;
+      r_all += rr;
+      if (is_b) {
+        d_b += dd;
+        r_b += rr;
+      }
+    }
+  }
+  ASSERT_GT(r_all, 0);
+  ASSERT_GT(r_b, 0) << "lora_B did not move in 3 steps";
+  const double e_all = std::sqrt(d_all / r_all), e_b = std::sqrt(d_b / r_b);
+  std::printf("[ CudaSdTrain ] DreamBooth-LoRA with prior (%lld class images generated on the GPU): LoRA file (%zu "
+              "tensors): rel err all %.2e, lora_B %.2e; worst loss rel err %.2e\n",
+              static_cast<long long>(images), sc.keys().size(), e_all, e_b, loss_err);
+  std::fflush(stdout);
+  EXPECT_LE(e_all, 1e-5);
+  EXPECT_LE(e_b, 1e-3);
 }
 
 }  // namespace
