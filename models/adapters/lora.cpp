@@ -357,6 +357,13 @@ std::string LoraReport::str() const {
 
 Tensor& LoadedLora::weight(const Entry& e) const { return e.linear ? e.linear->weight : e.conv->weight; }
 
+std::vector<LoadedLora::LayerView> LoadedLora::layers() const {
+  std::vector<LayerView> out;
+  for (const Entry& e : entries_)
+    out.push_back({e.component, e.layer, e.down, e.up, e.alpha, e.rslora, e.file_dtype, e.conv != nullptr});
+  return out;
+}
+
 Tensor LoadedLora::delta(const Entry& e) const {
   autograd::NoGrad no_grad;
   const Tensor& w = weight(e);
@@ -477,6 +484,8 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     const Layer* layer;
     int64_t rank;
     double file_scale;
+    double alpha;   // the file's alpha for this module (r when it has none)
+    bool rslora;    // scale = alpha / sqrt(r)
   };
   std::vector<Planned> plan;
   for (const auto& [id, g] : groups) {
@@ -511,7 +520,8 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
       if (us.size() != 4 || us[0] != out_f || us[1] != ds[0] || us[2] != 1 || us[3] != 1) misfit(g.up, us);
     }
     const int64_t r = ds[0];
-    double scale = 1.0;
+    double scale = 1.0, file_alpha = double(r);
+    bool rslora = false;
     std::optional<double> alpha;
     if (!g.alpha.empty()) {
       const Tensor a = src.get(g.alpha, DType::F64, Device::cpu());
@@ -520,15 +530,18 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     }
     if (g.kohya) {
       // kohya: a missing or zero alpha means alpha = r ("old LoRA without alpha").
-      scale = (alpha && *alpha != 0.0) ? *alpha / double(r) : 1.0;
+      if (alpha && *alpha != 0.0) file_alpha = *alpha;
+      scale = file_alpha / double(r);
     } else if (alpha) {
+      file_alpha = *alpha;
       scale = *alpha / double(r);
     } else if (auto pc = peft.find(g.component); pc != peft.end()) {
       const PeftConfig& c = pc->second;
-      const double a = match_pattern(c.alpha_pattern, g.module, where).value_or(c.lora_alpha.value_or(double(r)));
-      scale = a / (c.use_rslora ? std::sqrt(double(r)) : double(r));
+      file_alpha = match_pattern(c.alpha_pattern, g.module, where).value_or(c.lora_alpha.value_or(double(r)));
+      rslora = c.use_rslora;
+      scale = file_alpha / (rslora ? std::sqrt(double(r)) : double(r));
     }
-    plan.push_back({&g, layer, r, scale});
+    plan.push_back({&g, layer, r, scale, file_alpha, rslora});
   }
   std::sort(unmatched.begin(), unmatched.end());
   if (opt.strict && !unmatched.empty())
@@ -545,6 +558,9 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     e.linear = p.layer->linear;
     e.conv = p.layer->conv;
     e.file_scale = p.file_scale;
+    e.alpha = p.alpha;
+    e.rslora = p.rslora;
+    e.file_dtype = src.file_dtype(p.group->down).value_or(DType::F32);
     const double m = e.component == kUnet ? opt.multiplier : opt.text_encoder_multiplier.value_or(opt.multiplier);
     e.scale = p.file_scale * m;
     Tensor& w = out.weight(e);

@@ -101,6 +101,17 @@ class LoadedLora {
   // again does nothing.
   void remove();
 
+  // What the file gave each adapted layer (for converting a LoRA between layouts).
+  struct LayerView {
+    std::string component, layer;  // "unet", "down_blocks.0.attentions.0.proj_in"
+    Tensor down, up;               // as attached (on the fly: the layer's dtype; merged: f32)
+    double alpha = 0;              // the file's alpha for it (its rank when the file has none)
+    bool rslora = false;           // scale = alpha / sqrt(rank) (PEFT use_rslora)
+    DType file_dtype = DType::F32; // the dtype the file stores the tensors in
+    bool conv = false;
+  };
+  std::vector<LayerView> layers() const;
+
  private:
   friend LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const LoraOptions& opt,
                               const std::map<std::string, std::string>* metadata);
@@ -110,6 +121,9 @@ class LoadedLora {
     Conv2d* conv = nullptr;
     Tensor down, up;       // on the fly: the tensors in the layer's list (weight dtype); merged: f32
     double file_scale = 1.0;  // s (alpha / r)
+    double alpha = 0;         // the file's alpha (r when none)
+    bool rslora = false;
+    DType file_dtype = DType::F32;
     double scale = 1.0;       // s * m as applied now
     Tensor original;          // keep_original: the weight before merging
     uint64_t merged_hash = 0; // keep_original: the weight's bytes right after merging (FNV-1a)

@@ -84,4 +84,9 @@ std::vector<std::string> PrefixedSource::keys() const {
   return out;
 }
 
+std::optional<DType> SafetensorsSource::file_dtype(const std::string& key) const {
+  if (!contains(key)) return std::nullopt;
+  return file_for(key).info(key).dtype;
+}
+
 }  // namespace sd::nn

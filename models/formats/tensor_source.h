@@ -5,6 +5,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,8 @@ class TensorSource {
   virtual Tensor get(const std::string& key, DType dtype, Device device) const = 0;
   virtual std::vector<std::string> keys() const = 0;
   virtual std::string describe() const = 0;  // for error messages: the file(s)
+  // The dtype the source stores a tensor in, where it knows (converters keep it).
+  virtual std::optional<DType> file_dtype(const std::string& key) const { return std::nullopt; }
 };
 
 class SafetensorsSource final : public TensorSource {
@@ -32,6 +35,7 @@ class SafetensorsSource final : public TensorSource {
   Tensor get(const std::string& key, DType dtype, Device device) const override;
   std::vector<std::string> keys() const override;
   std::string describe() const override { return path_; }
+  std::optional<DType> file_dtype(const std::string& key) const override;
   const std::map<std::string, std::string>& metadata() const;
 
  private:
@@ -50,6 +54,10 @@ class MapSource final : public TensorSource {
   Tensor get(const std::string& key, DType dtype, Device device) const override;
   std::vector<std::string> keys() const override;
   std::string describe() const override { return name_; }
+  std::optional<DType> file_dtype(const std::string& key) const override {
+    auto it = tensors_.find(key);
+    return it == tensors_.end() ? std::nullopt : std::optional<DType>(it->second.dtype());
+  }
 
  private:
   std::map<std::string, Tensor> tensors_;
@@ -69,6 +77,7 @@ class PrefixedSource final : public TensorSource {
   }
   std::vector<std::string> keys() const override;
   std::string describe() const override { return inner_->describe() + " (keys under '" + prefix_ + "')"; }
+  std::optional<DType> file_dtype(const std::string& key) const override { return inner_->file_dtype(prefix_ + key); }
 
  private:
   std::shared_ptr<const TensorSource> inner_;
