@@ -511,6 +511,7 @@ TrainImage transform_for_textual_inversion(const Tensor& hwc_u8, int64_t resolut
   const int64_t h = hwc_u8.size(0), w = hwc_u8.size(1);
   out.original_size = {h, w};
   Tensor img = hwc_u8;
+  out.crop_offset = {0, 0};  // no crop: the whole image becomes the square (SDXL's crop coords then are 0, 0)
   if (center_crop) {
     // img[(h - c) // 2 : (h + c) // 2, (w - c) // 2 : (w + c) // 2] with c = min(h, w) (numpy slicing)
     const int64_t c = std::min(h, w);
