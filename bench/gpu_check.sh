@@ -80,6 +80,26 @@ python3 bench/compare_train.py "$LOG/train_sd.csv" "$LOG/train_diffusers.csv" "$
   > "$LOG/compare_train.txt" 2>&1
 row "training-step benchmarks" "$(( $(date +%s) - t2 )) s ($(grep -c . "$LOG/train_sd.err") error lines from sd)"
 
+# Data parallelism (train/distributed.h): sd_bench_dp under mpirun, one process per GPU of this machine
+# (one GPU: NCCL with one rank, which prices the bucket copies), then the model of bench/NOTES.md "Data
+# parallelism" for 2 and 8 GPUs from the measured backward timeline. Without mpirun (or MPI in the
+# build), the timeline and the model only. The CudaMpiTrain test (cuda label, above) checks the NCCL path.
+t3=$(date +%s)
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+[ "$ngpu" -ge 1 ] 2>/dev/null || ngpu=1
+dp_launch=()
+if command -v mpirun > /dev/null 2>&1; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  dp_launch=(mpirun --oversubscribe -np "$ngpu")
+fi
+for m in sd15 sdxl; do
+  extra=()
+  [ "$m" = sdxl ] && extra=(--checkpointing)
+  timeout 150 "${dp_launch[@]}" "$BUILD/bench/sd_bench_dp" --model "$m" "${extra[@]}" > "$LOG/dp_$m.txt" 2> "$LOG/dp_$m.err" \
+    || echo "# sd_bench_dp --model $m exited with status $? (124: timed out after 150 s)" >> "$LOG/dp_$m.txt"
+done
+row "data parallel (sd_bench_dp)" "$(( $(date +%s) - t3 )) s, $ngpu GPU(s)$([ ${#dp_launch[@]} -eq 0 ] && echo ', no mpirun: model only')"
+
 # Goldens that need a GPU to make: torch's CUDA randn for a few seeds (sd_infer --rng torch-cuda).
 python3 tests/golden/record_torch_cuda_randn.py "$LOG/torch_cuda_randn.safetensors" > "$LOG/torch_randn.log" 2>&1 \
   && row "torch cuda randn golden" "recorded" || row "torch cuda randn golden" "FAILED (see torch_randn.log)"
@@ -94,8 +114,11 @@ head -5 "$LOG/train_sd.err" 2>/dev/null
 grep -v "kept in float32" "$LOG/train_diffusers.err" 2>/dev/null | grep -m 5 -iE "error|Traceback"
 cat "$LOG/table.txt"
 echo
-grep -E "trainable tensors|bounds|LoRA file|fp16 (overflowing|clean)" "$LOG/train_cuda_errors.txt" 2>/dev/null | cut -c1-400
+grep -E "trainable tensors|bounds|LoRA file|learned_embeds|token table|fp16 (overflowing|clean)" "$LOG/train_cuda_errors.txt" 2>/dev/null | cut -c1-400
 echo
 cat "$LOG/compare.txt" 2>/dev/null
 echo
 cat "$LOG/compare_train.txt" 2>/dev/null
+echo
+cat "$LOG/dp_sd15.txt" "$LOG/dp_sdxl.txt" 2>/dev/null
+head -3 "$LOG/dp_sd15.err" "$LOG/dp_sdxl.err" 2>/dev/null

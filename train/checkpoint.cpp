@@ -148,13 +148,11 @@ void check_fingerprint(const nlohmann::json& saved, const nlohmann::json& curren
       {"model", "a checkpoint of another model"},
       {"family", "a checkpoint of another model family"},
       {"trainable", "the trainable tensors differ (other LoRA targets, rank or text-encoder training)"},
-      {"train_batch_size", "another batch size changes which examples each step sees"},
       {"gradient_accumulation_steps", "another accumulation changes which examples each step sees"},
       {"seed", "another seed changes the data order and the noise"},
       {"dataset", "another dataset (or a changed one: examples added or removed)"},
       {"resolution", "another resolution"},
       {"mixed_precision", "another precision"},
-      {"world_size", "another process count (re-sharding is not supported for this state)"},
   };
   std::string problems;
   for (const auto& [key, reason] : why) {
@@ -164,6 +162,19 @@ void check_fingerprint(const nlohmann::json& saved, const nlohmann::json& curren
     const nlohmann::json bv = b == current.end() ? nlohmann::json() : *b;
     if (av != bv) problems += "\n  " + key + ": checkpoint " + av.dump() + ", this run " + bv.dump() + " (" + reason + ")";
   }
+  // The process count may change (the state is saved whole; each process takes its part on load), as
+  // long as the global batch (train_batch_size x processes) stays: the same examples then make each
+  // step, and the data position carries over.
+  auto global_batch = [](const nlohmann::json& f, std::string& text) -> int64_t {
+    const int64_t b = f.value("train_batch_size", int64_t(-1)), w = f.value("world_size", int64_t(1));
+    text = std::to_string(b) + " per process x " + std::to_string(w) + " process(es)";
+    return b * w;
+  };
+  std::string saved_text, current_text;
+  if (global_batch(saved, saved_text) != global_batch(current, current_text))
+    problems += "\n  global batch: checkpoint " + saved_text + ", this run " + current_text +
+                " (another batch size changes which examples each step sees; keep --train_batch_size x processes "
+                "the same)";
   SD_CHECK(problems.empty(), "cannot resume from '", dir, "':", problems);
 }
 

@@ -12,6 +12,9 @@
 // a crash or a full disk mid-save never leaves a directory that loads as a good checkpoint, and the
 // previous checkpoints are untouched until the new one is complete (only then does
 // --checkpoints_total_limit remove the oldest).
+// Multi-process runs: rank 0 writes; the tensors are always complete (ZeRO-1 shards are gathered
+// first), so a checkpoint resumes on any process count with the same global batch (train_batch_size x
+// processes), each process reading it whole and keeping its part.
 #pragma once
 #include <cstdint>
 #include <functional>

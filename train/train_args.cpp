@@ -172,9 +172,12 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
   p.add({"max_bucket_reso", "PX", "1024", "", BK, set_int(a.max_bucket_reso, 8)});
   p.add({"bucket_reso_steps", "PX", "64", "bucket sides are multiples of this", BK, set_int(a.bucket_reso_steps, 8)});
   p.add({"bucket_no_upscale", "", "", "never enlarge an image to fill its bucket", BK, set_switch(a.bucket_no_upscale)});
-  p.add({"bucket_mb", "MB", "25", "gradient all-reduce bucket size", MP, set_double(a.bucket_mb)});
+  p.add({"bucket_mb", "MB", "25", "gradient all-reduce bucket size (each starts while backward still runs)", MP,
+         set_double(a.bucket_mb)});
   p.add({"zero_stage", "0|1", "0", "1: shard the optimizer state (f32 masters and moments) across processes", MP,
          set_int(a.zero_stage, 0)});
+  p.add({"sync_grad_reduce", "", "", "reduce the gradients after backward instead of during it (the same result; "
+         "for debugging)", MP, set_switch(a.sync_grad_reduce)});
   p.add({"train_batch_size", "N", "16", "examples per step per process", S, set_int(a.train_batch_size, 1)});
   p.add({"num_train_epochs", "N", "100", "epochs (overridden by --max_train_steps)", S,
          set_int(a.num_train_epochs, 1)});
@@ -385,6 +388,9 @@ void validate_train_args(const TrainArgs& a) {
              "--placeholder_token (the new token, e.g. \"<cat-toy>\") and --initializer_token (e.g. \"toy\")");
   }
   SD_CHECK(a.zero_stage == 0 || a.zero_stage == 1, "--zero_stage ", a.zero_stage, ": 0 or 1");
+  SD_CHECK(!(a.zero_stage == 1 && a.method == TrainMethod::TextualInversion && a.mixed_precision != MixedPrecision::No),
+           "--zero_stage 1 with textual inversion needs --mixed_precision no (the rows it restores after each step "
+           "live in the f32 masters, which ZeRO-1 spreads over the processes)");
   SD_CHECK(a.bucket_mb > 0, "--bucket_mb must be positive");
   SD_CHECK(a.min_bucket_reso <= a.max_bucket_reso, "--min_bucket_reso must not exceed --max_bucket_reso");
   SD_CHECK(a.resolution == 0 || a.resolution % 8 == 0, "--resolution ", a.resolution,

@@ -73,6 +73,7 @@ struct TrainArgs {
   // ---- processes ----
   double bucket_mb = 25;  // gradient all-reduce bucket size
   int64_t zero_stage = 0;  // 1: optimizer state sharded across processes
+  bool sync_grad_reduce = false;  // reduce gradients after backward, not overlapped with it
 
   // ---- steps ----
   int64_t train_batch_size = 16;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -201,7 +202,8 @@ void Loop::load_model() {
                       : a_.prior_generation_precision == "bf16" ? DType::BF16
                       : a_.prior_generation_precision == "fp32" ? DType::F32
                                                                 : wd_;
-    data_->prepare_class_images(a_.pretrained_model_name_or_path, gen, device_, is_main());
+    data_->prepare_class_images(a_.pretrained_model_name_or_path, gen, device_, is_main(),
+                                [this] { sync_->any(false); });  // the other processes wait for rank 0
     say("data: " + data_->describe());
   }
   say("loading " + a_.pretrained_model_name_or_path + " on " + (device_.is_cuda() ? "cuda:" + std::to_string(device_.index) : "cpu") +
@@ -463,24 +465,53 @@ bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examp
   return true;
 }
 
+// Test hooks, for tests/train/mpi_train_test.cpp only (they exist for nothing else):
+//   SD_TRAIN_TEST_FAIL_RANK=R SD_TRAIN_TEST_FAIL_STEP=S: process R raises in the middle of step S
+//     (after its backward, before the gradients meet): the whole job must end, naming the rank.
+//   SD_TRAIN_TEST_INF_RANK=R SD_TRAIN_TEST_INF_STEP=S: process R's averaged gradients become inf at step
+//     S, on that process alone (under ZeRO-1: the part it owns): every process must skip the step.
+bool test_hook(const char* rank_var, const char* step_var, int rank, int64_t step) {
+  const char* r = std::getenv(rank_var);
+  const char* s = std::getenv(step_var);
+  return r && s && std::atoi(r) == rank && std::atoll(s) == step;
+}
+
 StepRecord Loop::optimizer_step() {
   StepRecord r;
   double loss_sum = 0;
-  int64_t micro = 0, examples = 0;
+  int64_t micro = 0, examples = 0, micro_batches = 0;
   const int64_t batches = sampler_->batches_per_epoch();
+  const int world = sync_->world_size();
   const double scale = scaler_ ? scaler_->scale() : 1.0;
   // accelerate divides every micro-batch's loss by the accumulation count, also in a short group at
   // the end of an epoch.
   const double multiplier = scale / double(a_.gradient_accumulation_steps);
   r.epoch = pos_.epoch;
   for (int64_t m = 0; m < a_.gradient_accumulation_steps; ++m) {
+    // Only the step's last micro-batch communicates (its gradients start travelling from the
+    // grad-ready hooks while its backward runs); the ones before accumulate locally.
+    sync_->begin_backward(m + 1 == a_.gradient_accumulation_steps || pos_.batch_in_epoch + 1 == batches);
+    // Each process's loss is the mean over its share of the global batch. Weighted by that share
+    // (n_r * W / N: exactly 1 for an even split), the average over processes is the mean over the
+    // global batch, also when a short last batch splits unevenly or leaves a process nothing.
+    double share = 1.0;
+    if (world > 1) {
+      int64_t mine = 0, all = 0;
+      for (int q = 0; q < world; ++q) {
+        const int64_t k = int64_t(sampler_->batch(pos_.epoch, pos_.batch_in_epoch, q).size());
+        all += k;
+        if (q == sync_->rank()) mine = k;
+      }
+      share = all > 0 ? double(mine * world) / double(all) : 0.0;
+    }
     double l = 0;
     int64_t n = 0;
-    if (train_micro_batch(multiplier, l, n)) {
-      loss_sum += l;
+    if (train_micro_batch(multiplier * share, l, n)) {
+      loss_sum += l * share;
       ++micro;
       examples += n;
     }
+    ++micro_batches;
     ++pos_.micro_step;
     if (++pos_.batch_in_epoch == batches) {
       pos_.batch_in_epoch = 0;
@@ -490,13 +521,25 @@ StepRecord Loop::optimizer_step() {
   }
   ++pos_.global_step;
   r.step = pos_.global_step;
-  r.loss = sync_->mean(micro > 0 ? loss_sum / double(micro) : std::nan(""));
-  r.examples = examples;
+  if (test_hook("SD_TRAIN_TEST_FAIL_RANK", "SD_TRAIN_TEST_FAIL_STEP", sync_->rank(), r.step))
+    SD_FAIL("failing on purpose at step ", r.step, " (SD_TRAIN_TEST_FAIL_RANK / SD_TRAIN_TEST_FAIL_STEP: a test hook)");
+  if (world == 1) {
+    r.loss = micro > 0 ? loss_sum / double(micro) : std::nan("");
+    r.examples = examples;
+  } else {
+    const bool any_loaded = sync_->any(micro > 0);
+    r.loss = any_loaded ? sync_->sum(loss_sum) / double(world * micro_batches) : std::nan("");
+    r.examples = int64_t(sync_->sum(double(examples)));
+  }
 
-  std::vector<Tensor> grads = opt_->grads();
-  sync_->average(grads);
+  // The gradients meet here (all-reduce, or ZeRO-1's reduce-scatter), then the norm over all of them.
+  sync_->reduce(*opt_);
+  const std::vector<Tensor> grads = opt_->grads();
+  if (test_hook("SD_TRAIN_TEST_INF_RANK", "SD_TRAIN_TEST_INF_STEP", sync_->rank(), r.step))
+    for (const Tensor& g : grads)
+      if (g.defined()) fill_(g, INFINITY);
   const double inv = scaler_ ? scaler_->inv_scale() : 1.0;
-  double norm = global_grad_norm(grads) * inv;
+  double norm = sync_->grad_norm(grads) * inv;
   const bool found_inf = sync_->any(!std::isfinite(norm));
   r.loss_scale = scale;
   r.grad_norm = norm;
@@ -513,8 +556,9 @@ StepRecord Loop::optimizer_step() {
     const double g = double(float(inv)) * double(float(clip));
     const int64_t k = opt_->step_count();
     opt_->step({lr_for_step(k, 0), lr_for_step(k, 1)}, g);
-    model_->after_optimizer_step();  // textual inversion: every row but the new tokens' back
   }
+  sync_->after_step(*opt_);  // ZeRO-1: every process's updated part to all (skipped steps too)
+  if (!found_inf) model_->after_optimizer_step();  // textual inversion: every row but the new tokens' back
   if (ema_) ema_->step(ema_targets());  // diffusers steps the EMA on every synchronised step
   if (scaler_) {
     scaler_->update(found_inf);
@@ -526,6 +570,10 @@ StepRecord Loop::optimizer_step() {
 }
 
 void Loop::save_checkpoint_now() {
+  // Under ZeRO-1 the optimizer state is spread over the processes: all of them take part in gathering
+  // it to rank 0, which alone writes. Every process notes the step (a stop request asks all alike).
+  const NamedTensors opt_state = sync_->gather_state(*opt_);
+  last_checkpoint_step_ = pos_.global_step;
   if (!is_main()) return;
   CheckpointContents c;
   nlohmann::json& s = c.state;
@@ -545,7 +593,7 @@ void Loop::save_checkpoint_now() {
   // Moments in optimizer.safetensors; the f32 masters as loadable files (diffusers' checkpoint layout).
   CheckpointFile moments{"optimizer.safetensors", "", {}, {}, {}, ""};
   std::map<std::string, CheckpointFile> components;
-  for (auto& [name, t] : opt_->state_tensors()) {
+  for (auto& [name, t] : opt_state) {
     if (name.rfind("exp_avg", 0) == 0) {
       moments.tensors.emplace_back(name, t);
       continue;
@@ -593,7 +641,6 @@ void Loop::save_checkpoint_now() {
   }
   const std::string dir = save_checkpoint(a_.output_dir, pos_.global_step, c);
   if (a_.checkpoints_total_limit) prune_checkpoints(a_.output_dir, *a_.checkpoints_total_limit);
-  last_checkpoint_step_ = pos_.global_step;
   say("saved " + dir);
 }
 
@@ -696,6 +743,16 @@ void Loop::save_final() {
 
 int Loop::run() {
   device_ = resolve_device(a_.device);
+  if (sync_->world_size() > 1 && device_.is_cuda()) {
+    // One process per GPU: the rank among this machine's processes picks it (an explicit cuda:N stays).
+    if (a_.device.empty() || a_.device == "cuda") {
+      SD_CHECK(sync_->local_rank() < cudart::device_count(), "process ", sync_->rank(), " is number ",
+               sync_->local_rank(), " on its machine, which has ", cudart::device_count(),
+               " GPU(s): start at most one process per GPU (mpirun -np N, or -H host:N per machine)");
+      device_ = Device::cuda(sync_->local_rank());
+    }
+    cudart::set_device(device_.index);
+  }
   wd_ = weight_dtype_of(a_.mixed_precision);
 #if defined(SD_WITH_CUDA)
   // --allow_tf32: f32 matrix multiplies and convolutions on TF32 tensor cores (torch.backends' switch).
@@ -712,9 +769,15 @@ int Loop::run() {
       }
     }
   }
+  sync_->any(false);  // a barrier: the others look for checkpoints only after that clean-up
   load_data();
   load_model();
   setup_schedule();
+  // Data parallelism: buckets and grad-ready hooks on the trainable tensors; under ZeRO-1 the optimizer
+  // keeps only this process's part of its state from here on (and so must the model: no full masters).
+  sync_->attach(*opt_);
+  if (opt_->sharded()) model_->release_masters();
+  if (sync_->communicates()) say("processes: " + sync_->describe());
   resume();
   if (is_main()) {
     log_ = std::make_unique<JsonlLog>((fs::path(a_.output_dir) / "logs" / "train.jsonl").string(), log_bytes_at_start_);
@@ -743,7 +806,7 @@ int Loop::run() {
     if ((a_.validation_steps && pos_.global_step % *a_.validation_steps == 0) ||
         (epoch_done && a_.validation_epochs && pos_.epoch % *a_.validation_epochs == 0 && pos_.global_step < max_steps_))
       validate_now();
-    if (stop_requested()) {
+    if (sync_->any(stop_requested())) {  // every process stops after the same step
       if (last_checkpoint_step_ != pos_.global_step) save_checkpoint_now();
       say("stopped at step " + std::to_string(pos_.global_step) + "; continue with --resume_from_checkpoint latest");
       stopped = true;
@@ -751,6 +814,12 @@ int Loop::run() {
     }
   }
   bar_->finish();
+  if (sync_->communicates()) {
+    const double bytes = sync_->max(double(opt_->state_bytes()));
+    say("optimizer state: " + std::to_string(int64_t(bytes)) + " bytes on the largest process (moments, and f32 "
+        "masters of 16-bit tensors" + std::string(opt_->sharded() ? "; ZeRO-1 shards" : "") + ")");
+    say(sync_->report());
+  }
   if (stopped) return 0;
   save_final();
   validate_now();

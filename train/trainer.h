@@ -4,8 +4,10 @@
 // position, optimizer, scaler and EMA state are checkpointed, so --resume_from_checkpoint continues a
 // run bit for bit: the same remaining batches in the same order with the same noise.
 //
-// Processes: every process runs this loop on its shard of each global batch (train/dataset.h
-// EpochSampler); gradients meet in GradientSync::average before the update; only rank 0 writes files.
+// Processes (mpirun; train/distributed.h): every process runs this loop on its shard of each global
+// batch (train/dataset.h EpochSampler); gradients meet through the GradientSync (reduce(), overlapped
+// with the last micro-batch's backward) before the update; every decision that ends or skips a step is
+// agreed by all processes; only rank 0 writes files.
 #pragma once
 #include <memory>
 #include <string>

@@ -81,7 +81,8 @@ TrainingData::TrainingData(const TrainArgs& args, Say say) : a_(args), say_(std:
            "--enable_bucket: textual inversion trains on squares (textual_inversion.py's transform)");
 }
 
-void TrainingData::prepare_class_images(const std::string& model_path, DType dtype, Device device, bool write) {
+void TrainingData::prepare_class_images(const std::string& model_path, DType dtype, Device device, bool write,
+                                        const std::function<void()>& barrier) {
   if (!a_.dreambooth || !a_.with_prior_preservation) return;
   const fs::path dir(a_.class_data_dir);
   if (write) {
@@ -123,6 +124,7 @@ void TrainingData::prepare_class_images(const std::string& model_path, DType dty
       }
     }
   }
+  if (barrier) barrier();
   class_ = TrainDataset::from_image_folder(a_.class_data_dir, a_.class_prompt, "--class_data_dir");
   for (const SkippedItem& s : class_->skipped()) say_("  skipped (unreadable class image): " + s.name + ": " + s.reason);
 }

@@ -47,8 +47,10 @@ class TrainingData {
 
   // DreamBooth with prior preservation: generates the missing class images into --class_data_dir with
   // the pipeline at `model_path` (progress bar; images already there are kept, so an interrupted run
-  // resumes where it stopped), then lists them. Runs on the writing process only when `write` is set.
-  void prepare_class_images(const std::string& model_path, DType dtype, Device device, bool write);
+  // resumes where it stopped), then lists them. Generates on the writing process only (`write`); every
+  // process calls `barrier` between generating and listing, so all see the same images.
+  void prepare_class_images(const std::string& model_path, DType dtype, Device device, bool write,
+                            const std::function<void()>& barrier = {});
 
   // After the model is known: the training resolution, and the textual-inversion placeholder text.
   void configure(int64_t resolution, const std::string& placeholder_text);

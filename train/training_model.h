@@ -95,6 +95,11 @@ class TrainingModel {
   // The trainable tensors with their masters (group 0: UNet side, 1: text encoders).
   const std::vector<OptimizerParam>& trainable() const { return trainable_; }
   int64_t num_trainable_elements() const;
+  // Drops this object's references to the f32 masters: under ZeRO-1 the optimizer keeps only its
+  // process's range of them, and the complete ones must be freed (trainable()[i].master is then undefined).
+  void release_masters() {
+    for (OptimizerParam& p : trainable_) p.master = Tensor();
+  }
   // The LoRA adapters per component (lora method), for saving.
   std::vector<const TrainableLora*> loras() const;
 

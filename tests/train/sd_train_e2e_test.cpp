@@ -325,7 +325,7 @@ TEST_F(E2ESdTrain, ParquetDatasetCaptionFilesValidationTensorBoardAndSdxl) {
   pq[4] = "--dataset_name";
   r = run(plus(pq, {"--max_train_steps", "2"}));
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.err.find("8 examples"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("8 example(s)"), std::string::npos) << r.err;
 
   // Same-name .txt captions (kohya layout, PNG/JPEG/WebP, one 80x48 image), validation images, TensorBoard.
   std::vector<std::string> txt = quick("lora", dir_ / "txt");
@@ -518,7 +518,7 @@ TEST_F(E2ESdTrain, CorruptImagesAreSkippedAndNamed) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("02_green_triangle.png"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("05_white_triangle.png"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("7 examples"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("7 example(s)"), std::string::npos) << r.err;
 }
 
 TEST_F(E2ESdTrain, MissingCaptionEmptyDatasetAndMissingVaeAreClearErrors) {
