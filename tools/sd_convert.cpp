@@ -5,13 +5,18 @@
 #include <cstdio>
 #include <set>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "infer/pipeline.h"
 #include "models/adapters/lora.h"
 #include "models/adapters/lora_export.h"
+#include "models/clip/clip_text.h"
 #include "models/formats/single_file.h"
+#include "models/unet/unet.h"
+#include "models/vae/vae.h"
+#include "runtime/safetensors.h"
 #include "runtime/error.h"
 #include "train/flags.h"
 #include "train/model_saving.h"
@@ -30,6 +35,9 @@ const char* kSummary = R"(Converts Stable Diffusion weights:
   --lora FILE                   a LoRA file to the other layout (kohya <-> diffusers/PEFT) against the model
                                 given by --from, which resolves kohya's names
   --merge_lora FILE[:SCALE]     LoRAs merged into the --from model, written as a folder or a single file
+  --init                        a new model with random weights from the configs of the --from folder
+                                (model_index.json, unet/, vae/, text_encoder(_2)/config.json, tokenizer(s),
+                                scheduler): what training from scratch starts with
 .ckpt files are read without Python and without running their pickle: only tensors and inert training
 metadata are accepted; any other Python global is refused by name.
 diffusers' convert_diffusers_to_original_stable_diffusion.py flags work too: --model_path DIR
@@ -39,7 +47,8 @@ struct Options {
   std::string from, to, variant, tokenizer_from, lora, lora_format = "diffusers", precision;
   std::vector<std::string> merge;
   std::string family, prediction;
-  bool use_ema = false, half = false, info = false;
+  bool use_ema = false, half = false, info = false, init = false;
+  uint64_t seed = 0;
 };
 
 std::optional<DType> save_dtype(const Options& o) {
@@ -147,6 +156,58 @@ void merge_loras(const Options& o, ModelFamily family) {
   }
 }
 
+// A new pipeline folder with random weights (PyTorch's default initialisation ranges, drawn from the
+// project's Philox stream: the same seed gives the same weights everywhere) from a folder of configs.
+void init_model(const Options& o) {
+  const fs::path src(o.from), out(o.to);
+  SD_CHECK(fs::is_regular_file(src / "model_index.json"), "--init: '", o.from, "' has no model_index.json");
+  SD_CHECK(!fs::exists(out) || fs::is_empty(out), "--init: '", o.to, "' exists and is not empty");
+  const DType dtype = save_dtype(o).value_or(DType::F32);
+  fs::create_directories(out);
+  // Every file but weights is copied as it is (configs, tokenizers, scheduler, README, LICENSE ...).
+  for (const auto& e : fs::recursive_directory_iterator(src)) {
+    if (!e.is_regular_file()) continue;
+    const std::string n = e.path().filename().string();
+    if (n.find(".safetensors") != std::string::npos || n.find(".bin") != std::string::npos) continue;
+    const fs::path rel = e.path().lexically_relative(src);
+    fs::create_directories((out / rel).parent_path());
+    fs::copy_file(e.path(), out / rel, fs::copy_options::overwrite_existing);
+  }
+  uint64_t component = 0;
+  std::function<void(Module&)> m_init_hook;
+  auto narrow_raw = [](const Tensor& t, int64_t begin, int64_t n) { return as_strided(t, {n}, {1}, t.offset() + begin); };
+  auto write = [&](Module& m, const std::string& name, const std::string& file) {
+    m.init_parameters(o.seed * 1000003ull + (++component), DType::F32, Device::cpu());
+    if (m_init_hook) m_init_hook(m);
+    std::vector<std::pair<std::string, Tensor>> t;
+    for (auto& [k, v] : m.state_dict()) t.emplace_back(k, copy_to(v, dtype, Device::cpu()));
+    save_safetensors((out / name / file).string(), t, {{"format", "pt"}});
+    std::printf("  %s: %lld parameters\n", name.c_str(), static_cast<long long>(m.num_parameters()));
+  };
+  if (fs::exists(src / "unet" / "config.json")) {
+    UNet2DConditionModel unet(UNetConfig::from_file((src / "unet" / "config.json").string()));
+    write(unet, "unet", "diffusion_pytorch_model.safetensors");
+  }
+  if (fs::exists(src / "vae" / "config.json")) {
+    AutoencoderKL vae(VaeConfig::from_file((src / "vae" / "config.json").string()));
+    // The posterior starts narrow (log-variance bias -6: std 0.05), so the decoder first sees latents
+    // rather than noise and reconstruction learns; the KL term widens it where it can.
+    m_init_hook = [narrow_raw](Module& m) {
+      auto* v = dynamic_cast<AutoencoderKL*>(&m);
+      if (!v || !v->quant_conv || !v->quant_conv->bias.defined()) return;
+      const int64_t L = v->config().latent_channels;
+      fill_(narrow_raw(v->quant_conv->bias, L, L), -6.0);
+    };
+    write(vae, "vae", "diffusion_pytorch_model.safetensors");
+    m_init_hook = nullptr;
+  }
+  for (const char* te : {"text_encoder", "text_encoder_2"}) {
+    if (!fs::exists(src / te / "config.json")) continue;
+    ClipTextModel m(ClipTextConfig::from_file((src / te / "config.json").string()));
+    write(m, te, "model.safetensors");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -167,6 +228,8 @@ int main(int argc, char** argv) {
          "a converted single file", I, str(o.tokenizer_from)});
   p.add({"use_ema", "", "", "take the UNet from the model_ema.* copy of a training checkpoint", I, sw(o.use_ema)});
   p.add({"info", "", "", "print what the input holds and exit", I, sw(o.info)});
+  p.add({"init", "", "", "write a model with random weights from the --from folder's configs", I, sw(o.init)});
+  p.add({"seed", "N", "0", "seed of --init's weights", I, [&o](const std::string& v) { o.seed = uint64_t(train::parse_int(v)); }});
   p.add({"lora", "FILE", "", "convert this LoRA file (kohya or diffusers/PEFT) for the --from model", L, str(o.lora)});
   p.add({"lora_format", "kohya|diffusers", "diffusers", "the layout --lora writes", L,
          [&o](const std::string& v) {
@@ -196,6 +259,11 @@ int main(int argc, char** argv) {
   try {
     const ModelFamily family = o.family.empty() ? ModelFamily::Unknown : parse_family(o.family);
     if (o.info) return info(o, family);
+    if (o.init) {
+      init_model(o);
+      std::printf("wrote %s\n", o.to.c_str());
+      return 0;
+    }
     if (!o.lora.empty()) {
       convert_lora(o, family);
       return 0;

@@ -13,6 +13,7 @@ const char* method_name(TrainMethod m) {
     case TrainMethod::Full: return "full";
     case TrainMethod::Lora: return "lora";
     case TrainMethod::TextualInversion: return "textual-inversion";
+    case TrainMethod::Vae: return "vae";
   }
   return "?";
 }
@@ -105,7 +106,8 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
                     C = "checkpoints", V = "validation", G = "logs";
   p.add({"method", "NAME", "", "what to train (required): full (fine-tune), lora (adapters), dreambooth, "
          "dreambooth-lora (the same on a subject's photos with prior preservation), textual-inversion (new token "
-         "embeddings)", M, set_choice(method_text, {"full", "lora", "dreambooth", "dreambooth-lora", "textual-inversion"})});
+         "embeddings), vae (the autoencoder: reconstruction + KL)", M,
+         set_choice(method_text, {"full", "lora", "dreambooth", "dreambooth-lora", "textual-inversion", "vae"})});
   p.add({"pretrained_model_name_or_path", "PATH", "",
          "diffusers pipeline folder or single-file checkpoint (.safetensors/.ckpt) to start from (required)", M,
          set_string(a.pretrained_model_name_or_path)});
@@ -166,6 +168,11 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
          set_choice(a.learnable_property, {"object", "style"})});
   p.add({"repeats", "N", "100", "how many times each image appears per epoch", TI, set_int(a.repeats, 1)});
   p.add({"save_steps", "N", "500", "save learned_embeds-steps-N.safetensors every N steps", TI, set_int(a.save_steps, 1)});
+  const std::string VA = "VAE (--method vae)";
+  p.add({"vae_loss", "l1|l2", "l1", "reconstruction loss of the autoencoder", VA, set_choice(a.vae_loss, {"l1", "l2"})});
+  p.add({"kl_weight", "W", "1e-6", "weight of the KL term of the latent distribution", VA, set_double(a.kl_weight)});
+  p.add({"freeze_vae_encoder", "", "", "train the decoder only (latents of the model stay as they are)", VA,
+         set_switch(a.freeze_vae_encoder)});
   p.add({"enable_bucket", "", "", "train images of mixed shapes in resolution buckets instead of cropping to squares "
          "(kohya's algorithm; batches come from one bucket)", BK, set_switch(a.enable_bucket)});
   p.add({"min_bucket_reso", "PX", "256", "", BK, set_int(a.min_bucket_reso, 8)});
@@ -300,10 +307,11 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
   p.set_epilog(kEpilog);
   if (!p.parse(argc, argv)) return std::nullopt;
 
-  SD_CHECK(!method.empty(), "--method is required: full, lora, dreambooth, dreambooth-lora or textual-inversion");
+  SD_CHECK(!method.empty(), "--method is required: full, lora, dreambooth, dreambooth-lora, textual-inversion or vae");
   a.method_text = method;
   a.method = method == "full" || method == "dreambooth" ? TrainMethod::Full
              : method == "textual-inversion"             ? TrainMethod::TextualInversion
+             : method == "vae"                           ? TrainMethod::Vae
                                                          : TrainMethod::Lora;
   a.dreambooth = method == "dreambooth" || method == "dreambooth-lora";
   a.mixed_precision = mixed == "fp16" ? MixedPrecision::Fp16 : mixed == "bf16" ? MixedPrecision::Bf16 : MixedPrecision::No;
@@ -312,6 +320,7 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
                    : method == "lora"              ? "sd-model-finetuned-lora"
                    : method == "dreambooth"        ? "dreambooth-model"
                    : method == "dreambooth-lora"   ? "lora-dreambooth-model"
+                   : method == "vae"               ? "vae-finetuned"
                                                    : "text-inversion-model";
   if (!a.validation_prompts.empty() && !a.validation_steps && !a.validation_epochs) a.validation_epochs = 1;
   // The defaults of the diffusers script each method replaces, where they differ from
@@ -342,14 +351,25 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
                         "save_steps"})
     SD_CHECK(a.method == TrainMethod::TextualInversion || !p.was_given(f), "--", f,
              " is a textual-inversion setting; use --method textual-inversion");
+  for (const char* f : {"vae_loss", "kl_weight", "freeze_vae_encoder"})
+    SD_CHECK(a.method == TrainMethod::Vae || !p.was_given(f), "--", f, " is a VAE setting; use --method vae");
+  if (a.method == TrainMethod::Vae) {
+    for (const char* f : {"rank", "lora_alpha", "use_rslora", "lora_target", "save_format", "train_text_encoder",
+                          "snr_gamma", "noise_offset", "input_perturbation", "prediction_type", "caption_dropout",
+                          "validation_prompt"})
+      SD_CHECK(!p.was_given(f), "--", f, " means nothing with --method vae (the autoencoder learns to reconstruct "
+               "images; no text, no noise schedule)");
+    SD_CHECK(a.mixed_precision != MixedPrecision::Fp16, "--method vae: train the autoencoder in fp32 or bf16 (its "
+             "decoder overflows float16, which is why SDXL's VAE runs upcast)");
+  }
   if (a.method == TrainMethod::TextualInversion) {
     for (const char* f : {"rank", "lora_alpha", "use_rslora", "lora_target", "save_format", "train_text_encoder",
                           "use_ema", "save_single_file"})
       SD_CHECK(!p.was_given(f), "--", f, " means nothing with --method textual-inversion (only the new token's "
                "embedding trains)");
-  } else if (a.method == TrainMethod::Full) {
+  } else if (a.method == TrainMethod::Full || a.method == TrainMethod::Vae) {
     for (const char* f : {"rank", "lora_alpha", "use_rslora", "lora_target", "save_format"})
-      SD_CHECK(!p.was_given(f), "--", f, " is a LoRA setting; it means nothing with --method full");
+      SD_CHECK(!p.was_given(f), "--", f, " is a LoRA setting; it means nothing with --method ", method);
   } else {
     for (const char* f : {"use_ema", "offload_ema", "ema_decay", "ema_min_decay", "ema_update_after_step",
                           "use_ema_warmup", "ema_inv_gamma", "ema_power"})

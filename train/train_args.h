@@ -11,7 +11,7 @@
 namespace sd::train {
 
 // What trains. DreamBooth is a data recipe on top of Full / Lora (TrainArgs::dreambooth).
-enum class TrainMethod { Full, Lora, TextualInversion };
+enum class TrainMethod { Full, Lora, TextualInversion, Vae };
 const char* method_name(TrainMethod m);
 
 enum class MixedPrecision { No, Fp16, Bf16 };
@@ -64,6 +64,11 @@ struct TrainArgs {
   std::string learnable_property = "object";  // object | style
   int64_t repeats = 100;
   int64_t save_steps = 500;
+
+  // ---- VAE (--method vae) ----
+  std::string vae_loss = "l1";      // l1 | l2: the reconstruction term
+  double kl_weight = 1e-6;          // weight of the KL term (the latent-diffusion autoencoders' value)
+  bool freeze_vae_encoder = false;  // a decoder-only fine-tune (as sd-vae-ft-mse)
 
   // ---- aspect-ratio buckets (kohya) ----
   bool enable_bucket = false;

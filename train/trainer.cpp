@@ -193,6 +193,7 @@ void Loop::load_model() {
   o.ti.initializer = a_.initializer_token;
   o.ti.num_vectors = a_.num_vectors;
   o.prior_loss_weight = a_.prior_loss_weight;
+  o.freeze_vae_encoder = a_.freeze_vae_encoder;
   o.objective.dreambooth_snr = a_.dreambooth;
   if (a_.offset_noise) o.objective.noise_offset = 0.1;  // train_dreambooth.py's --offset_noise
   // DreamBooth prior preservation: the missing class images first, with a pipeline of their own (freed
@@ -373,6 +374,25 @@ bool Loop::train_micro_batch(double multiplier, double& loss_out, int64_t& examp
   if (ex.empty()) return false;
   const int64_t B = int64_t(ex.size());
   infer::Pipeline& p = model_->pipeline();
+
+  if (a_.method == TrainMethod::Vae) {
+    // The autoencoder: reconstruct the images through a posterior sample (eps keyed like the latents').
+    std::vector<Tensor> px, eps;
+    const int64_t f = p.vae_scale_factor(), L = p.vae->config().latent_channels;
+    for (const LoadedExample& e : ex) {
+      px.push_back(unsqueeze(e.image.pixels, 0));
+      eps.push_back(draw_normal({1, L, e.image.pixels.size(1) / f, e.image.pixels.size(2) / f},
+                                draw_key(a_.seed, DrawPurpose::Posterior, uint64_t(pos_.micro_step), uint64_t(e.slot))));
+    }
+    const Tensor loss = model_->vae_loss(cat(px, 0), cat(eps, 0), a_.vae_loss == "l1", a_.kl_weight);
+    loss_out = loss.item();
+    SD_CHECK(std::isfinite(loss_out), "the VAE loss is ", loss_out, " at step ", pos_.global_step + 1,
+             ": training diverged; lower --learning_rate");
+    autograd::backward(mul_scalar(loss, multiplier));
+    opt_->collect_grads();
+    examples_out = B;
+    return true;
+  }
 
   // ---- latents: the VAE posterior (cached or encoded now), sampled with this step's draws ----
   std::vector<Tensor> means(static_cast<size_t>(B)), logvars(static_cast<size_t>(B));
@@ -608,7 +628,8 @@ void Loop::save_checkpoint_now() {
     const std::string component = name.substr(0, name.find('.'));
     CheckpointFile& f = components[component];
     if (f.path.empty()) {
-      f.path = component + "/" + (component == "unet" ? "diffusion_pytorch_model.safetensors" : "model.safetensors");
+      f.path = component + "/" + (component.rfind("text_encoder", 0) == 0 ? "model.safetensors"
+                                                                          : "diffusion_pytorch_model.safetensors");
       f.prefix = component + ".";
       f.copy_config_from = source_config(component);
     }

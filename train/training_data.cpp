@@ -69,7 +69,7 @@ int64_t count_images(const fs::path& dir) {
 TrainingData::TrainingData(const TrainArgs& args, Say say) : a_(args), say_(std::move(say)) {
   if (a_.dreambooth) {
     main_ = TrainDataset::from_image_folder(a_.instance_data_dir, a_.instance_prompt, "--instance_data_dir");
-  } else if (a_.method == TrainMethod::TextualInversion) {
+  } else if (a_.method == TrainMethod::TextualInversion || (a_.method == TrainMethod::Vae && !a_.train_data_dir.empty())) {
     main_ = TrainDataset::from_image_folder(a_.train_data_dir, "", "--train_data_dir");
   } else {
     main_ = a_.train_data_dir.empty() ? TrainDataset::from_hf_dataset(a_.dataset_name, a_.image_column, a_.caption_column)

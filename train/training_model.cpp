@@ -3,6 +3,7 @@
 #include "autograd/node.h"
 #include "ops/concat.h"
 #include "ops/elementwise.h"
+#include "ops/reduce.h"
 #include "ops/view.h"
 #include "runtime/error.h"
 
@@ -90,6 +91,17 @@ TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const Traini
   text_grad_ = opt_.train_text_encoder;
   if (opt_.method == TrainMethod::TextualInversion) setup_textual_inversion();
 
+  if (opt_.method == TrainMethod::Vae) {
+    // The autoencoder trains; a decoder-only fine-tune leaves the encoder (and so the latents) as they are.
+    if (opt_.freeze_vae_encoder) {
+      make_trainable(*p.vae->decoder, "vae.decoder.", 0, wd, trainable_);
+      if (p.vae->post_quant_conv) make_trainable(*p.vae->post_quant_conv, "vae.post_quant_conv.", 0, wd, trainable_);
+      p.vae->encoder->to(wd, dev);
+      if (p.vae->quant_conv) p.vae->quant_conv->to(wd, dev);
+    } else {
+      make_trainable(*p.vae, "vae.", 0, wd, trainable_);
+    }
+  }
   if (opt_.method == TrainMethod::Full) {
     make_trainable(*p.unet, "unet.", 0, wd, trainable_);
     if (opt_.train_text_encoder) {
@@ -99,7 +111,8 @@ TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const Traini
   }
   // Frozen parts go to the weight dtype (a trainable part already holds 16-bit copies).
   if (opt_.method != TrainMethod::Full) p.unet->to(wd, dev);
-  if (opt_.method == TrainMethod::Lora || (opt_.method == TrainMethod::Full && !opt_.train_text_encoder)) {
+  if (opt_.method == TrainMethod::Lora || opt_.method == TrainMethod::Vae ||
+      (opt_.method == TrainMethod::Full && !opt_.train_text_encoder)) {
     for (nn::ClipTextModel* te : encoders) te->to(wd, dev);
   } else if (opt_.method == TrainMethod::TextualInversion) {
     // Everything but the token tables (which hold their 16-bit copies already).
@@ -111,9 +124,12 @@ TrainingModel::TrainingModel(std::shared_ptr<infer::Pipeline> pipe, const Traini
       n.encoder->text_model->embeddings->token_embedding->weight.set_requires_grad(true);
     }
   }
-  // The VAE in the weight dtype, or f32 where its config asks (force_upcast: SDXL).
-  p.vae->set_upcast(p.vae->config().force_upcast);
-  p.vae->place(wd, dev);
+  // The VAE in the weight dtype, or f32 where its config asks (force_upcast: SDXL); a trained VAE holds its
+  // compute copies already.
+  if (opt_.method != TrainMethod::Vae) {
+    p.vae->set_upcast(p.vae->config().force_upcast);
+    p.vae->place(wd, dev);
+  }
   p.dtype = wd;
   p.device = dev;
 
@@ -233,6 +249,24 @@ Tensor TrainingModel::loss(const MicroBatch& b, const NoiseDraws& draws) const {
                                            to(context, wd), added);
   return dreambooth_loss(pred, in.target, draws.timesteps, *noise_scheduler_, opt_.objective, b.prior_examples,
                          opt_.prior_loss_weight);
+}
+
+Tensor TrainingModel::vae_loss(const Tensor& pixels, const Tensor& eps, bool l1, double kl_weight,
+                               double* reconstruction_out) const {
+  const nn::AutoencoderKL& vae = *pipe_->vae;
+  const DType wd = vae.compute_dtype();
+  const Tensor x = to(to(pixels, opt_.device), wd);
+  const nn::DiagonalGaussian g = vae.encode(x);
+  const Tensor mean = to(g.mean, DType::F32), logvar = to(g.logvar, DType::F32);
+  const Tensor z = mean + exp(mul_scalar(logvar, 0.5)) * to(eps, opt_.device);
+  const Tensor rec = to(vae.decode(to(z, wd)), DType::F32);
+  const Tensor diff = rec - to(x, DType::F32);
+  const Tensor rec_loss = mean_all(l1 ? abs(diff) : square(diff));
+  if (reconstruction_out) *reconstruction_out = rec_loss.item();
+  // KL(N(mean, var) || N(0, 1)) = 0.5 sum(mean^2 + var - 1 - logvar), per example, averaged over the batch.
+  const double B = double(pixels.size(0));
+  const Tensor kl = mul_scalar(sum_all(add_scalar(square(mean) + exp(logvar) - logvar, -1.0)), 0.5 / B);
+  return rec_loss + mul_scalar(kl, kl_weight);
 }
 
 void TrainingModel::setup_textual_inversion() {

@@ -50,6 +50,7 @@ struct TrainingModelOptions {
   std::string prediction_override;  // --prediction_type ("" = the scheduler config's)
   std::string variant;
   TextualInversionOptions ti;       // method TextualInversion
+  bool freeze_vae_encoder = false;  // method Vae: decoder (and post_quant_conv) only
   double prior_loss_weight = 1.0;   // DreamBooth prior preservation
 };
 
@@ -117,6 +118,13 @@ class TrainingModel {
 
   // The micro-batch's training loss (0-d f32, with autograd history when something trains).
   Tensor loss(const MicroBatch& batch, const NoiseDraws& draws) const;
+
+  // --method vae: pixels [B, 3, H, W] in [-1, 1] -> encode -> z = mean + std * eps -> decode; the
+  // reconstruction error (mean |x - x'| for l1, mean (x - x')^2 for l2) plus kl_weight times the KL
+  // divergence of the posterior from N(0, 1) (summed over latent elements, averaged over the batch),
+  // with autograd history. reconstruction_out receives the first term's value.
+  Tensor vae_loss(const Tensor& pixels, const Tensor& eps, bool l1, double kl_weight,
+                  double* reconstruction_out = nullptr) const;
 
   // Puts the masters (or the given f32 tensors, same order as trainable()) into the model's compute
   // copies: validation with EMA weights, and back.

@@ -25,6 +25,7 @@ tests/data/train_goldens/<case>.safetensors holds
   "unet.<path>.lora_A.weight" / ".lora_B.weight" for LoRA, "text_encoder.text_model.<...>" for text encoders.
     Metadata: the case's settings (method, prediction, snr_gamma, noise_offset, input_perturbation, lora rank/alpha,
     train_text_encoder) and the captions of each step.
+tests/data/train_goldens/vae_training.safetensors: --method vae, 3 steps of the tiny VAE (L1 + 1e-2 KL).
 tests/data/train_goldens/vae_sd1.safetensors: pixels -> vae.encode -> latent_dist (mean, logvar) and
     (mean + std * eps) * scaling_factor for a recorded eps.
 
@@ -252,10 +253,49 @@ def vae_case():
     save_file({k: v.detach().contiguous() for k, v in t.items()}, os.path.join(OUT, "vae_sd1.safetensors"))
 
 
+def vae_training_case():
+    """--method vae: L1 reconstruction of a posterior sample + kl_weight * KL(N(mean, var) || N(0, 1)) (summed
+    over latent elements, averaged over the batch); 3 AdamW steps of the whole tiny VAE, clip 1.0."""
+    torch.manual_seed(7)
+    vae = AutoencoderKL.from_pretrained(os.path.join(DATA, "pipe_tiny_sd1", "vae"), torch_dtype=torch.float32)
+    named = [("vae." + n, p) for n, p in vae.named_parameters()]
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    lr_scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=2, num_training_steps=10)
+    out = {}
+    kl_weight = 1e-2
+    for k in range(STEPS):
+        pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+        dist = vae.encode(pixels).latent_dist
+        eps = torch.randn_like(dist.mean)
+        z = dist.mean + dist.std * eps
+        rec = vae.decode(z).sample
+        kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).sum() / pixels.shape[0]
+        loss = (rec.float() - pixels).abs().mean() + kl_weight * kl
+        out[f"step{k}.pixels"] = pixels
+        out[f"step{k}.eps"] = eps.detach()
+        out[f"step{k}.loss"] = loss.detach().clone()
+        out[f"step{k}.lr"] = torch.tensor(lr_scheduler.get_last_lr()[0], dtype=torch.float64)
+        loss.backward()
+        if k == 0:
+            for n, p in named:
+                out["grad." + n] = p.grad.detach().clone()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+    for n, p in named:
+        out["final." + n] = p.detach().clone()
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "vae_training.safetensors"),
+              metadata={"kl_weight": str(kl_weight), "loss": "l1", "steps": str(STEPS), "trainable": str(len(named))})
+    print("vae_training:", len(named), "trainable tensors, losses", [round(float(out[f"step{k}.loss"]), 6) for k in range(STEPS)])
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     with torch.no_grad():
         vae_case()
+    vae_training_case()
     run_case("sd1_full", "sd1", "full", None, 5.0, train_te=True, input_perturbation=0.1)
     run_case("sd1_lora_te", "sd1", "lora", "v_prediction", 5.0, train_te=True, rank=4, alpha=8)
     run_case("sdxl_full", "sdxl", "full", None, 5.0)

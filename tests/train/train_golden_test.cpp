@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <set>
 
 #include "autograd/engine.h"
 #include "infer/pipeline.h"
@@ -211,6 +212,84 @@ TEST(GoldenTrain, Sd1DreamBoothPriorPreservationWithTextEncoder) { run_case("sd1
 TEST(GoldenTrain, SdxlDreamBoothLoraPriorVPredictionMinSnr) { run_case("sdxl_dreambooth_lora_prior"); }
 TEST(GoldenTrain, Sd1TextualInversionTwoVectors) { run_case("sd1_textual_inversion"); }
 TEST(GoldenTrain, SdxlTextualInversionBothEncoders) { run_case("sdxl_textual_inversion"); }
+
+// --method vae: L1 reconstruction of a posterior sample + 1e-2 KL, the whole tiny VAE, 3 AdamW steps.
+TEST(GoldenTrain, VaeReconstructionAndKl) {
+  const Golden g = open_golden("vae_training");
+  infer::PipelineOptions po;
+  po.vae_upcast = true;
+  auto pipe = infer::Pipeline::load(std::string(SD_TEST_DATA_DIR) + "/pipe_tiny_sd1", po);
+  TrainingModelOptions o;
+  o.method = TrainMethod::Vae;
+  TrainingModel m(pipe, o);
+  const std::vector<OptimizerParam>& params = m.trainable();
+  ASSERT_EQ(int64_t(params.size()), std::stoll(g.meta.at("trainable")));
+  std::vector<Tensor> init;
+  for (const OptimizerParam& p : params) init.push_back(copy_to(p.param, DType::F64, Device::cpu()));
+  AdamWConfig ac;
+  ac.lr = 1e-3;
+  AdamWOptimizer opt(params, ac);
+  LrScheduleConfig lr;
+  lr.name = "linear";
+  lr.base_lr = 1e-3;
+  lr.warmup_steps = 2;
+  lr.total_steps = 10;
+  const double kl_weight = std::stod(g.meta.at("kl_weight"));
+  double worst_g = 0, worst_u = 0;
+  std::set<size_t> zero_grad;
+  auto sum_sq = [](const Tensor& t) {
+    double s = 0;
+    for (double v : t.to_vector()) s += v * v;
+    return s;
+  };
+  for (int64_t k = 0; k < 3; ++k) {
+    const std::string s = "step" + std::to_string(k) + ".";
+    const Tensor loss = m.vae_loss(g.get(s + "pixels"), g.get(s + "eps"), true, kl_weight);
+    const double ref = g.get(s + "loss").item();
+    std::printf("[ GoldenTrain ] vae step %lld loss %.7f (diffusers %.7f)\n", static_cast<long long>(k), loss.item(), ref);
+    EXPECT_NEAR(loss.item(), ref, kTol * std::abs(ref));
+    autograd::backward(loss);
+    opt.collect_grads();
+    if (k == 0) {
+      const std::vector<Tensor> grads = opt.grads();
+      double total = 0;
+      for (size_t i = 0; i < params.size(); ++i) {
+        const double n = std::sqrt(sum_sq(g.get("grad." + params[i].name)));
+        total += n * n;
+      }
+      for (size_t i = 0; i < params.size(); ++i) {
+        const Tensor ref = g.get("grad." + params[i].name);
+        // The attention key biases have an exactly zero gradient (softmax ignores a constant added to every
+        // key): both sides hold rounding noise there, and AdamW turns it into steps of size lr.
+        if (std::sqrt(sum_sq(ref)) <= 1e-6 * std::sqrt(total)) {
+          zero_grad.insert(i);
+          EXPECT_LE(std::sqrt(sum_sq(grads[i])), 1e-6 * std::sqrt(total)) << params[i].name;
+          continue;
+        }
+        const double e = test::relative_error(grads[i], ref);
+        worst_g = std::max(worst_g, e);
+        EXPECT_LE(e, kTolEach) << params[i].name;
+      }
+    }
+    const double norm = global_grad_norm(opt.grads());
+    const double clip = norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0;
+    opt.step({lr_at(lr, k)}, double(float(clip)));
+    opt.zero_grad();
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (zero_grad.count(i)) continue;
+    const std::vector<double> fin = opt.master(i).to_vector(), ref = g.get("final." + params[i].name).to_vector(),
+                              start = init[i].to_vector();
+    double d2 = 0, r2 = 0;
+    for (size_t j = 0; j < fin.size(); ++j) {
+      d2 += ((fin[j] - start[j]) - (ref[j] - start[j])) * ((fin[j] - start[j]) - (ref[j] - start[j]));
+      r2 += (ref[j] - start[j]) * (ref[j] - start[j]);
+    }
+    if (r2 > 0) worst_u = std::max(worst_u, std::sqrt(d2 / r2));
+  }
+  std::printf("[ GoldenTrain ] vae: worst gradient rel err %.2e, worst update %.2e\n", worst_g, worst_u);
+  EXPECT_LE(worst_u, kTolEach);
+}
 
 TEST(GoldenTrain, VaePosteriorSampleTimesScalingFactor) {
   infer::PipelineOptions po;
