@@ -154,6 +154,10 @@ int run_generate(int argc, const char* const* argv) {
     o.size = parse_int(v);
     SD_CHECK(o.size >= 32 && o.size <= 4096, "must be between 32 and 4096");
   }));
+  p.add(flag("new_color", "NAME=#RRGGBB", "",
+             "paint every shape in a colour the dataset has no word for and caption it NAME (e.g. "
+             "teal=#008080): a small set that teaches a trained model a new colour word",
+             [&](const std::string& v) { o.new_color = parse_new_color(v); }));
   p.add(flag("overwrite", "", "", "write into a folder that already holds files",
              [&](const std::string&) { o.overwrite = true; }));
   p.add(flag("quiet", "", "", "no progress line", [&](const std::string&) { quiet = true; }));

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -278,12 +279,20 @@ void generate_shapes_dataset(const GenerateOptions& opt, const DataProgress& pro
     const ShapeScene s = shape_scene(opt.seed, uint64_t(i));
     char name[32];
     std::snprintf(name, sizeof(name), "%0*lld.png", digits, (long long)i);
-    save_png_to(fs::path(opt.output_dir) / name, render_shape_scene(s, opt.size));
+    std::string caption = shape_caption(s.attr), color = shape_color_name(s.attr.color);
+    if (opt.new_color) {
+      // The caption names the colour once, right before the shape: "a small red circle on ...".
+      const std::string old = " " + color + " " + shape_kind_name(s.attr.shape);
+      caption.replace(caption.find(old), old.size(), " " + opt.new_color->first + " " + shape_kind_name(s.attr.shape));
+      color = opt.new_color->first;
+    }
+    save_png_to(fs::path(opt.output_dir) / name,
+                render_shape_scene(s, opt.size, opt.new_color ? std::optional(opt.new_color->second) : std::nullopt));
     ojson j;
     j["file_name"] = name;
-    j["text"] = shape_caption(s.attr);
+    j["text"] = caption;
     j["shape"] = shape_kind_name(s.attr.shape);
-    j["color"] = shape_color_name(s.attr.color);
+    j["color"] = color;
     j["background"] = shape_color_name(s.attr.background);
     j["position"] = shape_position_name(s.attr.position);
     j["size"] = shape_size_name(s.attr.size);
@@ -294,6 +303,37 @@ void generate_shapes_dataset(const GenerateOptions& opt, const DataProgress& pro
   std::string text;
   for (const std::string& l : lines) text += l;
   write_file_atomic(fs::path(opt.output_dir) / "metadata.jsonl", text);
+}
+
+std::pair<std::string, std::array<uint8_t, 3>> parse_new_color(const std::string& spec) {
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw DataUsageError("--new_color '" + spec + "': expected NAME=#RRGGBB or NAME=R,G,B (e.g. teal=#008080)");
+  const std::string name = spec.substr(0, eq), value = spec.substr(eq + 1);
+  for (char c : name)
+    if (!std::isalpha(static_cast<unsigned char>(c)))
+      throw DataUsageError("--new_color: the name '" + name + "' must be one word of letters");
+  if (parse_shape_color(name)) throw DataUsageError("--new_color: '" + name + "' is already a colour of the dataset");
+  std::array<uint8_t, 3> rgb{};
+  int parsed = 0;
+  if (value.size() == 7 && value[0] == '#' &&
+      value.find_first_not_of("0123456789abcdefABCDEF", 1) == std::string::npos) {
+    for (int c = 0; c < 3; ++c) rgb[size_t(c)] = uint8_t(std::stoi(value.substr(size_t(1 + 2 * c), 2), nullptr, 16));
+    parsed = 3;
+  } else {
+    std::stringstream ss(value);
+    std::string part;
+    while (std::getline(ss, part, ',') && parsed < 4) {
+      if (part.empty() || part.size() > 3 || part.find_first_not_of("0123456789") != std::string::npos) break;
+      const int v = std::stoi(part);
+      if (v > 255) break;
+      if (parsed < 3) rgb[size_t(parsed)] = uint8_t(v);
+      ++parsed;
+    }
+    if (parsed != 3 || std::count(value.begin(), value.end(), ',') != 2) parsed = 0;
+  }
+  if (parsed != 3) throw DataUsageError("--new_color '" + spec + "': the colour must be #RRGGBB or R,G,B (0-255)");
+  return {name, rgb};
 }
 
 // ---- inspecting image files ----------------------------------------------------------------------

@@ -42,13 +42,20 @@ struct GenerateOptions {
   uint64_t seed = 0;
   int64_t size = 64;       // images are size x size, 32..4096
   bool overwrite = false;  // write into a folder that already holds files
+  // A colour the dataset has no word for (e.g. {"teal", {0, 128, 128}}): every shape is painted in it
+  // and captioned with its name, a small set to teach a trained model a new colour word.
+  std::optional<std::pair<std::string, std::array<uint8_t, 3>>> new_color;
 };
+// "teal=#008080" (or "teal=0,128,128") -> {"teal", {0, 128, 128}}; the name must be one word of
+// letters that is not already a colour of the dataset.
+std::pair<std::string, std::array<uint8_t, 3>> parse_new_color(const std::string& spec);
 // Images 00000.png ... (at least 5 digits) of the synthetic shapes dataset (train/shapes_dataset.h)
 // and metadata.jsonl, one line per image in order:
 //   {"file_name": "00000.png", "text": <caption>, "shape": "circle", "color": "red",
 //    "background": "blue", "position": "top left", "size": "small",
 //    "center": [x, y], "radius": r}          (centre and radius: fractions of the side)
-// The same (seed, size) always writes the same bytes.
+// The same (seed, size) always writes the same bytes. With new_color, "color" and the caption's
+// colour word are the new name.
 void generate_shapes_dataset(const GenerateOptions& opt, const DataProgress& progress = {});
 
 // ---- inspecting image files ----------------------------------------------------------------------

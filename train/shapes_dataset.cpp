@@ -227,13 +227,14 @@ ShapeScene shape_scene(uint64_t seed, uint64_t index) {
   return s;
 }
 
-Tensor render_shape_scene(const ShapeScene& scene, int64_t size) {
+Tensor render_shape_scene(const ShapeScene& scene, int64_t size, const std::optional<std::array<uint8_t, 3>>& shape_rgb) {
   SD_CHECK(size >= 16 && size <= 16384, "render_shape_scene: size ", size, " is outside 16..16384");
   // Unit: 1/8 pixel. Pixel x's 4x4 samples sit at 8x + 1, 8x + 3, 8x + 5, 8x + 7.
   const int64_t cx = int64_t(scene.center_x_milli) * size * 8 / 1000;
   const int64_t cy = int64_t(scene.center_y_milli) * size * 8 / 1000;
   const int64_t r = int64_t(scene.radius_milli) * size * 8 / 1000;
-  const std::array<uint8_t, 3> fg = shape_color_rgb(scene.attr.color), bg = shape_color_rgb(scene.attr.background);
+  const std::array<uint8_t, 3> fg = shape_rgb ? *shape_rgb : shape_color_rgb(scene.attr.color);
+  const std::array<uint8_t, 3> bg = shape_color_rgb(scene.attr.background);
   Tensor img = empty({size, size, 3}, DType::U8);
   uint8_t* p = img.data<uint8_t>();
   for (int64_t i = 0; i < size * size; ++i) std::memcpy(p + 3 * i, bg.data(), 3);

@@ -77,8 +77,10 @@ struct ShapeScene {
 // Image `index` of the dataset of `seed` (uniform over shapes, colours, backgrounds other than the
 // colour, positions and sizes; jitter as described above).
 ShapeScene shape_scene(uint64_t seed, uint64_t index);
-// [size, size, 3] u8; size 16..16384 (sd_data generate allows 32..4096).
-Tensor render_shape_scene(const ShapeScene& scene, int64_t size);
+// [size, size, 3] u8; size 16..16384 (sd_data generate allows 32..4096). `shape_rgb`, when given,
+// paints the shape in that colour instead of its named one (sd_data generate --new_color).
+Tensor render_shape_scene(const ShapeScene& scene, int64_t size,
+                          const std::optional<std::array<uint8_t, 3>>& shape_rgb = std::nullopt);
 
 // ---- reading an image back ---------------------------------------------------------------------
 // What classify_shape_image finds. When nothing stands out from the background, found is false and

@@ -213,6 +213,37 @@ TEST_F(E2ESdData, HelpAndUsageErrors) {
 
 // ---- generate and score --------------------------------------------------------------------------
 
+// --new_color: the same scenes with every shape in the new colour, captioned with its name.
+TEST_F(E2ESdData, GenerateNewColorPaintsAndNamesEveryShape) {
+  const fs::path a = dir_ / "a", plain = dir_ / "plain";
+  ASSERT_EQ(run({"generate", "--output_dir", a.string(), "--num_images", "12", "--seed", "3", "--new_color", "teal=#008080"})
+                .code, 0);
+  ASSERT_EQ(run({"generate", "--output_dir", plain.string(), "--num_images", "12", "--seed", "3"}).code, 0);
+  const auto lines = read_jsonl(a / "metadata.jsonl"), base = read_jsonl(plain / "metadata.jsonl");
+  ASSERT_EQ(lines.size(), 12u);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::string text = lines[i]["text"], was = base[i]["text"];
+    EXPECT_EQ(lines[i]["color"], "teal");
+    // The caption is the plain one with the colour word swapped.
+    std::string expect = was;
+    const std::string old = " " + base[i]["color"].get<std::string>() + " " + base[i]["shape"].get<std::string>();
+    expect.replace(expect.find(old), old.size(), " teal " + base[i]["shape"].get<std::string>());
+    EXPECT_EQ(text, expect);
+    // The shape's centre pixel is teal; the background (a corner) is the plain image's.
+    const std::string name = lines[i]["file_name"];
+    const Tensor img = infer::load_image_u8((a / name).string()), ref = infer::load_image_u8((plain / name).string());
+    const int64_t cx = int64_t(lines[i]["center"][0].get<double>() * 64), cy = int64_t(lines[i]["center"][1].get<double>() * 64);
+    const uint8_t* p = img.data<uint8_t>() + 3 * (cy * 64 + cx);
+    EXPECT_EQ((std::vector<int>{p[0], p[1], p[2]}), (std::vector<int>{0, 128, 128})) << name;
+    for (int c = 0; c < 3; ++c) EXPECT_EQ(img.data<uint8_t>()[c], ref.data<uint8_t>()[c]) << name;
+  }
+  for (const char* bad : {"teal", "red=#ff0000", "te al=#008080", "teal=#0080", "teal=0,128", "teal=0,128,300"}) {
+    const RunResult r = run({"generate", "--output_dir", (dir_ / "bad").string(), "--num_images", "2", "--new_color", bad});
+    EXPECT_EQ(r.code, 2) << bad;
+    EXPECT_NE(r.err.find("--new_color"), std::string::npos) << bad << ": " << r.err;
+  }
+}
+
 TEST_F(E2ESdData, GenerateIsDeterministicAndCaptionsMatchTheParameters) {
   const fs::path a = dir_ / "a", b = dir_ / "b", c = dir_ / "c";
   RunResult r = run({"generate", "--output_dir", a.string(), "--num_images", "40", "--seed", "7"});
