@@ -16,6 +16,9 @@
 #ifndef SD_CLIP_VOCAB_DIR
 #define SD_CLIP_VOCAB_DIR "models/clip/vocab"
 #endif
+#ifndef SD_DEFAULT_MODEL_DIR
+#define SD_DEFAULT_MODEL_DIR "infer/default_model"
+#endif
 
 namespace sd::infer {
 namespace fs = std::filesystem;
@@ -252,6 +255,12 @@ std::string clip_data_dir() {
   const char* env = std::getenv("SD_DATA_DIR");
   if (env && *env) return (fs::path(env) / "clip").string();
   return SD_CLIP_VOCAB_DIR;
+}
+
+std::string default_model_dir() {
+  const char* env = std::getenv("SD_DATA_DIR");
+  if (env && *env) return (fs::path(env) / "default_model").string();
+  return SD_DEFAULT_MODEL_DIR;
 }
 
 ClipTokenizer load_tokenizer_folder(const std::string& dir) {

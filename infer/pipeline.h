@@ -105,6 +105,11 @@ class Pipeline {
 // variable is set, else the compile-time SD_CLIP_VOCAB_DIR (the source tree's models/clip/vocab).
 std::string clip_data_dir();
 
+// The model sd_infer uses when no --model is given: the small shapes model the project trained
+// itself (infer/default_model, see its README). $SD_DATA_DIR/default_model when that environment
+// variable is set, else the compile-time SD_DEFAULT_MODEL_DIR (the source tree's folder).
+std::string default_model_dir();
+
 // The tokenizer of a diffusers tokenizer/ folder: vocab.json + merges.txt, the pad token read from
 // special_tokens_map.json / tokenizer_config.json ("<|endoftext|>" or "!"), model_max_length.
 ClipTokenizer load_tokenizer_folder(const std::string& dir);

@@ -40,7 +40,7 @@ using namespace sd;
 using namespace sd::infer;
 
 void usage(FILE* out) {
-  std::fprintf(out, "%s", R"(usage: sd_infer --model <diffusers folder | file.safetensors | file.ckpt> --prompt "..." [options]
+  std::fprintf(out, "%s", R"(usage: sd_infer [--model <diffusers folder | file.safetensors | file.ckpt>] --prompt "..." [options]
 
 Generates images with Stable Diffusion: SD1.x, SD2.x (epsilon and v-prediction), SDXL base, the SDXL
 refiner, SSD-1B, SDXL-Turbo and LCM models, read from a diffusers pipeline folder (what
@@ -50,7 +50,9 @@ diffusers' StableDiffusion(XL)Pipeline computes. Writes one PNG per image into -
 generation parameters in the PNG text chunk "parameters" (A1111's format), never overwriting files.
 
 model:
-  --model PATH               diffusers folder, or .safetensors/.ckpt single file
+  --model PATH               diffusers folder, or .safetensors/.ckpt single file (default: the small
+                             shapes model the project trained itself, infer/default_model, or
+                             $SD_DATA_DIR/default_model: coloured shapes on coloured backgrounds, 64x64)
   --variant NAME             read <name>.<NAME>.safetensors weights (e.g. fp16), like variant="fp16"
   --family F                 single files: sd1|sd2|sdxl|sdxl_refiner|ssd1b when detection fails
   --prediction P             epsilon|v_prediction: overrides the scheduler config (SD2 768-v single
@@ -116,8 +118,10 @@ output:
                              (load, text encode, denoise, decode), it/s, peak memory
   --help
 
-example (the tiny test model shipped in tests/data; random weights, so the image is noise):
-  sd_infer --model tests/data/pipe_tiny_sd1 --prompt "a red cartoon cat" --steps 8 --output_dir outputs/
+examples:
+  sd_infer --prompt "a red circle on a blue background, top left"      (the built-in shapes model)
+  sd_infer --model path/to/stable-diffusion-v1-5 --prompt "a cat" --steps 25 --dtype fp16 --device cuda
+  sd_infer --model sd_xl_base_1.0.safetensors --prompt "a cat" --width 1024 --height 1024
 )");
 }
 
@@ -265,7 +269,12 @@ Options parse_args(int argc, char** argv) {
 
 // Everything that can be checked before any weight is read.
 void check_options(Options& o) {
-  if (o.model.empty()) throw UsageError("--model is required (a diffusers folder or a .safetensors/.ckpt file)");
+  if (o.model.empty()) {
+    o.model = sd::infer::default_model_dir();
+    if (!fs::exists(fs::path(o.model) / "model_index.json"))
+      throw UsageError("no --model given and the built-in model is missing at '" + o.model +
+                       "' (set SD_DATA_DIR, or pass --model: a diffusers folder or a .safetensors/.ckpt file)");
+  }
   if (!o.have_prompt) throw UsageError("--prompt is required");
   if (blank(o.req.prompt)) throw UsageError("--prompt is empty: describe the image to generate");
   if (o.req.width < 0 || o.req.height < 0 || o.req.width % 8 != 0 || o.req.height % 8 != 0)

@@ -194,6 +194,23 @@ TEST_F(E2ESdInfer, ErrorBadModelPath) {
   EXPECT_FALSE(fs::exists(out_)) << "the output folder was created for a failed run";
 }
 
+// No --model: the built-in shapes model (infer/default_model), 64x64, what the README's first command runs.
+TEST_F(E2ESdInfer, WithoutModelUsesTheBuiltInShapesModel) {
+  const RunResult r = run({"--prompt", "a large red circle on a blue background, center", "--seed", "1",
+                           "--output_dir", out_.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto files = pngs();
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(load_image_u8(files[0].string()).shape(), (Shape{64, 64, 3}));
+  EXPECT_NE(read_png_text(files[0].string()).at("parameters").find("Model: default_model"), std::string::npos);
+}
+
+TEST_F(E2ESdInfer, WithoutModelAndNoBuiltInModelIsAClearError) {
+  ::setenv("SD_DATA_DIR", (dir_ / "empty_data_dir").string().c_str(), 1);
+  expect_error({"--prompt", "a cat"}, "the built-in model is missing");
+  ::unsetenv("SD_DATA_DIR");
+}
+
 TEST_F(E2ESdInfer, ErrorFolderIsNotAModel) {
   expect_error({"--model", kData + "/clip", "--prompt", "a cat"}, "is not a diffusers pipeline folder");
 }
