@@ -1,11 +1,15 @@
 // Shared test helpers: random inputs, non-contiguous copies, closeness checks, the float64
-// finite-difference gradient check, and skips for tests that need a GPU.
+// finite-difference gradient check, skips for tests that need a GPU, and the file reading the
+// end-to-end tests do.
 #pragma once
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "runtime/cuda_api.h"
 #include "runtime/tensor.h"
@@ -40,6 +44,13 @@ struct GradcheckOptions {
 ::testing::AssertionResult gradcheck(const Fn& f, std::vector<Tensor> inputs, GradcheckOptions opt = {});
 
 inline bool has_cuda() { return cudart::device_count() > 0; }
+
+// The whole file, byte for byte ("" when it cannot be read).
+std::string read_text(const std::filesystem::path& p);
+// Writes `bytes` to p, creating its parent folders.
+void write_text(const std::filesystem::path& p, const std::string& bytes);
+// One JSON value per non-empty line (logs/train.jsonl, metadata.jsonl, reports).
+std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p);
 
 }  // namespace sd::test
 

@@ -84,6 +84,7 @@ namespace sd::train {
 namespace {
 
 namespace fs = std::filesystem;
+using test::read_text;
 
 const std::string kData = SD_TEST_DATA_DIR;
 
@@ -646,13 +647,6 @@ TEST(CudaTrainStep, Fp16InfGradientIsDetected) {
 // ---------------------------------------------------------------- sd_train on the GPU
 
 const std::string kSdTrain = std::string(SD_BINARY_DIR) + "/tools/sd_train";
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string shell_quote(const std::string& s) {
   std::string q = "'";

@@ -20,11 +20,13 @@
 #include "infer/image_io.h"
 #include "ops/view.h"
 #include "runtime/safetensors.h"
+#include "tests/test_util.h"
 
 namespace sd::infer {
 namespace {
 
 namespace fs = std::filesystem;
+using test::read_text;
 
 const std::string kData = SD_TEST_DATA_DIR;
 const std::string kBinary = std::string(SD_BINARY_DIR) + "/tools/sd_infer";
@@ -33,13 +35,6 @@ struct RunResult {
   int code = -1;
   std::string out, err;
 };
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string shell_quote(const std::string& s) {
   std::string q = "'";

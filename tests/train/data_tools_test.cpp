@@ -24,33 +24,15 @@
 #include "train/data_tools.h"
 #include "train/dataset.h"
 #include "train/shapes_dataset.h"
+#include "tests/test_util.h"
 
 namespace sd::train {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_bytes(const fs::path& p, const std::string& s) {
-  fs::create_directories(p.parent_path());
-  std::ofstream f(p, std::ios::binary);
-  f << s;
-}
-
-std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> v;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
-}
+using test::read_jsonl;
+using test::read_text;
+using test::write_text;
 
 // A [h, w, 3] image with some texture (PNG-compresses poorly, so the file is not tiny).
 Tensor textured(int64_t h, int64_t w, uint32_t salt) {
@@ -282,13 +264,13 @@ TEST_F(DataToolsFolders, InspectTellsModesTruncationAndCorruption) {
       {"image_transforms/rgb_9x11.bmp", "bmp", "RGB"},
   };
   for (const Case& c : cases) {
-    const ImageFileInfo info = inspect_image_bytes(read_bytes(data + "/" + c.file), c.file);
+    const ImageFileInfo info = inspect_image_bytes(read_text(data + "/" + c.file), c.file);
     EXPECT_EQ(info.format, c.format) << c.file;
     EXPECT_EQ(info.mode, c.mode) << c.file;
     EXPECT_EQ(info.problem, "") << c.file;
     EXPECT_GT(info.width, 0) << c.file;
   }
-  const std::string png = read_bytes(data + "/image_transforms/rgb_37x53.png");
+  const std::string png = read_text(data + "/image_transforms/rgb_37x53.png");
   EXPECT_EQ(inspect_image_bytes(png.substr(0, png.size() / 2), "half.png").problem.rfind("truncated: ", 0), 0u);
   EXPECT_EQ(inspect_image_bytes(png.substr(0, png.size() - 12), "no_iend.png").problem.rfind("truncated: ", 0), 0u);
   std::string flipped = png;
@@ -296,7 +278,7 @@ TEST_F(DataToolsFolders, InspectTellsModesTruncationAndCorruption) {
   EXPECT_EQ(inspect_image_bytes(flipped, "crc.png").problem.rfind("corrupt: ", 0), 0u);
   EXPECT_EQ(inspect_image_bytes("hello, world", "text.png").problem.rfind("corrupt: ", 0), 0u);
   EXPECT_EQ(inspect_image_bytes("", "empty.png").problem, "corrupt: empty file");
-  const std::string jpg = read_bytes(data + "/image_transforms/rgb_37x53_444.jpg");
+  const std::string jpg = read_text(data + "/image_transforms/rgb_37x53_444.jpg");
   EXPECT_EQ(inspect_image_bytes(jpg.substr(0, jpg.size() * 2 / 3), "cut.jpg").problem.rfind("truncated: ", 0), 0u);
 }
 
@@ -329,14 +311,14 @@ TEST_F(DataToolsFolders, GenerateWritesWhatSdTrainReads) {
   ASSERT_EQ(lines.size(), 12u);
   for (size_t i = 0; i < lines.size(); ++i) {
     const std::string f = lines[i]["file_name"];
-    EXPECT_EQ(read_bytes(dir_ / "a" / f), read_bytes(dir_ / "b" / f)) << f;
+    EXPECT_EQ(read_text(dir_ / "a" / f), read_text(dir_ / "b" / f)) << f;
     const ShapeScene s = shape_scene(5, i);
     EXPECT_EQ(lines[i]["text"], shape_caption(s.attr));
     const Tensor img = infer::load_image_u8((dir_ / "a" / f).string());
     const Tensor expect = render_shape_scene(s, 64);
     EXPECT_EQ(std::memcmp(img.data_ptr(), expect.data_ptr(), expect.nbytes()), 0) << f;
   }
-  EXPECT_EQ(read_bytes(dir_ / "a" / "metadata.jsonl"), read_bytes(dir_ / "b" / "metadata.jsonl"));
+  EXPECT_EQ(read_text(dir_ / "a" / "metadata.jsonl"), read_text(dir_ / "b" / "metadata.jsonl"));
   const TrainDataset d = TrainDataset::from_folder((dir_ / "a").string());
   EXPECT_EQ(d.size(), 12);
   EXPECT_EQ(d.item(0).caption, lines[0]["text"].get<std::string>());
@@ -352,8 +334,8 @@ TEST_F(DataToolsFolders, ResizeSizesAndCaptions) {
   fs::create_directories(in / "sub");
   infer::save_png((in / "wide.png").string(), textured(30, 40, 1));
   infer::save_png((in / "sub" / "tall.png").string(), textured(50, 30, 2));
-  write_bytes(in / "wide.txt", "a wide one");
-  write_bytes(in / "broken.png", "not a png");
+  write_text(in / "wide.txt", "a wide one");
+  write_text(in / "broken.png", "not a png");
   ResizeOptions o;
   o.input_dir = in.string(), o.output_dir = out.string(), o.resolution = 16;
   ResizeResult r = resize_dataset(o);
@@ -364,7 +346,7 @@ TEST_F(DataToolsFolders, ResizeSizesAndCaptions) {
          b = infer::load_image_u8((out / "sub" / "tall.png").string());
   EXPECT_EQ(a.shape(), (Shape{16, 21, 3}));  // int(16 * 40 / 30) = 21
   EXPECT_EQ(b.shape(), (Shape{26, 16, 3}));  // int(16 * 50 / 30) = 26
-  EXPECT_EQ(read_bytes(out / "wide.txt"), "a wide one");
+  EXPECT_EQ(read_text(out / "wide.txt"), "a wide one");
   // The same pixels sd_train's Resize makes.
   const Tensor ref = resize_shorter_side(decode_image_file((in / "wide.png").string()), 16, Interpolation::Lanczos);
   EXPECT_EQ(std::memcmp(a.data_ptr(), ref.data_ptr(), ref.nbytes()), 0);
@@ -383,7 +365,7 @@ TEST_F(DataToolsFolders, CleanDecidesInOrderAndKeepsTheFirstDuplicate) {
   fs::copy_file(in / "b_good.png", in / "a_dup.png");  // the same bytes, sorted first: it stays
   fs::copy_file(in / "b_good.png", in / "c_dup.png");
   infer::save_png((in / "small.png").string(), textured(20, 40, 4));
-  const std::string before = read_bytes(in / "b_good.png");
+  const std::string before = read_text(in / "b_good.png");
   CleanOptions o;
   o.input_dir = in.string(), o.min_side = 32, o.min_bytes = 0, o.dry_run = true;
   CleanReport r = clean_dataset(o);
@@ -400,7 +382,7 @@ TEST_F(DataToolsFolders, CleanDecidesInOrderAndKeepsTheFirstDuplicate) {
   r = clean_dataset(o);
   EXPECT_EQ(r.dropped, 4);
   EXPECT_EQ(r.entries[0].reason.rfind("too small: ", 0), 0u);
-  EXPECT_EQ(read_bytes(in / "b_good.png"), before);
+  EXPECT_EQ(read_text(in / "b_good.png"), before);
 }
 
 }  // namespace

@@ -40,6 +40,8 @@ namespace sd::train {
 namespace {
 
 namespace fs = std::filesystem;
+using test::read_jsonl;
+using test::read_text;
 
 const std::string kData = SD_TEST_DATA_DIR;
 const std::string kTrain = std::string(SD_BINARY_DIR) + "/tools/sd_train";
@@ -53,22 +55,6 @@ std::string find_mpirun() {
   while (std::getline(ss, dir, ':'))
     if (!dir.empty() && ::access((fs::path(dir) / "mpirun").c_str(), X_OK) == 0) return (fs::path(dir) / "mpirun").string();
   return "";
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> v;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
 }
 
 std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std::string>& b) {

@@ -18,11 +18,15 @@
 #include "infer/image_io.h"
 #include "train/dataset.h"
 #include "train/shapes_dataset.h"
+#include "tests/test_util.h"
 
 namespace sd::train {
 namespace {
 
 namespace fs = std::filesystem;
+using test::read_jsonl;
+using test::read_text;
+using test::write_text;
 
 const std::string kData = SD_TEST_DATA_DIR;
 const std::string kSdData = std::string(SD_BINARY_DIR) + "/tools/sd_data";
@@ -31,28 +35,6 @@ struct RunResult {
   int code = -1;
   std::string out, err;
 };
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_text(const fs::path& p, const std::string& s) {
-  fs::create_directories(p.parent_path());
-  std::ofstream f(p, std::ios::binary);
-  f << s;
-}
-
-std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> v;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
-}
 
 // Every file under dir (relative path -> bytes): to show a folder is untouched.
 std::map<std::string, std::string> snapshot(const fs::path& dir) {

@@ -26,11 +26,14 @@
 #include "models/formats/single_file.h"
 #include "runtime/safetensors.h"
 #include "train/tensorboard.h"
+#include "tests/test_util.h"
 
 namespace sd::train {
 namespace {
 
 namespace fs = std::filesystem;
+using test::read_jsonl;
+using test::read_text;
 
 const std::string kData = SD_TEST_DATA_DIR;
 const std::string kTrain = std::string(SD_BINARY_DIR) + "/tools/sd_train";
@@ -43,22 +46,6 @@ struct RunResult {
   int code = -1;       // exit status, or -signal when killed
   std::string out, err;
 };
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
-  std::vector<nlohmann::json> v;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
-}
 
 bool same_bytes(const fs::path& a, const fs::path& b) { return fs::exists(a) && fs::exists(b) && read_text(a) == read_text(b); }
 

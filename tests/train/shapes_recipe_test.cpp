@@ -12,21 +12,23 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
+
+#include "tests/test_util.h"
 
 namespace sd::train {
 namespace {
 
 namespace fs = std::filesystem;
 
+// The first n losses of a logs/train.jsonl.
 std::vector<double> losses(const fs::path& jsonl, size_t n) {
   std::vector<double> v;
-  std::ifstream in(jsonl);
-  std::string line;
-  while (v.size() < n && std::getline(in, line))
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line).at("loss").get<double>());
+  for (const nlohmann::json& j : test::read_jsonl(jsonl)) {
+    if (v.size() == n) break;
+    v.push_back(j.at("loss").get<double>());
+  }
   return v;
 }
 
