@@ -147,6 +147,17 @@ double contract(const Tensor& out, const Tensor& weights) {
   return ::testing::AssertionSuccess();
 }
 
+Tensor textured(int64_t h, int64_t w, uint32_t salt) {
+  Tensor t = empty({h, w, 3}, DType::U8);
+  uint8_t* p = t.data<uint8_t>();
+  uint32_t s = 2166136261u ^ salt;
+  for (int64_t i = 0; i < h * w * 3; ++i) {
+    s = s * 1664525u + 1013904223u;
+    p[i] = uint8_t((s >> 24) / 2 + uint32_t(i % 97));
+  }
+  return t;
+}
+
 std::string read_text(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::stringstream ss;

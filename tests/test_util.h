@@ -45,6 +45,9 @@ struct GradcheckOptions {
 
 inline bool has_cuda() { return cudart::device_count() > 0; }
 
+// A [h, w, 3] u8 image with some texture (PNG-compresses poorly, so its file is not tiny); `salt`
+// picks the pattern.
+Tensor textured(int64_t h, int64_t w, uint32_t salt);
 // The whole file, byte for byte ("" when it cannot be read).
 std::string read_text(const std::filesystem::path& p);
 // Writes `bytes` to p, creating its parent folders.

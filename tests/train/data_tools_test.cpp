@@ -32,19 +32,8 @@ namespace {
 namespace fs = std::filesystem;
 using test::read_jsonl;
 using test::read_text;
+using test::textured;
 using test::write_text;
-
-// A [h, w, 3] image with some texture (PNG-compresses poorly, so the file is not tiny).
-Tensor textured(int64_t h, int64_t w, uint32_t salt) {
-  Tensor t = empty({h, w, 3}, DType::U8);
-  uint8_t* p = t.data<uint8_t>();
-  uint32_t s = 2166136261u ^ salt;
-  for (int64_t i = 0; i < h * w * 3; ++i) {
-    s = s * 1664525u + 1013904223u;
-    p[i] = uint8_t((s >> 24) / 2 + uint32_t(i % 97));
-  }
-  return t;
-}
 
 class DataToolsFolders : public ::testing::Test {
  protected:

@@ -26,6 +26,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::read_jsonl;
 using test::read_text;
+using test::textured;
 using test::write_text;
 
 const std::string kData = SD_TEST_DATA_DIR;
@@ -49,17 +50,6 @@ std::pair<int, int> png_type_depth(const fs::path& p) {
   const std::string b = read_text(p);
   if (b.size() < 26) return {-1, -1};
   return {int(uint8_t(b[25])), int(uint8_t(b[24]))};
-}
-
-Tensor textured(int64_t h, int64_t w, uint32_t salt) {
-  Tensor t = empty({h, w, 3}, DType::U8);
-  uint8_t* p = t.data<uint8_t>();
-  uint32_t s = 2166136261u ^ salt;
-  for (int64_t i = 0; i < h * w * 3; ++i) {
-    s = s * 1664525u + 1013904223u;
-    p[i] = uint8_t((s >> 24) / 2 + uint32_t(i % 97));
-  }
-  return t;
 }
 
 class E2ESdData : public ::testing::Test {
