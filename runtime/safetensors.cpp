@@ -341,6 +341,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     for (uint64_t d : r.shape)
       if (mul_overflows(numel, d, &numel))
         I.fail(Kind::ValidationOverflow, "tensor " + in_quotes(r.name) + ": element count overflows 64 bits");
+    // A tensor with a zero dimension has no elements, but its other dimensions still set its
+    // strides, which must fit a signed 64-bit size (shape [0, 2^62, 4] is valid safetensors).
+    uint64_t span = 1;
+    for (uint64_t d : r.shape)
+      if (mul_overflows(span, std::max<uint64_t>(d, 1), &span) || span > uint64_t(std::numeric_limits<int64_t>::max()))
+        I.fail(Kind::ValidationOverflow, "tensor " + in_quotes(r.name) + ": the strides of its shape overflow 64 bits");
     if (mul_overflows(numel, uint64_t(r.fdt->bits), &nbits))
       I.fail(Kind::ValidationOverflow, "tensor " + in_quotes(r.name) + ": bit count overflows 64 bits");
     if (nbits % 8 != 0)

@@ -6,9 +6,14 @@
 
 namespace sd {
 
+// Sizes come from files too: every product is overflow-checked (a signed overflow would be
+// undefined behaviour, and a wrapped count a tensor of the wrong size).
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s) {
+    SD_CHECK(d >= 0, "shape ", shape_str(s), " has a negative dimension");
+    SD_CHECK(!__builtin_mul_overflow(n, d, &n), "shape ", shape_str(s), ": element count overflows 64 bits");
+  }
   return n;
 }
 
@@ -17,7 +22,8 @@ Shape contiguous_strides(const Shape& s) {
   int64_t acc = 1;
   for (int64_t i = int64_t(s.size()) - 1; i >= 0; --i) {
     st[i] = acc;
-    acc *= std::max<int64_t>(s[i], 1);
+    SD_CHECK(!__builtin_mul_overflow(acc, std::max<int64_t>(s[i], 1), &acc), "shape ", shape_str(s),
+             ": strides overflow 64 bits");
   }
   return st;
 }

@@ -101,10 +101,15 @@ std::optional<GlobalRole> classify(const std::string& name) {
   return std::nullopt;
 }
 
-ValuePtr make(Kind k) {
-  auto v = std::make_shared<Value>();
-  v->kind = k;
-  return v;
+// Moves the children of `v` (items, dict entries) to `out`.
+void take_children(Value& v, std::vector<ValuePtr>& out) {
+  for (ValuePtr& c : v.items) out.push_back(std::move(c));
+  for (auto& [k, c] : v.dict) {
+    out.push_back(std::move(k));
+    out.push_back(std::move(c));
+  }
+  v.items.clear();
+  v.dict.clear();
 }
 
 // ---------------------------------------------------------------- opcodes
@@ -128,6 +133,13 @@ class Machine {
  public:
   Machine(const char* data, size_t size, const Hooks& hooks, const std::string& where)
       : p_(data), end_(data + size), hooks_(hooks), where_(where) {}
+  // After a failure the values may hold cycles (a dict put into itself): empty every container
+  // so that all of them are released.
+  ~Machine() {
+    if (done_) return;
+    std::vector<ValuePtr> drop;
+    for (const ValuePtr& c : containers_) take_children(*c, drop);
+  }
 
   ValuePtr run();
 
@@ -182,8 +194,28 @@ class Machine {
     return uint64_t(*v);
   }
 
+  // ---- budget: a hostile pickle could otherwise make millions of values from a few bytes of input
+  void count_reference(uint64_t n = 1) {
+    references_ += n;
+    if (references_ > kMaxReferences)
+      fail("more than ", kMaxReferences, " references to pickle values (stack, memo, container items): not a "
+           "checkpoint sd reads");
+  }
+  ValuePtr make(Kind k) {
+    if (++values_ > kMaxValues) fail("more than ", kMaxValues, " pickle values: not a checkpoint sd reads");
+    auto v = std::make_shared<Value>();
+    v->kind = k;
+    if (k == Kind::List || k == Kind::Tuple || k == Kind::Dict) containers_.push_back(v);
+    return v;
+  }
+  // Refuses cycles (they would leak) and nesting deeper than kMaxDepth, by an iterative walk.
+  void check_tree(const ValuePtr& root);
+
   // ---- stack
-  void push(ValuePtr v) { stack_.push_back(std::move(v)); }
+  void push(ValuePtr v) {
+    count_reference();
+    stack_.push_back(std::move(v));
+  }
   ValuePtr pop() {
     if (stack_.size() <= floor()) fail("stack underflow");
     ValuePtr v = std::move(stack_.back());
@@ -207,12 +239,12 @@ class Machine {
   }
 
   // ---- values
-  // `parent` now holds `child`: keep the nesting depth bounded.
-  void adopt(Value& parent, const ValuePtr& child) {
-    if (child->depth + 1 > parent.depth) parent.depth = child->depth + 1;
-    if (parent.depth > kMaxDepth) fail("containers nested deeper than ", kMaxDepth);
-  }
+  // `parent` now holds `child` (depth and cycles are checked once, at the end: see check_tree).
+  void adopt(Value&, const ValuePtr&) { count_reference(); }
   ValuePtr str(Kind k, const char* data, uint64_t n) {
+    string_bytes_ += n;
+    if (string_bytes_ > kMaxStringBytes)
+      fail("more than ", kMaxStringBytes, " bytes of strings: not a checkpoint sd reads");
     auto v = make(k);
     v->s.assign(data, size_t(n));
     return v;
@@ -242,7 +274,10 @@ class Machine {
     v->s = full;
     return v;
   }
-  void memo_put(uint64_t idx) { memo_[idx] = top(); }
+  void memo_put(uint64_t idx) {
+    count_reference();
+    memo_[idx] = top();
+  }
   ValuePtr memo_get(uint64_t idx) {
     auto it = memo_.find(idx);
     if (it == memo_.end()) fail("memo entry ", idx, " was never stored");
@@ -312,7 +347,61 @@ class Machine {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, ValuePtr> memo_;
   std::unordered_map<const Value*, std::unordered_map<std::string, size_t>> dict_index_;
+  std::vector<ValuePtr> containers_;  // every list, tuple and dict made: checked for cycles, emptied on failure
+  struct TreeInfo {
+    uint8_t state = 0;
+    uint32_t depth = 0;
+  };
+  std::unordered_map<const Value*, TreeInfo> tree_info_;
+  uint64_t values_ = 0, references_ = 0, string_bytes_ = 0;
+  bool done_ = false;
 };
+
+void Machine::check_tree(const ValuePtr& root) {
+  // Post-order walk with an explicit stack. state: 1 = on the current path, 2 = finished (its
+  // depth known, kept across calls so each value is walked once). Meeting a value on the
+  // current path again is a cycle.
+  auto& info = tree_info_;
+  if (info[root.get()].state == 2) return;
+  struct Frame {
+    const Value* v;
+    size_t next;  // next child index: items first, then dict keys and values
+  };
+  auto child = [](const Value* v, size_t i) -> const Value* {
+    if (i < v->items.size()) return v->items[i].get();
+    i -= v->items.size();
+    if (i / 2 < v->dict.size()) return (i % 2 ? v->dict[i / 2].second : v->dict[i / 2].first).get();
+    return nullptr;
+  };
+  std::vector<Frame> path{{root.get(), 0}};
+  info[root.get()].state = 1;
+  while (!path.empty()) {
+    Frame& f = path.back();
+    const Value* c = child(f.v, f.next++);
+    if (!c) {
+      TreeInfo& done = info[f.v];
+      done.state = 2;
+      const uint32_t d = done.depth;
+      path.pop_back();
+      if (!path.empty()) {
+        TreeInfo& parent = info[path.back().v];
+        parent.depth = std::max(parent.depth, d + 1);
+      }
+      continue;
+    }
+    if (c->items.empty() && c->dict.empty()) continue;  // a leaf: depth 0, no cycle through it
+    TreeInfo& ci = info[c];
+    if (ci.state == 1) fail("a container contains itself (", c->describe(), "): not a checkpoint sd reads");
+    if (ci.state == 2) {
+      TreeInfo& parent = info[f.v];
+      parent.depth = std::max(parent.depth, ci.depth + 1);
+      continue;
+    }
+    ci.state = 1;
+    if (path.size() > kMaxDepth) fail("containers nested deeper than ", kMaxDepth);
+    path.push_back({c, 0});
+  }
+}
 
 int64_t as_int(const ValuePtr& v, const char* what, const std::string& where) {
   SD_CHECK(v && v->is(Kind::Int) && !v->big, "pickle: ", where, ": ", what, " must be an int, got ", v ? v->describe() : "null");
@@ -341,6 +430,15 @@ ValuePtr Machine::rebuild_tensor(const std::vector<ValuePtr>& a) {
     if (shape[i] == 0) empty = true;
   }
   if (!empty) {
+    // A checkpoint's tensors never overlap themselves: more elements than the storage holds past
+    // the offset would be a broadcast view (stride 0) that makes a huge tensor out of a few bytes.
+    int64_t numel = 1;
+    for (int64_t d : shape)
+      if (__builtin_mul_overflow(numel, d, &numel))
+        fail("_rebuild_tensor: the element count of ", shape_str(shape), " overflows");
+    if (offset > st->numel || numel > st->numel - offset)
+      fail("_rebuild_tensor: view ", shape_str(shape), " strides ", shape_str(strides), " offset ", offset, " has ",
+           numel, " elements, more than the storage of ", st->numel, " holds past the offset (an overlapping view)");
     int64_t last = offset;
     for (size_t i = 0; i < shape.size(); ++i) {
       int64_t span = 0;
@@ -431,9 +529,15 @@ ValuePtr Machine::run() {
       case STOP: {
         if (!marks_.empty()) fail("STOP with an open MARK");
         if (stack_.size() != 1) fail("STOP with ", stack_.size(), " values on the stack (expected 1)");
+        // Every container made, kept or dropped, must be free of cycles to be released.
+        for (const ValuePtr& c : containers_) check_tree(c);
+        done_ = true;
         return stack_.back();
       }
-      case MARK: marks_.push_back(stack_.size()); break;
+      case MARK:
+        count_reference();
+        marks_.push_back(stack_.size());
+        break;
       case POP:
         if (!marks_.empty() && stack_.size() == marks_.back()) marks_.pop_back();  // POP of a MARK
         else pop();
@@ -667,6 +771,17 @@ ValuePtr Machine::run() {
 }
 
 }  // namespace
+
+Value::~Value() {
+  std::vector<ValuePtr> pending;
+  take_children(*this, pending);
+  while (!pending.empty()) {
+    ValuePtr v = std::move(pending.back());
+    pending.pop_back();
+    // Held only here: empty it first, so that its own destructor has nothing to recurse into.
+    if (v && v.use_count() == 1) take_children(*v, pending);
+  }
+}
 
 const char* kind_name(Kind k) {
   switch (k) {

@@ -59,7 +59,13 @@ struct Value {
   DType dtype = DType::U8;
   int64_t numel = 0;
   Tensor tensor;                                     // Tensor
-  uint32_t depth = 0;                                // nesting of containers below (bounded, see unpickle)
+
+  Value() = default;
+  Value(const Value&) = delete;
+  Value& operator=(const Value&) = delete;
+  // Releases nested containers with a loop, not recursion: a hostile pickle may nest far deeper
+  // than the stack would survive, and the tree is released before the depth is even measured.
+  ~Value();
 
   bool is(Kind k) const { return kind == k; }
   // Dict lookup by string key; nullptr when absent (or not a dict).
@@ -73,9 +79,17 @@ struct Hooks {
   std::function<ValuePtr(const Value& pid)> persistent_load;
 };
 
-// Interprets one pickle (up to its STOP); `where` names the source in error messages. Containers
-// nested deeper than kMaxDepth are refused (releasing a deeper chain would recurse that deep).
+// Interprets one pickle (up to its STOP); `where` names the source in error messages.
+//
+// Limits, each an sd::Error naming it (a checkpoint's pickle is a few hundred kilobytes of a few
+// ten thousand values; these are far above that and far below what would exhaust memory):
+//  * containers nested deeper than kMaxDepth, or containing themselves (a cycle would leak);
+//  * more than kMaxValues values created, kMaxReferences references held (stack slots, memo
+//    entries, container items), or kMaxStringBytes bytes of str/bytes data.
 inline constexpr uint32_t kMaxDepth = 1000;
+inline constexpr uint64_t kMaxValues = 1'000'000;
+inline constexpr uint64_t kMaxReferences = 8'000'000;
+inline constexpr uint64_t kMaxStringBytes = 256ull << 20;
 ValuePtr unpickle(const char* data, size_t size, const Hooks& hooks, const std::string& where);
 
 // The element type of a torch storage class name ("torch.HalfStorage" -> F16); nullopt for a name

@@ -95,6 +95,10 @@ TorchCheckpoint load_torch_checkpoint(const std::string& path) {
     return v;
   };
 
+  // A real checkpoint's pickle is well under a megabyte; refuse a giant one before inflating it.
+  constexpr uint64_t kMaxPickleBytes = 256ull << 20;
+  SD_CHECK(pkl->size <= kMaxPickleBytes, "torch checkpoint '", path, "': ", pkl->name, " is ", pkl->size,
+           " bytes, more than the ", kMaxPickleBytes, " bytes sd reads of a checkpoint's pickle");
   ZipArchive::Bytes pickle_bytes = zip.read(*pkl);
   TorchCheckpoint ck;
   ck.path = path;

@@ -199,6 +199,10 @@ ZipArchive::Bytes ZipArchive::read(const Entry& e) const {
   // Deflate cannot expand more than ~1032:1; a larger claim is a damaged (or hostile) header.
   SD_CHECK(e.size <= e.compressed_size * 1040 + 1024, "zip: '", path_, "': entry '", e.name, "' claims ", e.size,
            " bytes from ", e.compressed_size, " compressed bytes");
+  SD_CHECK(e.size <= inflate_budget() - std::min(*inflated_, inflate_budget()), "zip: '", path_, "': entry '", e.name,
+           "' would inflate to ", e.size, " bytes, past the budget of ", inflate_budget(), " bytes for an archive of ",
+           file_size_, " bytes (", *inflated_, " already inflated): refusing a likely decompression bomb");
+  *inflated_ += e.size;
   auto buf = std::shared_ptr<char[]>(new char[size_t(e.size) + 1]);
   z_stream zs{};
   SD_CHECK(inflateInit2(&zs, -MAX_WBITS) == Z_OK, "zip: inflateInit2 failed");
@@ -215,6 +219,8 @@ ZipArchive::Bytes ZipArchive::read(const Entry& e) const {
     }
     if (zs.avail_out == 0) {
       // One spare byte beyond the declared size lets us notice data longer than declared.
+      SD_CHECK(out_done < e.size + 1, "zip: '", path_, "': entry '", e.name, "' inflates to more than the ", e.size,
+               " bytes the directory says");
       const uint64_t n = std::min(chunk, e.size + 1 - out_done);
       zs.next_out = reinterpret_cast<Bytef*>(buf.get() + out_done);
       zs.avail_out = uInt(n);

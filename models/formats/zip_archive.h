@@ -43,7 +43,13 @@ class ZipArchive {
 
   const std::vector<Entry>& entries() const { return entries_; }
   const Entry* find(const std::string& name) const;  // nullptr when absent
+  // Deflated entries are inflated into memory, never past their declared size, and all of an
+  // archive's together never past inflate_budget() (a few megabytes of hostile deflate data can
+  // claim gigabytes within deflate's real 1032:1 ratio).
   Bytes read(const Entry& e) const;
+  uint64_t inflate_budget() const { return kInflateFloor + kInflatePerFileByte * file_size_; }
+  static constexpr uint64_t kInflateFloor = 64ull << 20;
+  static constexpr uint64_t kInflatePerFileByte = 16;
   const std::string& path() const { return path_; }
 
  private:
@@ -53,6 +59,7 @@ class ZipArchive {
   size_t file_size_ = 0;
   std::vector<Entry> entries_;
   std::unordered_map<std::string, size_t> by_name_;  // a .ckpt has one entry per storage: thousands
+  mutable std::shared_ptr<uint64_t> inflated_ = std::make_shared<uint64_t>(0);  // bytes inflated so far, all copies
 };
 
 }  // namespace sd
