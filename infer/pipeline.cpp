@@ -49,6 +49,8 @@ std::vector<std::string> weight_files_of(const std::string& path) {
   std::vector<std::string> files;
   if (index.contains("weight_map") && index["weight_map"].is_object())
     for (const auto& [key, file] : index["weight_map"].items()) {
+      SD_CHECK(file.is_string(), "pipeline: '", path, "': weight_map entry \"", key, "\" is ", file.dump(),
+               ", not a file name");
       const std::string f = (fs::path(path).parent_path() / file.get<std::string>()).string();
       if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);
     }
@@ -126,12 +128,56 @@ std::string prediction_override(const PipelineOptions& o) {
   return json{{"prediction_type", nn::prediction_name(o.prediction)}}.dump();
 }
 
+// model_index.json: the types of the keys read, and the class of each component sd builds (an
+// unknown class would otherwise be loaded as whatever sd assumes the component is).
+void check_model_index(const json& index, const fs::path& path) {
+  const std::string where = "'" + path.string() + "'";
+  SD_CHECK(index.is_object(), where, " is not a JSON object");
+  if (index.contains("_class_name"))
+    SD_CHECK(index["_class_name"].is_string(), where, ": \"_class_name\" is ", index["_class_name"].dump(),
+             ", not a pipeline class name");
+  for (const char* k : {"force_zeros_for_empty_prompt", "requires_aesthetics_score"})
+    if (index.contains(k))
+      SD_CHECK(index[k].is_boolean(), where, ": \"", k, "\" is ", index[k].dump(), ", not true or false");
+  struct Component {
+    const char* name;
+    std::vector<std::string> classes;  // empty: any name ending in `suffix`
+    const char* suffix;
+  };
+  const Component components[] = {
+      {"unet", {"UNet2DConditionModel"}, ""},
+      {"vae", {"AutoencoderKL"}, ""},
+      {"text_encoder", {"CLIPTextModel", "CLIPTextModelWithProjection"}, ""},
+      {"text_encoder_2", {"CLIPTextModel", "CLIPTextModelWithProjection"}, ""},
+      {"tokenizer", {"CLIPTokenizer", "CLIPTokenizerFast"}, ""},
+      {"tokenizer_2", {"CLIPTokenizer", "CLIPTokenizerFast"}, ""},
+      {"scheduler", {}, "Scheduler"},  // the class itself is checked with scheduler_config.json
+  };
+  for (const Component& c : components) {
+    if (!index.contains(c.name) || !index[c.name].is_array() || index[c.name].size() != 2 || index[c.name][0].is_null())
+      continue;  // absent or [null, null]: no such component
+    const json& cls = index[c.name][1];
+    SD_CHECK(cls.is_string(), where, ": component \"", c.name, "\" has class ", cls.dump(), ", not a class name");
+    const std::string name = cls.get<std::string>();
+    bool ok = std::find(c.classes.begin(), c.classes.end(), name) != c.classes.end();
+    if (c.classes.empty()) {
+      const std::string suffix = c.suffix;
+      ok = name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    }
+    std::string expected;
+    for (const std::string& e : c.classes) expected += (expected.empty() ? "" : " or ") + e;
+    SD_CHECK(ok, where, ": component \"", c.name, "\" is a ", name, ", which sd cannot load (expected ",
+             expected.empty() ? std::string("a diffusers scheduler") : expected, ")");
+  }
+}
+
 void load_folder(Pipeline& p, const fs::path& dir, const PipelineOptions& o) {
   const fs::path index_path = dir / "model_index.json";
   SD_CHECK(fs::is_regular_file(index_path), "'", dir.string(),
            "' is not a diffusers pipeline folder: it has no model_index.json (expected model_index.json, unet/, "
            "vae/, text_encoder/, tokenizer/, scheduler/), nor is it a single-file checkpoint");
   const json index = read_json(index_path);
+  check_model_index(index, index_path);
   p.pipeline_class = index.value("_class_name", std::string());
   auto present = [&](const char* name) {
     return index.contains(name) && index[name].is_array() && index[name].size() == 2 && !index[name][0].is_null() &&
@@ -271,9 +317,17 @@ ClipTokenizer load_tokenizer_folder(const std::string& dir) {
   if (fs::is_regular_file(d / "tokenizer_config.json")) {
     const json c = read_json(d / "tokenizer_config.json");
     if (c.contains("pad_token")) pad = token_string(c["pad_token"]);
-    if (c.contains("model_max_length") && c["model_max_length"].is_number_integer()) {
-      const int64_t m = c["model_max_length"].get<int64_t>();
-      if (m >= 3 && m <= 77) max_length = int(m);  // larger values mean "unset" in transformers
+    if (c.contains("model_max_length")) {
+      // transformers writes int(1e30) for "unset"; anything else must be a length CLIP can take
+      // (BOS, at least one token, EOS; at most its 77 positions).
+      const json& m = c["model_max_length"];
+      const bool unset = m.is_number() && m.get<double>() >= 1e29;
+      if (!unset) {
+        SD_CHECK(m.is_number_integer() && m.get<int64_t>() >= 3 && m.get<int64_t>() <= 77, "tokenizer config '",
+                 (d / "tokenizer_config.json").string(), "': \"model_max_length\" is ", m.dump(),
+                 ", expected 3 to 77 (CLIP's positions) or transformers' unset value 1e30");
+        max_length = int(m.get<int64_t>());
+      }
     }
   }
   if (fs::is_regular_file(d / "special_tokens_map.json")) {

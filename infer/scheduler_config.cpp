@@ -116,12 +116,28 @@ class Reader {
             j_.contains(k) ? j_.at(k).dump() : std::string("absent"), ")");
   }
 
+  // Integers of a scheduler config are step counts and offsets: anything past 2^31 (or a float
+  // such as 1e30, whose conversion would be undefined) is refused before a table is sized by it.
   int64_t integer(const std::string& k, int64_t def) const {
     if (!has(k)) return def;
     const json& v = j_.at(k);
-    if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) return int64_t(v.get<double>());
-    fail(k, "must be an integer");
+    constexpr double kLimit = double(int64_t(1) << 31);
+    double d = 0;
+    if (v.is_number_unsigned()) d = double(v.get<uint64_t>());
+    else if (v.is_number_integer()) d = double(v.get<int64_t>());
+    else if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) d = v.get<double>();
+    else fail(k, "must be an integer");
+    if (!(std::fabs(d) <= kLimit)) fail(k, "is out of range");
+    return int64_t(d);
+  }
+  int64_t in_range(const std::string& k, int64_t v, int64_t lo, int64_t hi) const {
+    if (v < lo || v > hi) fail(k, "must be between ", lo, " and ", hi);
+    return v;
+  }
+  // A finite number strictly between lo and hi (betas, scales: the ends would divide by zero).
+  double inside(const std::string& k, double v, double lo, double hi) const {
+    if (!(std::isfinite(v) && v > lo && v < hi)) fail(k, "must be a finite number above ", lo, " and below ", hi);
+    return v;
   }
   static bool number_of(const json& v, double* out) {
     if (v.is_number()) {
@@ -276,8 +292,21 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
   std::string cls = target_class;
   if (cls.empty()) {
     SD_CHECK(file.contains("_class_name") && file["_class_name"].is_string(), "scheduler config ", source,
-             ": no \"_class_name\" and no scheduler class given");
+             ": no \"_class_name\" (a string) and no scheduler class given");
     cls = file["_class_name"].get<std::string>();
+    SD_CHECK(class_keys().count(cls), "scheduler config ", source, ": \"_class_name\" \"", cls,
+             "\" is not a scheduler sd supports (", [] {
+               std::string list;
+               for (const std::string& n : SchedulerConfig::supported_classes()) list += (list.empty() ? "" : ", ") + n;
+               return list;
+             }(), "); choose one with --scheduler");
+  } else if (file.contains("_class_name")) {
+    // The file's own class does not matter when another is asked for, but it must look like one
+    // (diffusers' from_config takes any scheduler's config).
+    const json& fc = file["_class_name"];
+    SD_CHECK(fc.is_string() && fc.get<std::string>().size() > 9 &&
+                 fc.get<std::string>().compare(fc.get<std::string>().size() - 9, 9, "Scheduler") == 0,
+             "scheduler config ", source, ": \"_class_name\" ", fc.dump(), " is not a scheduler class name");
   }
   SchedulerConfig c = SchedulerConfig::defaults(cls);
   c.source = source;
@@ -312,13 +341,16 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
     const Reader rs(js, source, cls);
     c.sigma_min = rs.optional_number("sigma_min");
     c.sigma_max = rs.optional_number("sigma_max");
+    if (c.sigma_min) rs.inside("sigma_min", *c.sigma_min, 0.0, 1e6);
+    if (c.sigma_max) rs.inside("sigma_max", *c.sigma_max, 0.0, 1e6);
   }
 
   // ---- common ----
-  c.num_train_timesteps = r.integer("num_train_timesteps", c.num_train_timesteps);
-  if (c.num_train_timesteps < 2) r.fail("num_train_timesteps", "must be at least 2");
-  c.beta_start = r.number("beta_start", c.beta_start);
-  c.beta_end = r.number("beta_end", c.beta_end);
+  c.num_train_timesteps = r.in_range("num_train_timesteps", r.integer("num_train_timesteps", c.num_train_timesteps), 2,
+                                     100000);
+  // A beta is a variance fraction: 0 < beta < 1, or alphas_cumprod reaches 0 (or goes negative).
+  c.beta_start = r.inside("beta_start", r.number("beta_start", c.beta_start), 0.0, 1.0);
+  c.beta_end = r.inside("beta_end", r.number("beta_end", c.beta_end), 0.0, 1.0);
   c.beta_schedule = r.string("beta_schedule", c.beta_schedule);
   if (r.has_value("trained_betas")) {
     const json& tb = jc["trained_betas"];
@@ -326,6 +358,8 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
     for (const json& v : tb) {
       double d = 0;
       if (!Reader::number_of(v, &d)) r.fail("trained_betas", "must be a list of numbers or null");
+      if (!(std::isfinite(d) && d > 0.0 && d < 1.0))
+        r.fail("trained_betas", "must hold finite numbers above 0 and below 1 (", d, " is not)");
       c.trained_betas.push_back(d);
     }
     if (int64_t(c.trained_betas.size()) != c.num_train_timesteps)
@@ -337,7 +371,7 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
   if (keys.count("rescale_betas_zero_snr")) c.rescale_betas_zero_snr = r.flag("rescale_betas_zero_snr", false);
   c.prediction_type = r.string("prediction_type", c.prediction_type);
   c.timestep_spacing = r.string("timestep_spacing", c.timestep_spacing);
-  c.steps_offset = r.integer("steps_offset", c.steps_offset);
+  c.steps_offset = r.in_range("steps_offset", r.integer("steps_offset", c.steps_offset), 0, c.num_train_timesteps);
   if (cls != "LCMScheduler")  // LCM ignores timestep_spacing
     r.one_of("timestep_spacing", c.timestep_spacing, {"leading", "linspace", "trailing"});
 
@@ -345,7 +379,7 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
   if (keys.count("thresholding")) r.require_off("thresholding", "dynamic thresholding is not implemented");
   if (keys.count("clip_sample")) {
     c.clip_sample = r.flag("clip_sample", c.clip_sample);
-    c.clip_sample_range = r.number("clip_sample_range", c.clip_sample_range);
+    c.clip_sample_range = r.inside("clip_sample_range", r.number("clip_sample_range", c.clip_sample_range), 0.0, 1e6);
   }
   if (keys.count("set_alpha_to_one")) c.set_alpha_to_one = r.flag("set_alpha_to_one", c.set_alpha_to_one);
   if (keys.count("use_beta_sigmas")) r.require_off("use_beta_sigmas", "beta sigmas (scipy) are not implemented");
@@ -374,7 +408,7 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
       c.original_inference_steps = r.integer("original_inference_steps", 50);
       if (c.original_inference_steps < 1 || c.original_inference_steps > c.num_train_timesteps)
         r.fail("original_inference_steps", "must be in [1, num_train_timesteps]");
-      c.timestep_scaling = r.number("timestep_scaling", 10.0);
+      c.timestep_scaling = r.inside("timestep_scaling", r.number("timestep_scaling", 10.0), 0.0, 1e6);
     }
   } else if (cls == "PNDMScheduler") {
     c.skip_prk_steps = r.flag("skip_prk_steps", false);
@@ -402,6 +436,7 @@ SchedulerConfig build(const json& file, const std::string& source, const std::st
     c.euler_at_final = r.flag("euler_at_final", false);
     c.use_lu_lambdas = r.flag("use_lu_lambdas", false);
     c.lambda_min_clipped = r.number("lambda_min_clipped", c.lambda_min_clipped);
+    if (std::isnan(c.lambda_min_clipped)) r.fail("lambda_min_clipped", "must not be NaN");
     r.require_off("variance_type", "learned variance is not implemented");
   } else if (cls == "UniPCMultistepScheduler") {
     r.one_of("prediction_type", p, {"epsilon", "v_prediction", "sample"});

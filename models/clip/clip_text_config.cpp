@@ -1,5 +1,6 @@
 #include "models/clip/clip_text_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -12,11 +13,15 @@ namespace {
 
 using nlohmann::json;
 
-// Integer keys: absent keeps the default; present must be an integer (JSON 77, not "77" or 77.5).
-void read_int(const json& j, const char* key, int64_t& out, const std::string& where) {
+// Integer keys: absent keeps the default; present must be an integer (JSON 77, not "77" or 77.5)
+// in [lo, hi], checked before anything is sized by it.
+void read_int(const json& j, const char* key, int64_t& out, const std::string& where, int64_t lo, int64_t hi) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return;
   SD_CHECK(it->is_number_integer(), where, ": \"", key, "\" must be an integer, got ", it->dump());
+  const bool fits = it->is_number_unsigned() ? it->get<uint64_t>() <= uint64_t(hi) : it->get<int64_t>() <= hi;
+  SD_CHECK(fits && it->get<int64_t>() >= lo, where, ": \"", key, "\" must be between ", lo, " and ", hi, ", got ",
+           it->dump());
   out = it->get<int64_t>();
 }
 
@@ -61,17 +66,20 @@ ClipTextConfig ClipTextConfig::from_json(const std::string& text, const std::str
   }
 
   ClipTextConfig c;
-  read_int(j, "vocab_size", c.vocab_size, where);
-  read_int(j, "hidden_size", c.hidden_size, where);
-  read_int(j, "intermediate_size", c.intermediate_size, where);
-  read_int(j, "num_hidden_layers", c.num_hidden_layers, where);
-  read_int(j, "num_attention_heads", c.num_attention_heads, where);
-  read_int(j, "max_position_embeddings", c.max_position_embeddings, where);
-  read_int(j, "projection_dim", c.projection_dim, where);
-  read_int(j, "bos_token_id", c.bos_token_id, where);
-  read_int(j, "eos_token_id", c.eos_token_id, where);
-  read_int(j, "pad_token_id", c.pad_token_id, where);
+  read_int(j, "vocab_size", c.vocab_size, where, 1, 1 << 20);
+  read_int(j, "hidden_size", c.hidden_size, where, 1, 16384);
+  read_int(j, "intermediate_size", c.intermediate_size, where, 1, 65536);
+  read_int(j, "num_hidden_layers", c.num_hidden_layers, where, 1, 128);
+  read_int(j, "num_attention_heads", c.num_attention_heads, where, 1, 1024);
+  read_int(j, "max_position_embeddings", c.max_position_embeddings, where, 1, 8192);
+  read_int(j, "projection_dim", c.projection_dim, where, 1, 16384);
+  // Token ids: transformers' legacy CLIP configs carry 0 / 2 / 1, whatever the vocabulary says.
+  read_int(j, "bos_token_id", c.bos_token_id, where, 0, 1 << 20);
+  read_int(j, "eos_token_id", c.eos_token_id, where, 0, 1 << 20);
+  read_int(j, "pad_token_id", c.pad_token_id, where, 0, 1 << 20);
   read_double(j, "layer_norm_eps", c.layer_norm_eps, where);
+  SD_CHECK(std::isfinite(c.layer_norm_eps) && c.layer_norm_eps > 0 && c.layer_norm_eps <= 1, where,
+           ": \"layer_norm_eps\" must be a finite number above 0 up to 1, got ", c.layer_norm_eps);
 
   if (auto it = j.find("hidden_act"); it != j.end()) {
     const std::string act = it->is_string() ? it->get<std::string>() : it->dump();

@@ -37,10 +37,39 @@ class ConfigReader {
             j_.contains(k) ? j_[k].dump() : std::string("absent"), ")");
   }
 
+  // Every integer of a config is a size, count or id far below 2^31: larger values (and floats
+  // such as 1e30, whose conversion would be undefined) are refused before anything is allocated.
+  static constexpr int64_t kIntLimit = int64_t(1) << 31;
   int64_t as_int(const std::string& k, const json& v) {
-    if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) return int64_t(v.get<double>());
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(kIntLimit)) fail(k, "is out of range");
+    if (v.is_number_integer()) {
+      const int64_t i = v.get<int64_t>();
+      if (i > kIntLimit || i < -kIntLimit) fail(k, "is out of range");
+      return i;
+    }
+    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) {
+      const double d = v.get<double>();
+      if (!(std::fabs(d) <= double(kIntLimit))) fail(k, "is out of range");
+      return int64_t(d);
+    }
     fail(k, "must be an integer");
+  }
+  // Range checks with the key in the message; they run right after a value is read, before the
+  // model is built from it (a layer count of 1e9 would otherwise allocate gigabytes first).
+  int64_t in_range(const std::string& k, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi) fail(k, "must be between ", lo, " and ", hi);
+    return v;
+  }
+  const std::vector<int64_t>& in_range(const std::string& k, const std::vector<int64_t>& v, int64_t lo, int64_t hi) {
+    for (int64_t x : v)
+      if (x < lo || x > hi) fail(k, "must hold values between ", lo, " and ", hi, " (", x, " is not)");
+    return v;
+  }
+  // A finite number in [lo, hi]; with open_low, lo itself is excluded (for eps and scales).
+  double in_range(const std::string& k, double v, double lo, double hi, bool open_low = false) {
+    if (!std::isfinite(v) || v < lo || v > hi || (open_low && v == lo))
+      fail(k, "must be a finite number ", open_low ? "above " : "from ", lo, open_low ? " up to " : " to ", hi);
+    return v;
   }
   int64_t integer(const std::string& k, int64_t def) {
     if (!present(k)) return def;

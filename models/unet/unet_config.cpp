@@ -123,44 +123,47 @@ UNetConfig UNetConfig::from_json_string(const std::string& text, const std::stri
       r.fail("up_block_types", "has unsupported block \"", t, "\" (only CrossAttnUpBlock2D, UpBlock2D)");
   }
   const size_t n = c.down_block_types.size();
+  if (n < 1 || n > 8) r.fail("down_block_types", "must have 1 to 8 blocks");
+  r.in_range("block_out_channels", c.block_out_channels, 1, 16384);
   if (c.up_block_types.size() != n) r.fail("up_block_types", "must have as many entries as down_block_types");
   if (c.block_out_channels.size() != n) r.fail("block_out_channels", "must have one entry per down block");
   c.mid_block_type = r.string_or_empty("mid_block_type", "UNetMidBlock2DCrossAttn");
   if (!c.mid_block_type.empty() && c.mid_block_type != "UNetMidBlock2DCrossAttn" && c.mid_block_type != "UNetMidBlock2D")
     r.fail("mid_block_type", "is not supported: only \"UNetMidBlock2DCrossAttn\", \"UNetMidBlock2D\" or null");
 
-  c.in_channels = r.integer("in_channels", 4);
-  c.out_channels = r.integer("out_channels", 4);
+  c.in_channels = r.in_range("in_channels", r.integer("in_channels", 4), 1, 256);
+  c.out_channels = r.in_range("out_channels", r.integer("out_channels", 4), 1, 256);
   if (r.has_value("sample_size")) {
     const json& v = r.at("sample_size");
     if (v.is_array()) {
       if (v.size() != 2) r.fail("sample_size", "must be an integer or [height, width]");
-      c.sample_size = {r.as_int("sample_size", v[0]), r.as_int("sample_size", v[1])};
+      c.sample_size = {r.in_range("sample_size", r.as_int("sample_size", v[0]), 1, 4096),
+                       r.in_range("sample_size", r.as_int("sample_size", v[1]), 1, 4096)};
     } else {
-      const int64_t s = r.as_int("sample_size", v);
+      const int64_t s = r.in_range("sample_size", r.as_int("sample_size", v), 1, 4096);
       c.sample_size = {s, s};
     }
   }
   c.center_input_sample = r.flag("center_input_sample", false);
   c.flip_sin_to_cos = r.flag("flip_sin_to_cos", true);
-  c.freq_shift = r.number("freq_shift", 0.0);
-  c.layers_per_block = r.per_block("layers_per_block", 2, n);
+  c.freq_shift = r.in_range("freq_shift", r.number("freq_shift", 0.0), -1000.0, 1000.0);
+  c.layers_per_block = r.in_range("layers_per_block", r.per_block("layers_per_block", 2, n), 1, 64);
   c.downsample_padding = r.integer("downsample_padding", 1);
   if (c.downsample_padding != 0 && c.downsample_padding != 1)
     r.fail("downsample_padding", "is not supported: only 0 or 1");
-  c.mid_block_scale_factor = r.number("mid_block_scale_factor", 1.0);
+  c.mid_block_scale_factor = r.in_range("mid_block_scale_factor", r.number("mid_block_scale_factor", 1.0), 0.0, 1000.0, true);
   if (r.is_null("norm_num_groups"))
     r.fail("norm_num_groups", "is not supported as null (no output GroupNorm, per-block group counts)");
-  c.norm_num_groups = r.integer("norm_num_groups", 32);
-  c.norm_eps = r.number("norm_eps", 1e-5);
-  c.cross_attention_dim = r.per_block("cross_attention_dim", 1280, n);
+  c.norm_num_groups = r.in_range("norm_num_groups", r.integer("norm_num_groups", 32), 1, 16384);
+  c.norm_eps = r.in_range("norm_eps", r.number("norm_eps", 1e-5), 0.0, 1.0, true);
+  c.cross_attention_dim = r.in_range("cross_attention_dim", r.per_block("cross_attention_dim", 1280, n), 1, 16384);
   c.use_linear_projection = r.flag("use_linear_projection", false);
   c.upcast_attention = r.flag("upcast_attention", false);
   c.conv_in_kernel = r.integer("conv_in_kernel", 3);
   c.conv_out_kernel = r.integer("conv_out_kernel", 3);
   for (const char* k : {"conv_in_kernel", "conv_out_kernel"}) {
     const int64_t v = std::string(k) == "conv_in_kernel" ? c.conv_in_kernel : c.conv_out_kernel;
-    if (v < 1 || v % 2 == 0) r.fail(k, "must be a positive odd kernel size");
+    if (v < 1 || v > 15 || v % 2 == 0) r.fail(k, "must be an odd kernel size from 1 to 15");
   }
 
   // Attention heads: diffusers' num_attention_heads = num_attention_heads or attention_head_dim,
@@ -168,7 +171,7 @@ UNetConfig UNetConfig::from_json_string(const std::string& text, const std::stri
   if (r.has_value("num_attention_heads"))
     r.fail("num_attention_heads", "is rejected by diffusers' UNet2DConditionModel (attention_head_dim holds the "
            "head counts)");
-  c.attention_heads = r.per_block("attention_head_dim", 8, n);
+  c.attention_heads = r.in_range("attention_head_dim", r.per_block("attention_head_dim", 8, n), 1, 1024);
 
   // Transformer depth per layer.
   {
@@ -177,12 +180,15 @@ UNetConfig UNetConfig::from_json_string(const std::string& text, const std::stri
                         ? r.at("transformer_layers_per_block")
                         : json(1);
     c.transformer_layers_per_block = r.per_layer("transformer_layers_per_block", tl, c.layers_per_block, &nested);
+    for (const std::vector<int64_t>& l : c.transformer_layers_per_block) r.in_range("transformer_layers_per_block", l, 1, 64);
     std::vector<int64_t> up_layers;
     for (size_t i = 0; i < n; ++i) up_layers.push_back(c.num_up_layers(i));
     if (r.has_value("reverse_transformer_layers_per_block")) {
       c.reverse_transformer_layers_per_block =
           r.per_layer("reverse_transformer_layers_per_block", r.at("reverse_transformer_layers_per_block"),
                       up_layers, nullptr);
+      for (const std::vector<int64_t>& l : c.reverse_transformer_layers_per_block)
+        r.in_range("reverse_transformer_layers_per_block", l, 1, 64);
     } else {
       if (nested)
         r.fail("transformer_layers_per_block",
@@ -196,10 +202,10 @@ UNetConfig UNetConfig::from_json_string(const std::string& text, const std::stri
 
   // Time embedding.
   r.require_string("time_embedding_type", {"positional"});
-  c.time_embedding_dim = r.optional_integer("time_embedding_dim");
+  c.time_embedding_dim = r.in_range("time_embedding_dim", r.optional_integer("time_embedding_dim"), 0, 65536);
   r.require_null("time_embedding_act_fn", "only null (no activation after the time embedding)");
   r.require_null("timestep_post_act", "only null");
-  c.time_cond_proj_dim = r.optional_integer("time_cond_proj_dim");
+  c.time_cond_proj_dim = r.in_range("time_cond_proj_dim", r.optional_integer("time_cond_proj_dim"), 0, 65536);
   r.require_string("act_fn", {"silu", "swish"});
   r.require_string("resnet_time_scale_shift", {"default"});
 
@@ -208,8 +214,9 @@ UNetConfig UNetConfig::from_json_string(const std::string& text, const std::stri
   if (!c.addition_embed_type.empty() && c.addition_embed_type != "text_time")
     r.fail("addition_embed_type", "is not supported: only null or \"text_time\"");
   if (c.addition_embed_type == "text_time") {
-    c.addition_time_embed_dim = r.optional_integer("addition_time_embed_dim");
-    c.projection_class_embeddings_input_dim = r.optional_integer("projection_class_embeddings_input_dim");
+    c.addition_time_embed_dim = r.in_range("addition_time_embed_dim", r.optional_integer("addition_time_embed_dim"), 0, 65536);
+    c.projection_class_embeddings_input_dim = r.in_range(
+        "projection_class_embeddings_input_dim", r.optional_integer("projection_class_embeddings_input_dim"), 0, 1 << 20);
     if (c.addition_time_embed_dim <= 0) r.fail("addition_time_embed_dim", "must be set for text_time");
     if (c.projection_class_embeddings_input_dim <= 0)
       r.fail("projection_class_embeddings_input_dim", "must be set for text_time");

@@ -41,9 +41,11 @@ VaeConfig VaeConfig::from_json_string(const std::string& text, const std::string
     if (cls != "AutoencoderKL") r.fail("_class_name", "is not \"AutoencoderKL\"");
   }
 
-  c.in_channels = r.integer("in_channels", 3);
-  c.out_channels = r.integer("out_channels", 3);
-  c.block_out_channels = r.ints("block_out_channels", {64});
+  c.in_channels = r.in_range("in_channels", r.integer("in_channels", 3), 1, 256);
+  c.out_channels = r.in_range("out_channels", r.integer("out_channels", 3), 1, 256);
+  c.block_out_channels = r.in_range("block_out_channels", r.ints("block_out_channels", {64}), 1, 16384);
+  if (c.block_out_channels.empty() || c.block_out_channels.size() > 8)
+    r.fail("block_out_channels", "must have 1 to 8 entries");
   c.down_block_types = r.strings("down_block_types", {"DownEncoderBlock2D"});
   c.up_block_types = r.strings("up_block_types", {"UpDecoderBlock2D"});
   for (const auto& t : c.down_block_types)
@@ -59,14 +61,14 @@ VaeConfig VaeConfig::from_json_string(const std::string& text, const std::string
     r.fail("up_block_types", "must have one entry per block_out_channels entry (", c.block_out_channels.size(), ")");
   if (r.present("layers_per_block") && r.at("layers_per_block").is_array())
     r.fail("layers_per_block", "must be one integer (AutoencoderKL has no per-block form)");
-  c.layers_per_block = r.integer("layers_per_block", 1);
+  c.layers_per_block = r.in_range("layers_per_block", r.integer("layers_per_block", 1), 1, 64);
   if (r.present("act_fn")) {
     const json& a = r.at("act_fn");
     if (!a.is_string() || (a.get<std::string>() != "silu" && a.get<std::string>() != "swish"))
       r.fail("act_fn", "is not supported: only \"silu\" (or its alias \"swish\")");
   }
-  c.latent_channels = r.integer("latent_channels", 4);
-  c.norm_num_groups = r.integer("norm_num_groups", 32);
+  c.latent_channels = r.in_range("latent_channels", r.integer("latent_channels", 4), 1, 256);
+  c.norm_num_groups = r.in_range("norm_num_groups", r.integer("norm_num_groups", 32), 1, 16384);
   if (r.has_value("sample_size")) {
     const json& v = r.at("sample_size");
     if (v.is_array()) {
@@ -75,13 +77,18 @@ VaeConfig VaeConfig::from_json_string(const std::string& text, const std::string
     } else {
       c.sample_size = r.as_int("sample_size", v);
     }
+    r.in_range("sample_size", c.sample_size, 1, 65536);
   }
   if (r.present("scaling_factor") && r.at("scaling_factor").is_null())
     r.fail("scaling_factor", "must be a number");
-  c.scaling_factor = r.number("scaling_factor", 0.18215);
+  // A negative or zero scale would flip or erase the latents: refused, as is a shift off the scale.
+  c.scaling_factor = r.in_range("scaling_factor", r.number("scaling_factor", 0.18215), 0.0, 1000.0, true);
   c.shift_factor = r.optional_number("shift_factor");
+  if (c.shift_factor) r.in_range("shift_factor", *c.shift_factor, -1000.0, 1000.0);
   c.latents_mean = r.numbers_or_null("latents_mean");
   c.latents_std = r.numbers_or_null("latents_std");
+  for (double m : c.latents_mean) r.in_range("latents_mean", m, -1000.0, 1000.0);
+  for (double sd : c.latents_std) r.in_range("latents_std", sd, 0.0, 1000.0, true);
   if (c.latents_mean.size() != c.latents_std.size())
     r.fail("latents_std", "must be given together with latents_mean, with as many entries");
   c.force_upcast = r.flag("force_upcast", true);
