@@ -46,6 +46,8 @@ import os
 import shutil
 import types
 
+from fixture_hygiene import strip_machine_paths
+
 import numpy as np
 import torch
 from PIL import Image
@@ -188,6 +190,7 @@ def save_pipeline(pipe, name, vocab_dir):
             for f in ("vocab.json", "merges.txt"):
                 shutil.copy(os.path.join(vocab_dir, f), os.path.join(dst, tok, f))
             os.remove(os.path.join(dst, tok, "tokenizer.json"))  # rebuilt from vocab.json + merges.txt
+    strip_machine_paths(dst)
     return dst
 
 

@@ -43,6 +43,8 @@ import copy
 import os
 import shutil
 
+from fixture_hygiene import strip_machine_paths
+
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
@@ -208,6 +210,7 @@ def make_tiny(name):
         half.save_pretrained(folder, max_shard_size="400KB")
     else:
         half.save_pretrained(folder)
+    strip_machine_paths(folder)
     io["out"] = out.contiguous()
     io["out_f64"] = out64.contiguous()
     io.update(gradients(model, io))

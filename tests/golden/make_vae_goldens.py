@@ -33,6 +33,8 @@ import json
 import os
 import shutil
 
+from fixture_hygiene import strip_machine_paths
+
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
@@ -144,6 +146,7 @@ def make_tiny():
     folder = os.path.join(DATA, "vae_tiny")
     shutil.rmtree(folder, ignore_errors=True)
     vae.to(torch.float16).save_pretrained(folder)
+    strip_machine_paths(folder)
     io.update(out)
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(folder, "io.safetensors"))
 
