@@ -7,15 +7,20 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <vector>
 
+#include "infer/image_decode.h"
 #include "runtime/error.h"
 
 // stb (Debian's libstb-dev) is header-only: its implementation lives in this one file.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+// Only stb's BMP reader is compiled: PNG, JPEG, GIF go through libpng, libjpeg-turbo and giflib
+// (infer/image_decode.cpp), and the other formats stb knows (PNM, PSD, TGA, HDR, PIC) are refused.
 #define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_BMP
 #define STBI_FAILURE_USERMSG
 #include <stb_image.h>
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -94,15 +99,32 @@ void append_to_string(void* ctx, void* data, int size) {
 }  // namespace
 
 Tensor load_image_u8(const std::string& path, int channels) {
-  SD_CHECK(std::filesystem::exists(path), "image '", path, "' does not exist");
-  int w = 0, h = 0, n = 0;
-  unsigned char* data = stbi_load(path.c_str(), &w, &h, &n, channels);
-  SD_CHECK(data != nullptr, "cannot decode image '", path, "': ", stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
-  const int c = channels ? channels : n;
-  Tensor t = empty({h, w, c}, DType::U8);
-  std::memcpy(t.data_ptr(), data, size_t(w) * h * c);
-  stbi_image_free(data);
-  return t;
+  SD_CHECK(std::filesystem::is_regular_file(path), "image '", path, "' does not exist or is not a file");
+  SD_CHECK(channels >= 0 && channels <= 4, "load_image_u8: channels must be 0 to 4, got ", channels);
+  std::ifstream in(path, std::ios::binary);
+  SD_CHECK(in.good(), "cannot open image '", path, "'");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  SD_CHECK(!in.bad(), "cannot read image '", path, "'");
+  if (channels == 3) return decode_image_rgb(bytes.data(), bytes.size(), path);
+  Tensor native = decode_image_native(bytes.data(), bytes.size(), path);
+  const int64_t c = native.size(2);
+  if (channels == 0 || channels == c) return native;
+  // Other channel counts: through RGB(A), as stb_image did (grey from RGB: ITU-R 601 weights, as PIL's "L").
+  const int64_t h = native.size(0), w = native.size(1);
+  Tensor out = empty({h, w, int64_t(channels)}, DType::U8);
+  const uint8_t* s = native.data<uint8_t>();
+  uint8_t* d = out.data<uint8_t>();
+  for (int64_t i = 0; i < h * w; ++i) {
+    const uint8_t* px = s + i * c;
+    const uint8_t r = px[0], g = c >= 3 ? px[1] : px[0], b = c >= 3 ? px[2] : px[0];
+    const uint8_t a = c == 2 ? px[1] : c == 4 ? px[3] : 255;
+    const uint8_t l = uint8_t((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16);
+    uint8_t* o = d + i * channels;
+    if (channels == 1) o[0] = l;
+    else if (channels == 2) o[0] = l, o[1] = a;
+    else o[0] = r, o[1] = g, o[2] = b, o[3] = a;
+  }
+  return out;
 }
 
 Tensor load_image(const std::string& path) {

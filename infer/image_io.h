@@ -1,4 +1,4 @@
-// Images in and out: decoding (PNG, JPEG, BMP, ... through stb_image) with errors that name
+// Images in and out: decoding (infer/image_decode.h: libpng, libjpeg-turbo, libwebp, giflib) with errors that name
 // the file, and PNG encoding that carries text chunks (the generation parameters, as A1111
 // writes them under the key "parameters"), written atomically.
 #pragma once

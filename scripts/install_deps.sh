@@ -16,7 +16,7 @@ PACKAGES=(
   libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer
   zlib1g-dev                                            # gzip'd CLIP merges (bpe_simple_vocab_16e6.txt.gz)
   libsnappy-dev libzstd-dev                             # Snappy/Zstandard Parquet pages (HF datasets)
-  libwebp-dev                                           # WebP training images (PNG/JPEG via stb)
+  libpng-dev libjpeg62-turbo-dev libwebp-dev libgif-dev  # image decoding (fuzzed upstream; stb only for BMP)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -16,15 +16,10 @@
 #include <set>
 #include <sstream>
 
+#include "infer/image_decode.h"
 #include "infer/image_io.h"
 #include "infer/sha256.h"
 #include "runtime/parallel.h"
-
-// stb_image's implementation lives in infer/image_io.cpp; the declarations here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#include <stb_image.h>
-#pragma GCC diagnostic pop
 
 namespace sd::train {
 
@@ -421,15 +416,12 @@ ImageFileInfo inspect_image_bytes(const std::string& bytes, const std::string& n
       info.width = f.width, info.height = f.height;
       info.mode = f.has_alpha ? "RGBA" : "RGB";
     }
-  } else {
-    int w = 0, h = 0, c = 0;
-    if (starts("GIF8", 4))
-      info.format = "gif";
-    else if (starts("BM", 2))
-      info.format = "bmp";
-    if (stbi_info_from_memory(p, int(std::min<size_t>(n, size_t(INT32_MAX))), &w, &h, &c)) {
-      info.width = w, info.height = h;
-      info.mode = info.format == "gif" ? "P" : c == 1 ? "L" : c == 2 ? "LA" : c == 4 ? "RGBA" : "RGB";
+  } else if (starts("GIF8", 4) || starts("BM", 2)) {
+    infer::ImageHeader h;
+    info.format = starts("BM", 2) ? "bmp" : "gif";
+    if (infer::probe_image(p, n, &h).empty()) {
+      info.width = h.width, info.height = h.height;
+      info.mode = h.mode;
     }
   }
   if (info.format.empty()) {

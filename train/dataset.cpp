@@ -1,6 +1,5 @@
 #include "train/dataset.h"
 
-#include <webp/decode.h>
 
 #include <algorithm>
 #include <map>
@@ -10,7 +9,7 @@
 #include <set>
 #include <sstream>
 
-#include <stb_image.h>
+#include "infer/image_decode.h"
 
 #include "infer/sha256.h"
 #include "runtime/error.h"
@@ -45,18 +44,11 @@ std::string read_file(const std::string& path) {
 // listing runs on every example so that a dataset of broken files fails before a model is loaded.
 // Returns "" when fine, else the reason.
 std::string probe_image(const std::string& bytes, int64_t* width = nullptr, int64_t* height = nullptr) {
-  if (bytes.empty()) return "empty file";
-  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  int w = 0, h = 0, c = 0;
-  if (bytes.size() >= 12 && bytes.compare(0, 4, "RIFF") == 0 && bytes.compare(8, 4, "WEBP") == 0) {
-    if (!WebPGetInfo(p, bytes.size(), &w, &h)) return "not a readable WebP image";
-  } else if (!stbi_info_from_memory(p, int(std::min<size_t>(bytes.size(), size_t(INT32_MAX))), &w, &h, &c)) {
-    const char* why = stbi_failure_reason();
-    return std::string("not a readable image (") + (why ? why : "unknown format") + ")";
-  }
-  if (w <= 0 || h <= 0) return "image has no pixels";
-  if (width) *width = w;
-  if (height) *height = h;
+  infer::ImageHeader h;
+  const std::string problem = infer::probe_image(bytes.data(), bytes.size(), &h);
+  if (!problem.empty()) return problem;
+  if (width) *width = h.width;
+  if (height) *height = h.height;
   return "";
 }
 

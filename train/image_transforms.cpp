@@ -4,8 +4,6 @@
 // by one unit and a pixel by one level.
 #include "train/image_transforms.h"
 
-#include <webp/decode.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,95 +16,11 @@
 #include "runtime/parallel.h"
 #include "runtime/rng_core.h"
 
-// stb_image's implementation lives in infer/image_io.cpp (one per program); the declarations here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#include <stb_image.h>
-#pragma GCC diagnostic pop
+#include "infer/image_decode.h"
 
 namespace sd::train {
 
 namespace {
-
-// PIL refuses images over twice Image.MAX_IMAGE_PIXELS (DecompressionBombError).
-constexpr int64_t kMaxPixels = 2 * int64_t(1024 * 1024 * 1024 / 4 / 3);
-
-bool starts_with(const unsigned char* p, size_t n, const char* sig, size_t len) {
-  return n >= len && std::memcmp(p, sig, len) == 0;
-}
-
-void check_pixels(int64_t w, int64_t h, const std::string& name) {
-  SD_CHECK(w > 0 && h > 0, "image '", name, "' has an empty size ", w, "x", h);
-  SD_CHECK(w * h <= kMaxPixels, "image '", name, "' has ", w * h, " pixels (", w, "x", h,
-           "), over PIL's decompression-bomb limit of ", kMaxPixels);
-}
-
-Tensor decode_webp(const unsigned char* p, size_t n, const std::string& name) {
-  WebPBitstreamFeatures f;
-  const VP8StatusCode st = WebPGetFeatures(p, n, &f);
-  SD_CHECK(st == VP8_STATUS_OK, "cannot decode WebP image '", name, "': ",
-           st == VP8_STATUS_NOT_ENOUGH_DATA ? "truncated data" : "invalid bitstream", " (status ", int(st), ")");
-  SD_CHECK(!f.has_animation, "WebP image '", name, "' is animated: only still WebP images are supported");
-  check_pixels(f.width, f.height, name);
-  int w = 0, h = 0;
-  uint8_t* rgb = WebPDecodeRGB(p, n, &w, &h);  // alpha, if any, dropped (not composited), as PIL
-  SD_CHECK(rgb != nullptr, "cannot decode WebP image '", name, "': corrupt or truncated data");
-  Tensor t = empty({h, w, 3}, DType::U8);
-  std::memcpy(t.data_ptr(), rgb, size_t(w) * h * 3);
-  WebPFree(rgb);
-  return t;
-}
-
-// PIL opens a 16-bit grayscale PNG as "I;16" and convert("RGB") clips each value to 255 (stb
-// would keep the high byte).
-bool is_png_gray16(const unsigned char* p, size_t n) {
-  return starts_with(p, n, "\x89PNG\r\n\x1a\n", 8) && n >= 26 && std::memcmp(p + 12, "IHDR", 4) == 0 &&
-         p[24] == 16 && p[25] == 0;
-}
-
-// A JPEG whose last scan is not followed by an end-of-image marker was cut short: PIL raises
-// "image file is truncated" there, where stb would fill the rest with grey. Inside scan data
-// 0xFF is always followed by 0x00 or a restart marker, so 0xFFD9 is the real marker.
-bool jpeg_is_complete(const unsigned char* p, size_t n) {
-  size_t last_sos = 0;
-  for (size_t i = 2; i + 1 < n; ++i)
-    if (p[i] == 0xFF && p[i + 1] == 0xDA) last_sos = i;
-  if (last_sos == 0) return false;
-  for (size_t i = last_sos + 2; i + 1 < n; ++i)
-    if (p[i] == 0xFF && p[i + 1] == 0xD9) return true;
-  return false;
-}
-
-Tensor decode_stb(const unsigned char* p, size_t n, const std::string& name) {
-  SD_CHECK(n <= size_t(INT32_MAX), "image '", name, "' is larger than 2 GiB");
-  const int len = int(n);
-  int w = 0, h = 0, comp = 0;
-  SD_CHECK(stbi_info_from_memory(p, len, &w, &h, &comp) != 0, "cannot decode image '", name, "': ",
-           stbi_failure_reason() ? stbi_failure_reason() : "unknown image format");
-  check_pixels(w, h, name);
-  if (starts_with(p, n, "\xFF\xD8", 2))
-    SD_CHECK(jpeg_is_complete(p, n), "cannot decode image '", name, "': truncated JPEG (no end-of-image marker)");
-  if (is_png_gray16(p, n)) {
-    stbi_us* g = stbi_load_16_from_memory(p, len, &w, &h, &comp, 1);
-    SD_CHECK(g != nullptr, "cannot decode image '", name, "': ",
-             stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
-    Tensor t = empty({h, w, 3}, DType::U8);
-    uint8_t* dst = t.data<uint8_t>();
-    for (int64_t i = 0; i < int64_t(w) * h; ++i) {
-      const uint8_t v = uint8_t(std::min<int>(g[i], 255));
-      dst[3 * i] = dst[3 * i + 1] = dst[3 * i + 2] = v;
-    }
-    stbi_image_free(g);
-    return t;
-  }
-  unsigned char* rgb = stbi_load_from_memory(p, len, &w, &h, &comp, 3);
-  SD_CHECK(rgb != nullptr, "cannot decode image '", name, "': ",
-           stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
-  Tensor t = empty({h, w, 3}, DType::U8);
-  std::memcpy(t.data_ptr(), rgb, size_t(w) * h * 3);
-  stbi_image_free(rgb);
-  return t;
-}
 
 void check_hwc_u8(const Tensor& t, const char* what) {
   SD_CHECK(t.defined() && t.dim() == 3 && t.dtype() == DType::U8 && t.device().is_cpu(), what,
@@ -287,12 +201,7 @@ Tensor resize_nearest(const Tensor& src, int64_t out_h, int64_t out_w) {
 // ---- decoding ------------------------------------------------------------------------------
 
 Tensor decode_image(const void* data, size_t size, const std::string& name) {
-  SD_CHECK(data != nullptr || size == 0, "decode_image: null data for '", name, "'");
-  SD_CHECK(size > 0, "cannot decode image '", name, "': the data is empty");
-  const auto* p = static_cast<const unsigned char*>(data);
-  if (size >= 12 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0)
-    return decode_webp(p, size, name);
-  return decode_stb(p, size, name);
+  return infer::decode_image_rgb(data, size, name);
 }
 
 Tensor decode_image_file(const std::string& path) {

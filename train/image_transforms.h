@@ -22,7 +22,8 @@
 namespace sd::train {
 
 // ---- decoding ----------------------------------------------------------------------------
-// PNG, JPEG, BMP, GIF (first frame) through stb_image, WebP through libwebp; -> [H, W, 3] u8.
+// PNG (libpng), JPEG (libjpeg-turbo, as PIL), WebP (libwebp), GIF (giflib, first frame), BMP
+// (stb_image): infer/image_decode.h; -> [H, W, 3] u8.
 // As PIL's convert("RGB"): alpha is dropped (no compositing: the colour under alpha 0 stays),
 // grayscale is replicated, palettes are expanded, 16-bit RGB(A) keeps the high byte and 16-bit
 // grayscale PNGs are clipped to 255 (PIL's "I;16" -> "RGB"). Corrupt, truncated or empty data,
