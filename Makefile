@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all configure test bench clean
+.PHONY: all configure test bench fuzz clean
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
@@ -13,6 +13,11 @@ configure:
 # Runs every ctest label this machine can run; GPU/MPI tests skip themselves with a message.
 test: all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The readers of untrusted files under ASan + UBSan (clang, build-fuzz/): their tests, then each
+# libFuzzer target for a minute (scripts/fuzz_check.sh; CI runs it after the tests).
+fuzz:
+	./scripts/fuzz_check.sh
 
 bench: all
 	$(BUILD)/bench/sd_bench_cpu --benchmark_counters_tabular=true

@@ -465,8 +465,10 @@ ImageFormat sniff_image_format(const void* data, size_t n) {
 }
 
 // GCC 12 reports a false -Wrestrict in std::string's assignment from literals here (GCC PR105329).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wrestrict"
+#endif
 std::string probe_image(const void* data, size_t n, ImageHeader* out) {
   ImageHeader h;
   const auto* p = static_cast<const unsigned char*>(data);
@@ -519,7 +521,9 @@ std::string probe_image(const void* data, size_t n, ImageHeader* out) {
   if (out) *out = h;
   return pixel_problem(h.width, h.height);
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 Tensor decode_image_rgb(const void* data, size_t size, const std::string& name) {
   Pixels px;

@@ -17,6 +17,7 @@ PACKAGES=(
   zlib1g-dev                                            # gzip'd CLIP merges (bpe_simple_vocab_16e6.txt.gz)
   libsnappy-dev libzstd-dev                             # Snappy/Zstandard Parquet pages (HF datasets)
   libpng-dev libjpeg62-turbo-dev libwebp-dev libgif-dev  # image decoding (fuzzed upstream; stb only for BMP)
+  clang libclang-rt-dev                                 # sanitizer + libFuzzer build of the file readers (make fuzz)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
