@@ -113,7 +113,7 @@ Tensor from_vector(const std::vector<double>& values, const Shape& shape, DType 
   SD_CHECK(int64_t(values.size()) == shape_numel(shape), "from_vector: ", values.size(),
            " values for shape ", shape_str(shape));
   Tensor host = empty(shape, DType::F64);
-  std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(double));
+  if (!values.empty()) std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(double));
   return copy_to(host, dtype, device);
 }
 
@@ -121,7 +121,7 @@ Tensor from_floats(const std::vector<float>& values, const Shape& shape, DType d
   SD_CHECK(int64_t(values.size()) == shape_numel(shape), "from_floats: ", values.size(),
            " values for shape ", shape_str(shape));
   Tensor host = empty(shape, DType::F32);
-  std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(float));
+  if (!values.empty()) std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(float));
   return copy_to(host, dtype, device);
 }
 

@@ -488,7 +488,9 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     bool rslora;    // scale = alpha / sqrt(r)
   };
   std::vector<Planned> plan;
-  for (const auto& [id, g] : groups) {
+  for (const auto& group : groups) {
+    // A plain reference, not a structured binding: lambdas below capture it (clang before 16 cannot).
+    const auto& g = group.second;
     SD_CHECK(!g.down.empty() && !g.up.empty(), "load_lora: ", where, ": module '", g.module, "' of ", g.component,
              " has ", g.down.empty() ? "no down (lora_A / lora_down)" : "no up (lora_B / lora_up)", " tensor (",
              g.down.empty() ? (g.up.empty() ? g.alpha : g.up) : g.down, " is alone)");

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <deque>
 #include <vector>
 
 #include "models/clip/clip_text.h"
@@ -72,14 +73,15 @@ class TextualInversions {
   // tokenizer.frame(expand(tokenizer.encode(prompt))): the padded ids a text encoder consumes.
   std::vector<int> encode_padded(const ClipTokenizer& tokenizer, std::string_view prompt) const;
 
-  const std::vector<TextualInversionEmbedding>& embeddings() const { return embeddings_; }
+  const std::deque<TextualInversionEmbedding>& embeddings() const { return embeddings_; }
 
  private:
   // vectors[i] goes to targets slot i (undefined: that slot gets nothing).
   const TextualInversionEmbedding& add(const std::string& token, const std::string& source,
                                        const std::vector<std::pair<std::string, Tensor>>& vectors,
                                        const TextualInversionTargets& targets);
-  std::vector<TextualInversionEmbedding> embeddings_;
+  // A deque: load() returns a reference to its entry, which must stay valid as more are loaded.
+  std::deque<TextualInversionEmbedding> embeddings_;
 };
 
 }  // namespace sd::nn

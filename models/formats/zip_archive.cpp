@@ -206,6 +206,10 @@ ZipArchive::Bytes ZipArchive::read(const Entry& e) const {
   auto buf = std::shared_ptr<char[]>(new char[size_t(e.size) + 1]);
   z_stream zs{};
   SD_CHECK(inflateInit2(&zs, -MAX_WBITS) == Z_OK, "zip: inflateInit2 failed");
+  struct InflateEnd {  // also when a check below throws
+    z_stream* zs;
+    ~InflateEnd() { inflateEnd(zs); }
+  } end_guard{&zs};
   uint64_t in_done = 0, out_done = 0;
   int rc = Z_OK;
   // zlib counts in 32-bit uInt: feed and drain in chunks so entries past 4 GiB work.
@@ -230,7 +234,6 @@ ZipArchive::Bytes ZipArchive::read(const Entry& e) const {
     if (rc == Z_BUF_ERROR && zs.avail_in == 0 && in_done == e.compressed_size) break;  // input ran out
   }
   const uint64_t produced = zs.total_out;
-  inflateEnd(&zs);
   SD_CHECK(rc == Z_STREAM_END, "zip: '", path_, "': entry '", e.name, "' is not valid deflate data (zlib code ", rc,
            ")");
   SD_CHECK(produced == e.size, "zip: '", path_, "': entry '", e.name, "' inflates to ", produced,

@@ -6,7 +6,12 @@
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const sd::ClipTokenizer tok = sd::ClipTokenizer::from_folder(std::string(SD_TEST_DATA_DIR) + "/lora/tokenizer");
+  // The tiny 1000-token vocabulary of the adapter tests (its pad token is id 999).
+  static const sd::ClipTokenizer tok = [] {
+    sd::TokenizerConfig cfg;
+    cfg.pad_token = 999;
+    return sd::ClipTokenizer::from_folder(std::string(SD_TEST_DATA_DIR) + "/lora/tokenizer", cfg);
+  }();
   static const sd::nn::ClipTextConfig cfg =
       sd::nn::ClipTextConfig::from_file(std::string(SD_TEST_DATA_DIR) + "/clip_tiny_l/config.json");
   const std::string path = sd::fuzz::scratch_file(data, size, ".safetensors");

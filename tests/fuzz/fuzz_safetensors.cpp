@@ -1,4 +1,5 @@
 // safetensors: header parsing, offsets and shapes, then reading every tensor.
+#include "ops/view.h"
 #include "runtime/safetensors.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -8,7 +9,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const sd::SafetensorsFile f = sd::SafetensorsFile::open(path);
     for (const std::string& name : f.keys()) {
       const sd::Tensor t = f.get(name);
-      if (t.numel() > 0 && t.dtype() != sd::DType::Bool) (void)t.to(sd::DType::F32);
+      if (t.numel() > 0 && t.dtype() != sd::DType::Bool) (void)sd::to(t, sd::DType::F32);
     }
     (void)f.metadata();
   });

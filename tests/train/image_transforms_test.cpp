@@ -246,11 +246,13 @@ TEST(ImageTransforms, BadDataRaisesErrorsNamingTheFile) {
       {"header_only.png", png.substr(0, 40)},
       {"truncated.jpg", jpg.substr(0, jpg.size() * 2 / 3)},
       {"truncated.webp", webp.substr(0, webp.size() / 2)},
-      {"random.png", std::string("\x13\x37\xbe\xef random bytes that are no image at all \x01\x02", 47)},
+      {"random.png", std::string("\x13\x37\xbe\xef random bytes that are no image at all \x01\x02")},
       {"riff_not_webp.webp", std::string("RIFF\x10\0\0\0WEBPVP8 \x04\0\0\0abcd", 24)},
       {"empty.png", ""},
   };
-  for (const auto& [name, bytes] : cases) {
+  for (const auto& c : cases) {
+    const std::string& name = c.first;  // plain references: the lambdas capture them (clang < 16)
+    const std::string& bytes = c.second;
     const std::string path = dir + "/" + name;
     write_bytes(path, bytes);
     expect_error_naming([&] { decode_image_file(path); }, name);
