@@ -2,10 +2,12 @@
 
 #include <chrono>
 #include <cmath>
+#include <sstream>
 
 #include "autograd/node.h"
 #include "ops/concat.h"
 #include "ops/elementwise.h"
+#include "ops/optim.h"
 #include "ops/reduce.h"
 #include "ops/view.h"
 #include "runtime/cuda_api.h"
@@ -125,6 +127,35 @@ struct LoopState {
   GenerateTimings* timings;
 };
 
+bool finite(const Tensor& t) { return !has_non_finite({t}); }
+
+// The starting latents of a batch: given ones (--latents) or the init image's VAE encoding can hold
+// NaN/Inf before any step ran.
+void check_start(const Tensor& latents, const GenerateRequest& r, const Pipeline& p, bool img2img) {
+  if (!r.check_finite || finite(latents)) return;
+  throw NonFiniteError(img2img ? "the starting latents hold NaN/Inf: the VAE (" + std::string(dtype_name(p.vae->dtype())) +
+                                     ") encoded the init image to non-finite values"
+                               : std::string("the starting latents hold NaN/Inf: the given latents are not finite"),
+                       NonFiniteError::Stage::Start, 0, 0, img2img ? p.vae->dtype() : DType::F32);
+}
+
+// After a step: the first step whose latents are not finite is named (every later one would be too).
+void check_step(const Tensor& latents, const Pipeline& p, const char* stage, const LoopState& ls) {
+  if (!ls.req->check_finite || finite(latents)) return;
+  std::ostringstream s;
+  s << "latents became NaN/Inf at step " << *ls.step << " of " << ls.total << " (" << stage << ", UNet "
+    << dtype_name(p.dtype) << ")";
+  throw NonFiniteError(s.str(), NonFiniteError::Stage::Denoise, *ls.step, ls.total, p.dtype);
+}
+
+// The images of finite latents: a VAE that overflows (the classic fp16 SDXL VAE) ends here.
+void check_decoded(const Tensor& images, const Pipeline& p, const GenerateRequest& r) {
+  if (!r.check_finite || finite(images)) return;
+  throw NonFiniteError("the decoded image holds NaN/Inf though its latents are finite (VAE decoder in " +
+                           std::string(dtype_name(p.vae->dtype())) + ")",
+                       NonFiniteError::Stage::Decode, 0, 0, p.vae->dtype());
+}
+
 Tensor denoise(const Pipeline& p, Scheduler& s, const std::vector<double>& ts, Tensor latents, const UNetInputs& in,
                bool cfg, double g, double rescale, const char* stage, LoopState& ls) {
   for (double t : ts) {
@@ -146,6 +177,7 @@ Tensor denoise(const Pipeline& p, Scheduler& s, const std::vector<double>& ts, T
     }
     latents = s.step(out, t, latents);
     ++*ls.step;
+    check_step(latents, p, stage, ls);
     if (ls.req->on_step) ls.req->on_step(ProgressEvent{stage, *ls.step, ls.total});
   }
   return latents;
@@ -369,6 +401,7 @@ GenerateResult generate(const Pipeline& pipe, const GenerateRequest& r, NoiseStr
                                            : noise.randn({B, C, h, w}, DType::F32, pipe.device);
       latents = n * sched->init_noise_sigma();
     }
+    check_start(latents, r, pipe, img2img);
     t0 = Clock::now();
     latents = denoise(pipe, *sched, base_ts, latents, unet_inputs(base, res.cfg, B, res.guidance_scale), res.cfg,
                       res.guidance_scale, r.guidance_rescale, refiner ? "base" : "denoise", ls);
@@ -385,6 +418,7 @@ GenerateResult generate(const Pipeline& pipe, const GenerateRequest& r, NoiseStr
     res.timings.denoise_s += elapsed(t0, pipe.device);
     t0 = Clock::now();
     images.push_back(decode(*last, latents, r.vae_tiling));
+    check_decoded(images.back(), *last, r);
     res.timings.decode_s += elapsed(t0, pipe.device);
     latents_out.push_back(latents);
   }

@@ -12,6 +12,9 @@
 //              SDXL: text_embeds + time_ids, LCM: timestep_cond); CFG: u + g (c - u), then
 //              guidance_rescale (std ratio, unbiased std per image); latents = scheduler.step(...)
 //   decode:    vae.decode(latents / scaling_factor) (tiled on request)
+//   checks:    the starting latents, the latents after each step and the images are checked for
+//              NaN/Inf (GenerateRequest::check_finite): a run that breaks stops with NonFiniteError
+//              naming the step instead of handing back a black image
 //
 // Randomness comes from one NoiseStream in diffusers' order (starting latents or posterior sample
 // then img2img noise, then the stochastic samplers' per-step noise), batch after batch.
@@ -36,6 +39,7 @@
 #include "infer/pipeline.h"
 #include "infer/prompt_encoder.h"
 #include "infer/scheduler.h"
+#include "runtime/error.h"
 
 namespace sd::infer {
 
@@ -79,6 +83,23 @@ struct GenerateRequest {
   Tensor latents;
   bool vae_tiling = false;
   std::function<void(const ProgressEvent&)> on_step;
+  // Check the starting latents, the latents after every step and the decoded images for NaN/Inf and
+  // stop with NonFiniteError at the first. Costs one pass over the latents per step (and a wait for
+  // the GPU to finish the step); off, a broken run returns NaN images, which save as black.
+  bool check_finite = true;
+};
+
+// What generate() throws when the numbers stop being numbers: the latents or the decoded image hold
+// NaN or Inf (an fp16 UNet or VAE overflowing, a LoRA scale or guidance far too large, damaged
+// weights). The fields say where, so that a tool can suggest the remedy its own flags offer.
+class NonFiniteError : public Error {
+ public:
+  enum class Stage { Start, Denoise, Decode };
+  NonFiniteError(const std::string& what, Stage stage, int64_t step, int64_t total, DType dtype)
+      : Error(what), stage(stage), step(step), total(total), dtype(dtype) {}
+  Stage stage;
+  int64_t step, total;  // Denoise: the step (1-based over all batches and stages) and their number
+  DType dtype;          // of the model part that produced the values: the UNet, or the VAE (Decode)
 };
 
 struct GenerateTimings {

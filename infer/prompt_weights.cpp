@@ -1,5 +1,6 @@
 #include "infer/prompt_weights.h"
 
+#include <cmath>
 #include <cstdlib>
 
 #include "models/clip/unicode_text.h"
@@ -63,6 +64,19 @@ bool parse_number(const std::string& t, double& v) {
   if (dots > 1 || digits == 0) return false;
   v = std::strtod(t.c_str(), nullptr);
   return true;
+}
+
+// A fragment's weight beyond kMaxPromptWeight in magnitude (or not finite) is refused. Useful weights
+// are a few units; 1,000 nested brackets give 1.1^1000 = 2.5e41, which overflows the f32 weights and
+// then the text encoder's output, so the image comes out black without a word. A1111 takes any weight;
+// every prompt it gives a usable image for stays within this bound.
+constexpr double kMaxPromptWeight = 1000.0;
+
+void check_weight(const PromptFragment& f) {
+  if (std::isfinite(f.weight) && std::fabs(f.weight) <= kMaxPromptWeight) return;
+  const std::string shown = f.text.size() > 40 ? f.text.substr(0, 40) + "..." : f.text;
+  SD_FAIL("prompt emphasis: the weight of \"", shown, "\" is ", f.weight, " (nested brackets multiply: each ( ) by 1.1, ",
+          "and (text:N) by N); weights beyond +-", kMaxPromptWeight, " are refused: write (text:N) with a small N");
 }
 
 }  // namespace
@@ -130,6 +144,8 @@ std::vector<PromptFragment> parse_prompt_weights(std::string_view prompt) {
   for (size_t p : round) multiply_range(p, kRoundMultiplier);
   for (size_t p : square) multiply_range(p, kSquareMultiplier);
   if (res.empty()) res.push_back(PromptFragment{"", 1.0, false});
+  for (const PromptFragment& f : res)
+    if (!f.is_break && !f.text.empty()) check_weight(f);  // the weight of no text changes nothing
   for (size_t k = 0; k + 1 < res.size();) {
     if (!res[k].is_break && !res[k + 1].is_break && res[k].weight == res[k + 1].weight) {
       res[k].text += res[k + 1].text;

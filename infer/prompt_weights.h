@@ -14,7 +14,9 @@
 // are bit-identical to A1111's (e.g. "(((house:1.3)))" -> 1.3*1.1*1.1 = 1.5730000000000004).
 // Deliberate differences: A1111 turns BREAK inside brackets into literal text "BREAK" with a
 // negative weight (a quirk of storing BREAK as weight -1); here BREAK always breaks. A weight
-// that is not a number ("(a:1.2.3)") makes A1111 raise; here the ':...)' stays literal text.
+// that is not a number ("(a:1.2.3)") makes A1111 raise; here the ':...)' stays literal text. A weight
+// beyond +-1000 or not finite (1,000 nested brackets: 1.1^1000) is an sd::Error naming the text: it
+// would overflow the text encoder's output into a black image; A1111 takes it.
 #pragma once
 #include <string>
 #include <string_view>

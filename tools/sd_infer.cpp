@@ -13,6 +13,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -25,9 +27,11 @@
 #include "infer/image_io.h"
 #include "infer/infotext.h"
 #include "infer/pipeline.h"
+#include "infer/prompt_weights.h"
 #include "models/adapters/lora.h"
 #include "models/adapters/textual_inversion.h"
 #include "infer/scheduler.h"
+#include "models/clip/unicode_text.h"
 #include "ops/view.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
@@ -62,13 +66,22 @@ model:
   --refiner PATH             SDXL refiner (folder or file) run after the base: the "ensemble of expert
                              denoisers" (base with denoising_end, refiner with denoising_start)
   --high_noise_frac F        the fraction of the schedule the base runs (default 0.8); alias --denoising_end
-  --lora FILE[:SCALE]        LoRA adapter, kohya or diffusers/PEFT layout (repeatable; scale default 1)
-  --embedding FILE           textual-inversion embedding: diffusers learned_embeds, A1111 emb_params,
-                             SDXL clip_l/clip_g (repeatable); its trigger is the file's token or stem
+  --lora FILE[:SCALE]        LoRA adapter, kohya or diffusers/PEFT layout (repeatable; scale default 1,
+                             any finite number). A file whose keys name no layer of the model, or that
+                             holds NaN/Inf, is an error
+  --embedding FILE|DIR       textual-inversion embedding: diffusers learned_embeds (file or its folder),
+                             A1111 emb_params, SDXL clip_l/clip_g (repeatable); its trigger is the
+                             file's token or stem
 
 prompt:
-  --prompt TEXT              required, not empty. A1111 syntax: (word:1.3) weights, (word) x1.1,
-                             [word] /1.1, BREAK; longer prompts are encoded in 75-token chunks
+  --prompt TEXT              required (or --prompt_file), not empty. A1111 syntax: (word:1.3) weights,
+                             (word) x1.1, [word] /1.1, BREAK; longer prompts are encoded in 75-token
+                             chunks; a weight beyond +-1000 is refused
+  --prompt_file FILE         one prompt per line, as A1111's "prompts from file" (lines trimmed, blank
+                             lines skipped; the text is the prompt, options on a line are not read):
+                             each line makes --num_images_per_prompt images with the same --seed and
+                             the other flags, so each PNG's parameters reproduce it with --prompt.
+                             The model loads once. Excludes --prompt
   --negative_prompt TEXT     SDXL without one uses zero negative conditioning (force_zeros_for_empty_prompt)
   --literal_prompt           take the prompt text literally and cut it at 77 tokens, as diffusers does
   --clip_skip N              diffusers' clip_skip (A1111's "Clip skip" is N+1); as diffusers, the
@@ -112,7 +125,8 @@ runtime:
   --no_vae_upcast            run an fp16 VAE in fp16 (fp16-safe VAEs only)
 
 output:
-  --output_dir DIR           default outputs/
+  --output_dir DIR           default outputs/; created when missing and checked writable before the
+                             model loads
   --quiet                    no progress bar or messages (errors still go to stderr)
   --json                     print a JSON summary on stdout: files, parameters, timings per stage
                              (load, text encode, denoise, decode), it/s, peak memory
@@ -122,6 +136,10 @@ examples:
   sd_infer --prompt "a red circle on a blue background, top left"      (the built-in shapes model)
   sd_infer --model path/to/stable-diffusion-v1-5 --prompt "a cat" --steps 25 --dtype fp16 --device cuda
   sd_infer --model sd_xl_base_1.0.safetensors --prompt "a cat" --width 1024 --height 1024
+  sd_infer --prompt_file prompts.txt --seed 42          (one image per line of prompts.txt)
+
+A run whose latents or decoded image become NaN/Inf (an fp16 UNet or VAE that overflows, a LoRA scale
+far too large) stops with an error naming the step instead of writing a black image.
 )");
 }
 
@@ -168,25 +186,120 @@ int64_t parse_int(const std::string& flag, const std::string& v) {
   throw UsageError(flag + ": expected an integer, got '" + v + "'");
 }
 
-// --lora FILE[:SCALE]: the scale is what follows the last ':' when it is a number (default 1).
+// --lora FILE[:SCALE], resolved in check_options once the file system can be asked.
 struct LoraArg {
+  std::string spec;  // as given
   std::string path;
   double scale = 1.0;
 };
-LoraArg parse_lora(const std::string& v) {
-  const size_t p = v.rfind(':');
-  if (p != std::string::npos && p > 0 && p + 1 < v.size()) {
-    try {
-      size_t n = 0;
-      const double s = std::stod(v.substr(p + 1), &n);
-      if (n == v.size() - p - 1 && std::isfinite(s)) return {v.substr(0, p), s};
-    } catch (const std::exception&) {
-    }
+
+std::optional<double> finite_number(const std::string& v) {
+  try {
+    size_t n = 0;
+    const double d = std::stod(v, &n);
+    if (n == v.size() && std::isfinite(d)) return d;
+  } catch (const std::exception&) {
   }
-  return {v, 1.0};
+  return std::nullopt;
+}
+
+// A LoRA path must be a file: a folder (e.g. the trainer's output_dir) gets its own message.
+void check_lora_path(const std::string& path) {
+  if (fs::is_directory(path))
+    throw UsageError("--lora '" + path + "' is a directory; expected a LoRA file (.safetensors, or .bin/.pt/.ckpt)" +
+                     (fs::is_regular_file(fs::path(path) / "pytorch_lora_weights.safetensors")
+                          ? ", e.g. '" + (fs::path(path) / "pytorch_lora_weights.safetensors").string() + "'"
+                          : ""));
+  if (!fs::exists(path)) throw UsageError("--lora '" + path + "' does not exist");
+  if (!fs::is_regular_file(path)) throw UsageError("--lora '" + path + "' is not a regular file");
+}
+
+// The whole spec is the path when such a file exists (names may hold ':'); otherwise the scale is
+// what follows the last ':' and must be a finite number: "x.safetensors:nan" or ":abc" is a bad scale,
+// not a missing file.
+LoraArg resolve_lora(const std::string& spec) {
+  if (fs::is_regular_file(spec)) return {spec, spec, 1.0};
+  const size_t p = spec.rfind(':');
+  if (p == std::string::npos || p == 0) {
+    check_lora_path(spec);
+    return {spec, spec, 1.0};
+  }
+  LoraArg a{spec, spec.substr(0, p), 1.0};
+  check_lora_path(a.path);
+  const std::string scale = spec.substr(p + 1);
+  const std::optional<double> v = finite_number(scale);
+  if (!v)
+    throw UsageError("--lora '" + spec + "': the scale '" + scale +
+                     "' is not a finite number (FILE[:SCALE], e.g. " + a.path + ":0.8)");
+  a.scale = *v;
+  return a;
+}
+
+// --embedding: a file, or a diffusers folder holding learned_embeds.(safetensors|bin).
+void check_embedding_path(const std::string& e) {
+  if (fs::is_directory(e)) {
+    if (!fs::is_regular_file(fs::path(e) / "learned_embeds.safetensors") &&
+        !fs::is_regular_file(fs::path(e) / "learned_embeds.bin"))
+      throw UsageError("--embedding '" + e +
+                       "' is a directory without learned_embeds.safetensors or learned_embeds.bin; expected an "
+                       "embedding file (.safetensors, .pt, .bin) or a diffusers textual-inversion folder");
+    return;
+  }
+  if (!fs::exists(e)) throw UsageError("--embedding '" + e + "' does not exist");
+  if (!fs::is_regular_file(e)) throw UsageError("--embedding '" + e + "' is not a regular file");
 }
 
 bool blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
+
+// One prompt to generate for: --prompt, or a line of --prompt_file.
+struct PromptLine {
+  std::string text;
+  int64_t line = 0;  // 1-based line of --prompt_file; 0 for --prompt
+};
+
+// Larger than any list of prompts a person writes; reading an unbounded file into memory is not
+// something a mistyped path should be able to make sd_infer do.
+constexpr size_t kMaxPromptFileBytes = 16u << 20;
+
+std::string trimmed(const std::string& s) {
+  const char* ws = " \t\r\n\f\v";
+  const size_t b = s.find_first_not_of(ws);
+  return b == std::string::npos ? std::string() : s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+// A1111's "prompts from file": every line trimmed, blank lines skipped (a UTF-8 byte-order mark is
+// dropped too). The file is untrusted input: its size is capped, and a NUL byte or invalid UTF-8 is an
+// error naming the line, before any model is loaded. Pipes (/dev/stdin, <(...)) are read as well.
+std::vector<PromptLine> read_prompt_file(const std::string& path) {
+  if (fs::is_directory(path))
+    throw UsageError("--prompt_file '" + path + "' is a directory; expected a text file with one prompt per line");
+  if (!fs::exists(path)) throw UsageError("--prompt_file '" + path + "' does not exist");
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw UsageError("--prompt_file '" + path + "' cannot be read: " + std::strerror(errno));
+  std::string data(kMaxPromptFileBytes + 1, '\0');
+  f.read(data.data(), std::streamsize(data.size()));
+  data.resize(size_t(f.gcount()));
+  if (data.size() > kMaxPromptFileBytes)
+    throw UsageError("--prompt_file '" + path + "' is larger than " + std::to_string(kMaxPromptFileBytes >> 20) +
+                     " MiB; expected a text file with one prompt per line");
+  if (data.rfind("\xEF\xBB\xBF", 0) == 0) data.erase(0, 3);
+  std::vector<PromptLine> out;
+  std::istringstream lines(data);
+  std::string line;
+  for (int64_t n = 1; std::getline(lines, line); ++n) {
+    const std::string where = "--prompt_file '" + path + "' line " + std::to_string(n);
+    if (line.find('\0') != std::string::npos) throw UsageError(where + " holds a NUL byte: not a text file");
+    try {
+      text::decode_utf8(line, "prompt");
+    } catch (const Error&) {
+      throw UsageError(where + " is not valid UTF-8 text");
+    }
+    std::string t = trimmed(line);
+    if (!t.empty()) out.push_back({std::move(t), n});
+  }
+  if (out.empty()) throw UsageError("--prompt_file '" + path + "' holds no prompt (only blank lines)");
+  return out;
+}
 
 struct Options {
   std::string model, refiner, variant, family, prediction, tokenizer;
@@ -194,6 +307,9 @@ struct Options {
   std::vector<std::string> embeddings;
   GenerateRequest req;
   bool have_prompt = false;
+  std::string prompt_file;
+  std::vector<PromptLine> prompts;  // what to generate for, resolved by check_options
+  std::vector<fs::path> created_dirs;  // folders this run created for --output_dir, deepest first
   std::optional<uint64_t> seed;
   std::string rng = "philox", latents_file, init_image, timestep_spacing;
   std::string device = "cpu", dtype = "fp32";
@@ -219,9 +335,10 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--tokenizer") o.tokenizer = value();
     else if (a == "--family") o.family = value();
     else if (a == "--prediction" || a == "--prediction_type") o.prediction = value();
-    else if (a == "--lora") o.loras.push_back(parse_lora(value()));
+    else if (a == "--lora") o.loras.push_back({value(), "", 1.0});
     else if (a == "--embedding") o.embeddings.push_back(value());
     else if (a == "--prompt") o.req.prompt = value(), o.have_prompt = true;
+    else if (a == "--prompt_file") o.prompt_file = value();
     else if (a == "--negative_prompt") o.req.negative_prompt = value();
     else if (a == "--literal_prompt") o.req.prompt_options.a1111_syntax = false;
     else if (a == "--clip_skip") o.req.prompt_options.clip_skip = int(parse_int(a, value()));
@@ -267,6 +384,33 @@ Options parse_args(int argc, char** argv) {
   return o;
 }
 
+// The A1111 emphasis of a prompt, parsed now so that a weight that overflows stops the run before the
+// model loads (the same parse runs again when the prompt is encoded).
+void check_prompt_weights(const std::string& text, const std::string& where) {
+  try {
+    parse_prompt_weights(text);
+  } catch (const Error& e) {
+    throw UsageError(where + ": " + e.what());
+  }
+}
+
+// --prompt or --prompt_file (not both) into o.prompts, each checked.
+void resolve_prompts(Options& o) {
+  if (o.have_prompt && !o.prompt_file.empty())
+    throw UsageError("--prompt and --prompt_file exclude each other (put the prompt into the file as one more line)");
+  if (!o.prompt_file.empty()) {
+    o.prompts = read_prompt_file(o.prompt_file);
+  } else {
+    if (!o.have_prompt) throw UsageError("--prompt is required (or --prompt_file FILE, one prompt per line)");
+    if (blank(o.req.prompt)) throw UsageError("--prompt is empty: describe the image to generate");
+    o.prompts = {{o.req.prompt, 0}};
+  }
+  if (!o.req.prompt_options.a1111_syntax) return;
+  for (const PromptLine& p : o.prompts)
+    check_prompt_weights(p.text, p.line ? "--prompt_file '" + o.prompt_file + "' line " + std::to_string(p.line) : "--prompt");
+  if (o.req.negative_prompt) check_prompt_weights(*o.req.negative_prompt, "--negative_prompt");
+}
+
 // Everything that can be checked before any weight is read.
 void check_options(Options& o) {
   if (o.model.empty()) {
@@ -275,8 +419,7 @@ void check_options(Options& o) {
       throw UsageError("no --model given and the built-in model is missing at '" + o.model +
                        "' (set SD_DATA_DIR, or pass --model: a diffusers folder or a .safetensors/.ckpt file)");
   }
-  if (!o.have_prompt) throw UsageError("--prompt is required");
-  if (blank(o.req.prompt)) throw UsageError("--prompt is empty: describe the image to generate");
+  resolve_prompts(o);
   if (o.req.width < 0 || o.req.height < 0 || o.req.width % 8 != 0 || o.req.height % 8 != 0)
     throw UsageError("--width and --height must be positive multiples of 8, got " + std::to_string(o.req.width) + "x" +
                      std::to_string(o.req.height));
@@ -303,10 +446,8 @@ void check_options(Options& o) {
     throw UsageError("--dtype must be fp32, fp16 or bf16, got '" + o.dtype + "'");
   if (!o.init_image.empty() && !o.latents_file.empty())
     throw UsageError("--latents and --init_image exclude each other (img2img latents come from the image)");
-  for (const auto& l : o.loras)
-    if (!fs::is_regular_file(l.path)) throw UsageError("--lora '" + l.path + "' does not exist");
-  for (const auto& e : o.embeddings)
-    if (!fs::exists(e)) throw UsageError("--embedding '" + e + "' does not exist");
+  for (auto& l : o.loras) l = resolve_lora(l.spec);
+  for (const auto& e : o.embeddings) check_embedding_path(e);
   if (!fs::exists(o.model)) throw UsageError("--model '" + o.model + "' does not exist");
   if (!o.refiner.empty() && !fs::exists(o.refiner)) throw UsageError("--refiner '" + o.refiner + "' does not exist");
   if (!o.init_image.empty() && !fs::is_regular_file(o.init_image))
@@ -368,6 +509,245 @@ int64_t max_rss_bytes() {
   return int64_t(u.ru_maxrss) * 1024;  // Linux: kilobytes
 }
 
+// Creates --output_dir when missing (remembering which folders, deepest first, so a failed run can take
+// them away again) and proves it writable by creating, writing and removing a file in it: a read-only
+// folder, a path through a file or a full disk is reported before minutes of loading and denoising,
+// not after them.
+void prepare_output_dir(Options& o) {
+  const fs::path dir = o.output_dir;
+  std::error_code ec;
+  SD_CHECK(!fs::exists(dir, ec) || fs::is_directory(dir, ec), "--output_dir '", o.output_dir, "' is not a directory");
+  for (fs::path q = fs::absolute(dir, ec); !q.empty() && !fs::exists(q, ec); q = q.parent_path()) {
+    o.created_dirs.push_back(q);
+    if (q == q.parent_path()) break;
+  }
+  fs::create_directories(dir, ec);
+  SD_CHECK(!ec, "--output_dir '", o.output_dir, "' cannot be created: ", ec.message());
+  SD_CHECK(fs::is_directory(dir), "--output_dir '", o.output_dir, "' is not a directory");
+  const fs::path probe = dir / (".sd_infer_write_test." + std::to_string(::getpid()));
+  const int fd = ::open(probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  SD_CHECK(fd >= 0, "--output_dir '", o.output_dir, "' is not writable: cannot create a file in it (",
+           std::strerror(errno), ")");
+  const bool wrote = ::write(fd, "sd", 2) == 2;
+  const int write_errno = errno;
+  ::close(fd);
+  ::unlink(probe.c_str());
+  SD_CHECK(wrote, "--output_dir '", o.output_dir, "' is not writable: ", std::strerror(write_errno));
+}
+
+// After a failed run: the folders prepare_output_dir created, when they are still empty.
+void remove_created_dirs(const Options& o) {
+  for (const fs::path& d : o.created_dirs) {
+    std::error_code ec;
+    fs::remove(d, ec);  // refuses a non-empty folder, which is what we want
+  }
+}
+
+// What this tool's flags offer against a run whose numbers broke (generate.h NonFiniteError).
+std::string non_finite_hint(const NonFiniteError& e, const Options& o) {
+  std::vector<std::string> tips;
+  const bool half = is_half(e.dtype);
+  switch (e.stage) {
+    case NonFiniteError::Stage::Start:
+      if (!o.latents_file.empty()) tips.push_back("--latents '" + o.latents_file + "' holds NaN/Inf values");
+      else if (half) tips.push_back("the VAE ran in " + std::string(dtype_name(e.dtype)) + ": drop --no_vae_upcast or use --dtype fp32");
+      break;
+    case NonFiniteError::Stage::Denoise:
+      if (half) tips.push_back("with --dtype " + o.dtype + " try --dtype fp32");
+      if (!o.loras.empty()) tips.push_back("a --lora scale too large, or a LoRA for another model?");
+      if (o.req.guidance_scale && std::fabs(*o.req.guidance_scale) > 50)
+        tips.push_back("--guidance_scale " + format_number(*o.req.guidance_scale) + " is far beyond the usual 1-15");
+      break;
+    case NonFiniteError::Stage::Decode:
+      if (half)
+        tips.push_back(o.no_vae_upcast ? "an fp16 VAE overflows on most models: drop --no_vae_upcast"
+                                       : "the VAE ran in " + std::string(dtype_name(e.dtype)) + ": try --dtype fp32");
+      break;
+  }
+  if (tips.empty()) tips.push_back("the model's weights may hold NaN/Inf");
+  std::string out;
+  for (const std::string& t : tips) out += (out.empty() ? "" : "; ") + t;
+  return out + "; no image was written for it";
+}
+
+// Model hashes, computed on a thread while the first prompt generates (they read every weight byte).
+class Hasher {
+ public:
+  Hasher(const Pipeline& pipe, const Pipeline* refiner)
+      : t_([this, &pipe, refiner] {
+          try {
+            model_ = pipe.model_hash();
+            if (refiner) refiner_ = refiner->model_hash();
+          } catch (const std::exception&) {
+            // an unreadable weights file already failed loading; leave the hash out
+          }
+        }) {}
+  ~Hasher() { wait(); }
+  void wait() {
+    if (t_.joinable()) t_.join();
+  }
+  const std::string& model() { return wait(), model_; }
+  const std::string& refiner() { return wait(), refiner_; }
+
+ private:
+  std::string model_, refiner_;
+  std::thread t_;  // last: starts once the strings exist
+};
+
+struct Loaded {
+  std::shared_ptr<Pipeline> pipe, refiner;
+  std::vector<nn::LoadedLora> loras;  // applied on the fly; kept alive for the run
+  nn::TextualInversions embeddings;
+};
+
+// Adapters: LoRAs on the UNet and text encoders, embeddings as new tokens of the tokenizer(s) and
+// rows of the text encoder(s).
+void load_adapters(Options& o, Loaded& m) {
+  Pipeline& pipe = *m.pipe;
+  for (const auto& l : o.loras) {
+    nn::LoraOptions lo;
+    lo.multiplier = l.scale;
+    m.loras.push_back(nn::load_lora(l.path, {pipe.unet.get(), pipe.text_encoder.get(), pipe.text_encoder_2.get()}, lo));
+    if (!o.quiet) std::fprintf(stderr, "lora %s: %s\n", l.path.c_str(), m.loras.back().report().str().c_str());
+  }
+  for (const auto& e : o.embeddings) {
+    nn::TextualInversionTargets targets;
+    targets.first = {pipe.tokenizer ? &*pipe.tokenizer : nullptr, pipe.text_encoder.get()};
+    targets.second = {pipe.tokenizer_2 ? &*pipe.tokenizer_2 : nullptr, pipe.text_encoder_2.get()};
+    const auto& emb = m.embeddings.load(e, targets);
+    if (!o.quiet) std::fprintf(stderr, "embedding %s: trigger '%s'\n", e.c_str(), emb.token.c_str());
+  }
+  if (!o.embeddings.empty()) o.req.prompt_options.embeddings = &m.embeddings;
+}
+
+// The A1111 parameters of image i of a result.
+Infotext infotext_for(const Options& o, Loaded& m, Hasher& hashes, const GenerateResult& res, uint64_t seed, int64_t i) {
+  const auto [sampler, schedule] = a1111_sampler_name(res.scheduler);
+  Infotext info;
+  info.prompt = o.req.prompt;
+  info.negative_prompt = o.req.negative_prompt;
+  info.steps = res.steps;
+  info.sampler = sampler;
+  info.schedule_type = schedule;
+  info.cfg_scale = res.guidance_scale;
+  info.seed = seed;
+  info.width = res.width;
+  info.height = res.height;
+  info.model_hash = hashes.model();
+  info.model_name = m.pipe->model_name();
+  info.clip_skip = o.req.prompt_options.clip_skip > 0 ? o.req.prompt_options.clip_skip + 1 : 0;
+  if (o.req.init_image.defined()) info.denoising_strength = o.req.strength;
+  info.batch_size = res.images.size(0);
+  info.batch_pos = i;
+  if (o.req.guidance_rescale > 0) info.extra.emplace_back("Guidance rescale", format_number(o.req.guidance_rescale));
+  if (m.refiner) {
+    const std::string& rh = hashes.refiner();
+    info.extra.emplace_back("Refiner", m.refiner->model_name() + (rh.empty() ? "" : " [" + rh + "]"));
+    info.extra.emplace_back("Refiner switch at", format_number(o.req.denoising_end));
+  }
+  info.extra.emplace_back("RNG", o.rng == "philox" ? "philox" : "torch-cuda");
+  info.extra.emplace_back("Version", "sd_infer");
+  return info;
+}
+
+// One PNG per image of `res`, never overwriting; returns the paths.
+std::vector<std::string> write_images(const Options& o, Loaded& m, Hasher& hashes, const GenerateResult& res,
+                                      uint64_t seed) {
+  std::vector<std::string> written;
+  for (int64_t i = 0; i < res.images.size(0); ++i) {
+    const std::string text = format_a1111_parameters(infotext_for(o, m, hashes, res, seed, i));
+    const std::string path = reserve_png_path(o.output_dir, std::to_string(seed));
+    try {
+      save_png(path, select(res.images, 0, i), {{"parameters", text}});
+    } catch (...) {
+      std::error_code ec;
+      fs::remove(path, ec);  // the empty reservation
+      throw;
+    }
+    written.push_back(path);
+    if (!o.quiet) std::fprintf(stderr, "wrote %s\n", path.c_str());
+  }
+  return written;
+}
+
+// generate() for one prompt; errors name the --prompt_file line, and a NaN/Inf stop gets the remedy.
+GenerateResult generate_for(Options& o, Loaded& m, const PromptLine& p, uint64_t seed,
+                            const std::function<void(const ProgressEvent&)>& on_step) {
+  o.req.prompt = p.text;
+  o.req.on_step = on_step;
+  o.req.vae_tiling = o.vae_tiling;
+  // Each prompt starts from the seed itself: its PNG's parameters reproduce it with --prompt.
+  std::unique_ptr<NoiseStream> noise = make_noise_stream(o.rng, seed);
+  const std::string where = p.line ? "--prompt_file '" + o.prompt_file + "' line " + std::to_string(p.line) + ": " : "";
+  try {
+    return generate(*m.pipe, o.req, *noise, m.refiner.get());
+  } catch (const NonFiniteError& e) {
+    throw Error(where + e.what() + "; " + non_finite_hint(e, o));
+  } catch (const Error& e) {
+    if (where.empty()) throw;
+    throw Error(where + e.what());
+  }
+}
+
+struct Totals {
+  GenerateTimings timings;
+  int64_t steps = 0;  // denoising steps run, all prompts and batches
+};
+
+void accumulate(Totals& t, const GenerateResult& res, int64_t batches) {
+  t.timings.text_encode_s += res.timings.text_encode_s;
+  t.timings.vae_encode_s += res.timings.vae_encode_s;
+  t.timings.denoise_s += res.timings.denoise_s;
+  t.timings.decode_s += res.timings.decode_s;
+  t.timings.unet_evals += res.timings.unet_evals;
+  t.steps += res.steps_run * batches;
+}
+
+void print_json(const Options& o, Loaded& m, Hasher& hashes, const GenerateResult& last, const Totals& t,
+                const std::vector<std::string>& written, uint64_t seed, double load_s, double total_s, const PipelineOptions& po) {
+  const auto [sampler, schedule] = a1111_sampler_name(last.scheduler);
+  const double its = t.timings.denoise_s > 0 ? double(t.steps) / t.timings.denoise_s : 0.0;
+  nlohmann::json j;
+  j["images"] = written;
+  j["model"] = o.model;
+  j["family"] = m.pipe->describe_family();
+  j["pipeline"] = m.pipe->pipeline_class;
+  j["model_hash"] = hashes.model();
+  if (m.refiner) j["refiner"] = o.refiner;
+  if (o.prompt_file.empty()) j["prompt"] = o.prompts.front().text;
+  else j["prompt_file"] = o.prompt_file;
+  j["prompts"] = nlohmann::json::array();
+  for (const PromptLine& p : o.prompts) j["prompts"].push_back(p.text);
+  j["negative_prompt"] = o.req.negative_prompt ? nlohmann::json(*o.req.negative_prompt) : nlohmann::json();
+  j["seed"] = seed;
+  j["rng"] = o.rng;
+  j["width"] = last.width;
+  j["height"] = last.height;
+  j["steps"] = last.steps;
+  j["steps_run"] = last.steps_run;
+  j["num_images"] = written.size();
+  j["guidance_scale"] = last.guidance_scale;
+  j["cfg"] = last.cfg;
+  j["scheduler"] = last.scheduler.class_name;
+  j["sampler"] = sampler + (schedule.empty() ? "" : " " + schedule);
+  j["prompt_tokens"] = last.prompt_tokens;
+  j["prompt_chunks"] = last.prompt_chunks;
+  j["device"] = po.device.str();
+  j["dtype"] = dtype_name(po.dtype);
+  j["timings"] = {{"load_s", load_s},
+                  {"text_encode_s", t.timings.text_encode_s},
+                  {"vae_encode_s", t.timings.vae_encode_s},
+                  {"denoise_s", t.timings.denoise_s},
+                  {"decode_s", t.timings.decode_s},
+                  {"total_s", total_s}};
+  j["it_per_s"] = its;
+  j["unet_evals"] = t.timings.unet_evals;
+  j["peak_memory"] = {{"device_tensors_bytes", allocator_for(po.device).stats().peak_bytes},
+                      {"cpu_tensors_bytes", cpu_allocator().stats().peak_bytes},
+                      {"max_rss_bytes", max_rss_bytes()}};
+  std::printf("%s\n", j.dump(2).c_str());
+}
+
 int run(Options& o) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
@@ -375,6 +755,7 @@ int run(Options& o) {
   auto say = [&](const std::string& s) {
     if (talk) std::fprintf(stderr, "%s\n", s.c_str());
   };
+  prepare_output_dir(o);
 
   PipelineOptions po;
   po.variant = o.variant;
@@ -395,154 +776,52 @@ int run(Options& o) {
 
   say("loading " + o.model + " ...");
   const auto t_load = Clock::now();
-  std::shared_ptr<Pipeline> pipe = Pipeline::load(o.model, po);
-  std::shared_ptr<Pipeline> refiner;
+  Loaded m;
+  m.pipe = Pipeline::load(o.model, po);
   if (!o.refiner.empty()) {
     PipelineOptions ro = po;
     ro.family = nn::ModelFamily::Unknown;
-    refiner = Pipeline::load(o.refiner, ro);
+    m.refiner = Pipeline::load(o.refiner, ro);
   }
-  // Adapters: LoRAs on the UNet and text encoders (applied on the fly; kept alive for the run),
-  // embeddings as new tokens of the tokenizer(s) and rows of the text encoder(s).
-  std::vector<nn::LoadedLora> loras;
-  for (const auto& l : o.loras) {
-    nn::LoraOptions lo;
-    lo.multiplier = l.scale;
-    loras.push_back(nn::load_lora(l.path, {pipe->unet.get(), pipe->text_encoder.get(), pipe->text_encoder_2.get()}, lo));
-    const nn::LoraReport& rep = loras.back().report();
-    if (!o.quiet) std::fprintf(stderr, "lora %s: %s\n", l.path.c_str(), rep.str().c_str());
-  }
-  nn::TextualInversions embeddings;
-  for (const auto& e : o.embeddings) {
-    nn::TextualInversionTargets targets;
-    targets.first = {pipe->tokenizer ? &*pipe->tokenizer : nullptr, pipe->text_encoder.get()};
-    targets.second = {pipe->tokenizer_2 ? &*pipe->tokenizer_2 : nullptr, pipe->text_encoder_2.get()};
-    const auto& emb = embeddings.load(e, targets);
-    if (!o.quiet) std::fprintf(stderr, "embedding %s: trigger '%s'\n", e.c_str(), emb.token.c_str());
-  }
-  if (!o.embeddings.empty()) o.req.prompt_options.embeddings = &embeddings;
+  load_adapters(o, m);
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
-  if (pipe->family == nn::ModelFamily::SDXLRefiner && !o.strength_given) o.req.strength = 0.3;
-  // The model hash reads every weight byte: overlap it with the generation.
-  std::string model_hash, refiner_hash;
-  std::thread hasher([&] {
-    try {
-      model_hash = pipe->model_hash();
-      if (refiner) refiner_hash = refiner->model_hash();
-    } catch (const std::exception&) {
-      // an unreadable weights file already failed loading; leave the hash out
-    }
-  });
+  if (m.pipe->family == nn::ModelFamily::SDXLRefiner && !o.strength_given) o.req.strength = 0.3;
+  Hasher hashes(*m.pipe, m.refiner.get());  // overlaps the first generation
 
   const uint64_t seed = o.seed ? *o.seed : [] {
     std::random_device rd;
     return (uint64_t(rd()) << 32 | rd()) % 4294967296ull;  // 32-bit, like A1111's random seeds
   }();
-  std::unique_ptr<NoiseStream> noise = make_noise_stream(o.rng, seed);
   Progress progress(talk);
-  o.req.on_step = [&](const ProgressEvent& e) { progress.update(e); };
-  o.req.vae_tiling = o.vae_tiling;
-
-  say("model: " + pipe->describe_family() + " (" + pipe->pipeline_class + "), " + dtype_name(po.dtype) + " on " +
-      po.device.str() + (refiner ? ", refiner " + refiner->describe_family() : "") + ", seed " + std::to_string(seed) +
-      " (" + noise->describe() + ")");
+  say("model: " + m.pipe->describe_family() + " (" + m.pipe->pipeline_class + "), " + dtype_name(po.dtype) + " on " +
+      po.device.str() + (m.refiner ? ", refiner " + m.refiner->describe_family() : "") + ", seed " +
+      std::to_string(seed) + " (" + make_noise_stream(o.rng, seed)->describe() + ")");
   allocator_for(po.device).reset_peak();
   if (!po.device.is_cpu()) cpu_allocator().reset_peak();
-  GenerateResult res;
-  try {
-    res = generate(*pipe, o.req, *noise, refiner.get());
-  } catch (...) {
-    hasher.join();
-    throw;
-  }
-  hasher.join();
 
-  // ---- images ----
-  const auto [sampler, schedule] = a1111_sampler_name(res.scheduler);
+  const int64_t batch = o.req.batch_size > 0 ? std::min(o.req.batch_size, o.req.num_images) : o.req.num_images;
+  const int64_t batches = (o.req.num_images + batch - 1) / batch;
   std::vector<std::string> written;
-  for (int64_t i = 0; i < res.images.size(0); ++i) {
-    Infotext info;
-    info.prompt = o.req.prompt;
-    info.negative_prompt = o.req.negative_prompt;
-    info.steps = res.steps;
-    info.sampler = sampler;
-    info.schedule_type = schedule;
-    info.cfg_scale = res.guidance_scale;
-    info.seed = seed;
-    info.width = res.width;
-    info.height = res.height;
-    info.model_hash = model_hash;
-    info.model_name = pipe->model_name();
-    info.clip_skip = o.req.prompt_options.clip_skip > 0 ? o.req.prompt_options.clip_skip + 1 : 0;
-    if (o.req.init_image.defined()) info.denoising_strength = o.req.strength;
-    info.batch_size = res.images.size(0);
-    info.batch_pos = i;
-    if (o.req.guidance_rescale > 0) info.extra.emplace_back("Guidance rescale", format_number(o.req.guidance_rescale));
-    if (refiner) {
-      info.extra.emplace_back("Refiner", refiner->model_name() + (refiner_hash.empty() ? "" : " [" + refiner_hash + "]"));
-      info.extra.emplace_back("Refiner switch at", format_number(o.req.denoising_end));
-    }
-    info.extra.emplace_back("RNG", o.rng == "philox" ? "philox" : "torch-cuda");
-    info.extra.emplace_back("Version", "sd_infer");
-    const std::string path = reserve_png_path(o.output_dir, std::to_string(seed));
-    try {
-      save_png(path, select(res.images, 0, i), {{"parameters", format_a1111_parameters(info)}});
-    } catch (...) {
-      std::error_code ec;
-      fs::remove(path, ec);  // the empty reservation
-      throw;
-    }
-    written.push_back(path);
-    say("wrote " + path);
+  GenerateResult res;
+  Totals totals;
+  for (size_t k = 0; k < o.prompts.size(); ++k) {
+    const PromptLine& p = o.prompts[k];
+    if (o.prompts.size() > 1)
+      say("prompt " + std::to_string(k + 1) + "/" + std::to_string(o.prompts.size()) + " (line " +
+          std::to_string(p.line) + "): " + p.text);
+    res = generate_for(o, m, p, seed, [&](const ProgressEvent& e) { progress.update(e); });
+    accumulate(totals, res, batches);
+    for (std::string& path : write_images(o, m, hashes, res, seed)) written.push_back(std::move(path));
   }
 
   // ---- summary ----
   const double total_s = std::chrono::duration<double>(Clock::now() - t_start).count();
-  const int64_t batch = o.req.batch_size > 0 ? std::min(o.req.batch_size, o.req.num_images) : o.req.num_images;
-  const int64_t batches = (o.req.num_images + batch - 1) / batch;
-  const double its = res.timings.denoise_s > 0 ? double(res.steps_run * batches) / res.timings.denoise_s : 0.0;
   if (talk) {
+    const double its = totals.timings.denoise_s > 0 ? double(totals.steps) / totals.timings.denoise_s : 0.0;
     std::fprintf(stderr, "load %.2fs, text encode %.2fs, denoise %.2fs (%.2f it/s), decode %.2fs, total %.2fs\n", load_s,
-                 res.timings.text_encode_s, res.timings.denoise_s, its, res.timings.decode_s, total_s);
+                 totals.timings.text_encode_s, totals.timings.denoise_s, its, totals.timings.decode_s, total_s);
   }
-  if (o.json) {
-    nlohmann::json j;
-    j["images"] = written;
-    j["model"] = o.model;
-    j["family"] = pipe->describe_family();
-    j["pipeline"] = pipe->pipeline_class;
-    j["model_hash"] = model_hash;
-    if (refiner) j["refiner"] = o.refiner;
-    j["prompt"] = o.req.prompt;
-    j["negative_prompt"] = o.req.negative_prompt ? nlohmann::json(*o.req.negative_prompt) : nlohmann::json();
-    j["seed"] = seed;
-    j["rng"] = o.rng;
-    j["width"] = res.width;
-    j["height"] = res.height;
-    j["steps"] = res.steps;
-    j["steps_run"] = res.steps_run;
-    j["num_images"] = res.images.size(0);
-    j["guidance_scale"] = res.guidance_scale;
-    j["cfg"] = res.cfg;
-    j["scheduler"] = res.scheduler.class_name;
-    j["sampler"] = sampler + (schedule.empty() ? "" : " " + schedule);
-    j["prompt_tokens"] = res.prompt_tokens;
-    j["prompt_chunks"] = res.prompt_chunks;
-    j["device"] = po.device.str();
-    j["dtype"] = dtype_name(po.dtype);
-    j["timings"] = {{"load_s", load_s},
-                    {"text_encode_s", res.timings.text_encode_s},
-                    {"vae_encode_s", res.timings.vae_encode_s},
-                    {"denoise_s", res.timings.denoise_s},
-                    {"decode_s", res.timings.decode_s},
-                    {"total_s", total_s}};
-    j["it_per_s"] = its;
-    j["unet_evals"] = res.timings.unet_evals;
-    j["peak_memory"] = {{"device_tensors_bytes", allocator_for(po.device).stats().peak_bytes},
-                        {"cpu_tensors_bytes", cpu_allocator().stats().peak_bytes},
-                        {"max_rss_bytes", max_rss_bytes()}};
-    std::printf("%s\n", j.dump(2).c_str());
-  }
+  if (o.json) print_json(o, m, hashes, res, totals, written, seed, load_s, total_s, po);
   return 0;
 }
 
@@ -563,6 +842,7 @@ int main(int argc, char** argv) {
   try {
     return run(o);
   } catch (const std::exception& e) {
+    remove_created_dirs(o);
     // A progress bar may have left the cursor mid-line.
     std::fprintf(stderr, "%ssd_infer: error: %s\n", isatty(fileno(stderr)) ? "\n" : "", e.what());
     return 1;

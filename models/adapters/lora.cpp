@@ -14,6 +14,7 @@
 #include "models/formats/checkpoint_keys.h"
 #include "models/formats/torch_checkpoint.h"
 #include "ops/linear.h"
+#include "ops/optim.h"
 #include "ops/view.h"
 #include "runtime/error.h"
 
@@ -268,7 +269,8 @@ std::map<std::string, PeftConfig> parse_peft_metadata(const std::map<std::string
     PeftConfig cfg;
     bool any = false;
     auto number = [&](const nlohmann::json& v, const std::string& name) {
-      SD_CHECK(v.is_number(), "load_lora: ", where, ": lora_adapter_metadata '", name, "' is not a number");
+      SD_CHECK(v.is_number() && std::isfinite(v.get<double>()), "load_lora: ", where, ": lora_adapter_metadata '", name,
+               "' is not a finite number");
       return v.get<double>();
     };
     if (j.contains(p + "lora_alpha") && !j[p + "lora_alpha"].is_null()) {
@@ -321,9 +323,94 @@ uint64_t fnv1a(const Tensor& t) {
   return h;
 }
 
+// ---------------------------------------------------------------- hostile values
+
+// Down/up tensors must be floating. No trainer writes integer or boolean LoRA weights; loading them
+// would cast a mask or a corrupted header into plausible-looking numbers without a word.
+void check_floating_weight(const TensorSource& src, const std::string& key, const std::string& where) {
+  const std::optional<DType> dt = src.file_dtype(key);
+  SD_CHECK(!dt || is_floating(*dt), "load_lora: ", where, ": key '", key, "' ", shape_str(src.shape(key)), " is stored as ",
+           dtype_name(*dt), "; LoRA weights must be floating (f32, f16, bf16 or f64)");
+}
+
+// Alpha is a count-like scalar: converters write it as float or as an int64 tensor (torch.tensor(8)),
+// and kohya reads it with .item(), so integers are fine; a boolean is not a number of anything.
+void check_alpha_dtype(const TensorSource& src, const std::string& key, const std::string& where) {
+  const std::optional<DType> dt = src.file_dtype(key);
+  SD_CHECK(!dt || *dt != DType::Bool, "load_lora: ", where, ": alpha '", key,
+           "' is stored as bool; alpha must be a number (float or integer)");
+}
+
+// "3 of 128 values are NaN/Inf, the first at index 17" (CPU f64 copy: only on the error path).
+std::string describe_non_finite(const Tensor& t) {
+  const std::vector<double> v = copy_to(t, DType::F64, Device::cpu()).to_vector();
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]) && bad++ == 0) first = i;
+  std::ostringstream s;
+  s << bad << " of " << v.size() << " values are NaN/Inf, the first at index " << first << " (" << v[first] << ")";
+  return s.str();
+}
+
+// src.get(key) in the dtype the layer computes in, refused when it holds NaN or Inf: one such value
+// turns every image black (NaN latents) and the tool would still exit 0. A finite file value that
+// overflows the layer's dtype (|x| > 65504 into f16) is named as such, since the file itself is fine.
+Tensor get_finite(const TensorSource& src, const std::string& key, DType dt, Device device, const std::string& where) {
+  Tensor t = src.get(key, dt, device);
+  if (!has_non_finite({t})) return t;
+  const Tensor file = src.get(key, DType::F64, Device::cpu());
+  if (has_non_finite({file}))
+    SD_FAIL("load_lora: ", where, ": key '", key, "' ", shape_str(file.shape()), " holds NaN or Inf: ",
+            describe_non_finite(file), "; the file is damaged (or was saved from a diverged training run)");
+  SD_FAIL("load_lora: ", where, ": key '", key, "' ", shape_str(file.shape()), " has values too large for ",
+          dtype_name(dt), " (", describe_non_finite(t), " after conversion): load the model in f32");
+}
+
 std::string layer_kind(const Layer& l) {
   const Tensor& w = l.linear ? l.linear->weight : l.conv->weight;
   return std::string(l.linear ? "Linear" : "Conv2d") + ", weight " + (w.defined() ? shape_str(w.shape()) : "not loaded");
+}
+
+// A layer to show as an example of a component's naming: an attention projection when there is one
+// (what nearly every LoRA adapts), else the first layer.
+const Layer* example_layer(const ComponentLayers& c) {
+  for (const Layer& l : c.layers)
+    if (ends_with(l.name, "attn1.to_q") || ends_with(l.name, "self_attn.q_proj")) return &l;
+  return c.layers.empty() ? nullptr : &c.layers.front();
+}
+
+std::string kohya_prefix(const std::string& component, bool two_text_encoders) {
+  if (component == kUnet) return "lora_unet_";
+  if (component == kTextEncoder2) return "lora_te2_";
+  return two_text_encoders ? "lora_te1_" : "lora_te_";
+}
+
+// The error for a file none of whose keys addresses a layer: applying nothing and exiting 0 is what
+// users cannot notice (diffusers/PEFT raise for the same file). Shows a few of the file's keys next
+// to the names this model's layers go by, in both layouts, so the mismatch is visible at a glance.
+[[noreturn]] void fail_nothing_matched(const std::string& where, const std::vector<std::string>& unmatched,
+                                       const std::map<std::string, ComponentLayers>& layers) {
+  std::ostringstream s;
+  s << "load_lora: " << where << ": none of its " << unmatched.size() << " keys addresses a layer of the model (";
+  for (size_t i = 0; i < unmatched.size() && i < 4; ++i) s << (i ? ", " : "") << "'" << unmatched[i] << "'";
+  if (unmatched.size() > 4) s << ", ...";
+  s << "); ";
+  if (layers.empty()) {
+    s << "no model was given to apply it to";
+  } else {
+    s << "this model expects keys like";
+    const bool two = layers.count(kTextEncoder2) > 0;
+    bool first = true;
+    for (const auto& [component, c] : layers) {
+      const Layer* l = example_layer(c);
+      if (!l) continue;
+      s << (first ? " " : ", ") << "'" << kohya_prefix(component, two) << underscored(l->name)
+        << ".lora_down.weight' (kohya) or '" << component << "." << l->name << ".lora_A.weight' (diffusers/PEFT)";
+      first = false;
+    }
+  }
+  s << ": a LoRA for another model, or not a LoRA file?";
+  SD_FAIL(s.str());
 }
 
 }  // namespace
@@ -440,6 +527,9 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
   if (!metadata)
     if (auto* st = dynamic_cast<const SafetensorsSource*>(&src)) metadata = &st->metadata();
 
+  // An empty file would otherwise load as a LoRA that does nothing.
+  SD_CHECK(!src.keys().empty(), "load_lora: ", where, " holds no tensors: not a LoRA file");
+
   LoadedLora out;
   out.report_.source = src.describe();
   out.mode_ = opt.mode;
@@ -486,6 +576,7 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     double file_scale;
     double alpha;   // the file's alpha for this module (r when it has none)
     bool rslora;    // scale = alpha / sqrt(r)
+    Tensor down, up;  // read and checked finite, in the dtype and on the device they are used in
   };
   std::vector<Planned> plan;
   for (const auto& group : groups) {
@@ -507,6 +598,8 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     }
     const Tensor& w = layer->linear ? layer->linear->weight : layer->conv->weight;
     SD_CHECK(w.defined(), "load_lora: ", g.component, " layer '", layer->name, "' has no weights (load the model first)");
+    check_floating_weight(src, g.down, where);
+    check_floating_weight(src, g.up, where);
     const Shape ds = src.shape(g.down), us = src.shape(g.up);
     auto misfit = [&](const std::string& key, const Shape& s) {
       SD_FAIL("load_lora: ", where, ": key '", key, "' ", shape_str(s), " does not fit ", g.component, " layer '",
@@ -526,9 +619,12 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     bool rslora = false;
     std::optional<double> alpha;
     if (!g.alpha.empty()) {
+      check_alpha_dtype(src, g.alpha, where);
       const Tensor a = src.get(g.alpha, DType::F64, Device::cpu());
       SD_CHECK(a.numel() == 1, "load_lora: ", where, ": alpha '", g.alpha, "' has ", a.numel(), " values, not 1");
       alpha = a.item();
+      SD_CHECK(std::isfinite(*alpha), "load_lora: ", where, ": alpha '", g.alpha, "' is ", *alpha,
+               "; it scales the whole module, so every image would come out black");
     }
     if (g.kohya) {
       // kohya: a missing or zero alpha means alpha = r ("old LoRA without alpha").
@@ -543,9 +639,13 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
       rslora = c.use_rslora;
       scale = file_alpha / (rslora ? std::sqrt(double(r)) : double(r));
     }
-    plan.push_back({&g, layer, r, scale, file_alpha, rslora});
+    // Read now, so that a NaN in the last module stops the load before the first layer changes.
+    const DType dt = opt.mode == LoraMode::OnTheFly ? w.dtype() : DType::F32;
+    Tensor down = get_finite(src, g.down, dt, w.device(), where), up = get_finite(src, g.up, dt, w.device(), where);
+    plan.push_back({&g, layer, r, scale, file_alpha, rslora, std::move(down), std::move(up)});
   }
   std::sort(unmatched.begin(), unmatched.end());
+  if (plan.empty()) fail_nothing_matched(where, unmatched, layers);
   if (opt.strict && !unmatched.empty())
     SD_FAIL("load_lora: ", where, ": ", unmatched.size(), " keys address no layer of the given models, first '",
             unmatched.front(), "'");
@@ -566,9 +666,8 @@ LoadedLora load_lora(const TensorSource& src, const LoraTargets& targets, const 
     const double m = e.component == kUnet ? opt.multiplier : opt.text_encoder_multiplier.value_or(opt.multiplier);
     e.scale = p.file_scale * m;
     Tensor& w = out.weight(e);
-    const DType dt = opt.mode == LoraMode::OnTheFly ? w.dtype() : DType::F32;
-    e.down = src.get(p.group->down, dt, w.device());
-    e.up = src.get(p.group->up, dt, w.device());
+    e.down = p.down;
+    e.up = p.up;
     if (opt.mode == LoraMode::OnTheFly) {
       (e.linear ? e.linear->loras : e.conv->loras).push_back(LoraAdapter{e.down, e.up, e.scale});
     } else {

@@ -20,8 +20,11 @@
 // Nothing in a file is silently dropped: keys that address no layer of the given models are listed in
 // the report (an error with strict), adapter types that are not plain LoRA (DoRA magnitudes, LoHa, LoKr,
 // Tucker mid weights, full diffs, LoRA biases) are an error, and so is a tensor whose shape does not fit
-// its layer -- which is what a LoRA of another model family (SDXL on SD1) runs into first. All checks run
-// before any layer is touched.
+// its layer -- which is what a LoRA of another model family (SDXL on SD1) runs into first. A file that
+// adapts no layer at all (no tensors, or no key naming a layer of the given models) is an error that
+// shows a few of its keys and the names the model expects. Files are untrusted input: down/up tensors
+// stored as integers or booleans, and NaN or Inf in any down, up or alpha, are errors naming the file
+// and key (one NaN would blacken every image). All checks run before any layer is touched.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -58,7 +61,9 @@ struct LoraOptions {
   // adapted layers. Without it remove() subtracts the same delta again, which restores each weight to
   // within the rounding of its dtype (f32: a few ulp) but not always bit for bit.
   bool keep_original = false;
-  bool strict = false;  // keys that address no layer are an error instead of being reported
+  // Keys that address no layer are an error instead of being reported (when none does, it is always
+  // an error).
+  bool strict = false;
 };
 
 enum class LoraFormat { Kohya, Diffusers };

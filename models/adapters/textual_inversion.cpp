@@ -1,10 +1,12 @@
 #include "models/adapters/textual_inversion.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 
 #include "models/formats/torch_checkpoint.h"
+#include "ops/optim.h"
 #include "ops/view.h"
 #include "runtime/error.h"
 
@@ -22,6 +24,27 @@ Tensor as_rows(const Tensor& t, const std::string& source, const std::string& ke
   Tensor v = t.dim() == 1 ? reshape(t, {1, t.size(0)}) : t;
   SD_CHECK(v.size(0) >= 1, "textual inversion '", source, "': key '", key, "' holds no vectors");
   return v;
+}
+
+// Embedding vectors are floating numbers; an integer or boolean tensor would be cast into plausible
+// vectors without a word.
+void check_floating(DType dt, const std::string& source, const std::string& key) {
+  SD_CHECK(is_floating(dt), "textual inversion '", source, "': key '", key, "' is stored as ", dtype_name(dt),
+           "; embedding vectors must be floating (f32, f16, bf16 or f64)");
+}
+
+// A NaN or Inf in a vector makes the text encoder's output NaN for every prompt using the trigger, and
+// with it every image black: refused with the row and column of the first bad value.
+void check_finite(const Tensor& v, const std::string& source, const std::string& key) {
+  if (!has_non_finite({v})) return;
+  const std::vector<double> x = v.to_vector();
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!std::isfinite(x[i]) && bad++ == 0) first = i;
+  const int64_t width = v.size(1);
+  SD_FAIL("textual inversion '", source, "': key '", key, "' ", shape_str(v.shape()), " holds NaN or Inf (", bad, " of ",
+          x.size(), " values; the first, ", x[first], ", in vector ", int64_t(first) / width, " at column ",
+          int64_t(first) % width, "): the file is damaged (or was saved from a diverged training run)");
 }
 
 std::string list_keys(const std::vector<std::string>& keys) {
@@ -70,7 +93,10 @@ const TextualInversionEmbedding& TextualInversions::load(const TensorSource& src
                                                          const std::string& token) {
   const std::string source = src.describe();
   const std::vector<std::string> keys = src.keys();
-  auto get = [&](const std::string& k) { return as_rows(src.get(k, DType::F32, Device::cpu()), source, k); };
+  auto get = [&](const std::string& k) {
+    if (auto dt = src.file_dtype(k)) check_floating(*dt, source, k);
+    return as_rows(src.get(k, DType::F32, Device::cpu()), source, k);
+  };
   if (src.contains("clip_l") && src.contains("clip_g")) {
     SD_CHECK(targets.second.present(), "textual inversion '", source,
              "' is an SDXL embedding (clip_l + clip_g) but no second text encoder / tokenizer was given");
@@ -85,6 +111,7 @@ const TextualInversionEmbedding& TextualInversions::load(const TensorSource& src
 const TextualInversionEmbedding& TextualInversions::load_vectors(const Tensor& vectors, const std::string& token,
                                                                  const std::string& source,
                                                                  const TextualInversionTargets& targets) {
+  check_floating(vectors.dtype(), source, "string_to_param");
   const Tensor v = as_rows(copy_to(vectors, DType::F32, Device::cpu()), source, "string_to_param");
   return add(token, source, {{"string_to_param", v}}, targets);
 }
@@ -100,11 +127,15 @@ const TextualInversionEmbedding& TextualInversions::add(const std::string& token
     const TextEncoderSlot& s = *slots[i];
     SD_CHECK(s.present(), "textual inversion '", source, "': no ", i == 0 ? "first" : "second",
              " tokenizer + text encoder to put '", key, "' into");
+    check_finite(v, source, key);
     const Tensor& table = checked(s.text_encoder->text_model->embeddings->token_embedding->weight,
                                   "textual inversion: token_embedding");
     SD_CHECK(v.size(1) == table.size(1), "textual inversion '", source, "': key '", key, "' is ", shape_str(v.shape()),
              " but text encoder ", i + 1, " takes ", table.size(1), "-wide vectors (token_embedding ",
              shape_str(table.shape()), "): an embedding for another model?");
+    SD_CHECK(!has_non_finite({to(v, table.dtype())}), "textual inversion '", source, "': key '", key,
+             "' has values too large for the text encoder's ", dtype_name(table.dtype()),
+             " embedding table (they overflow to Inf): load the text encoder in f32");
     SD_CHECK(s.tokenizer->size() == table.size(0), "textual inversion '", source, "': tokenizer ", i + 1, " has ",
              s.tokenizer->size(), " tokens but its text encoder has ", table.size(0),
              " embedding rows; new token ids would not match the new rows");

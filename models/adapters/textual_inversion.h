@@ -57,7 +57,8 @@ class TextualInversions {
   // Loads one embedding file (or diffusers folder). `token` overrides the trigger the file implies.
   // Errors (sd::Error, nothing changed): unknown layout, a vector width that does not fit an encoder
   // (naming file, key and shapes), a trigger already in a tokenizer, a tokenizer whose size differs
-  // from its encoder's embedding rows, an SDXL file without a second encoder.
+  // from its encoder's embedding rows, an SDXL file without a second encoder, vectors stored as
+  // integers or booleans, and NaN or Inf in a vector (naming file, key and where the first one is).
   const TextualInversionEmbedding& load(const std::string& path, const TextualInversionTargets& targets,
                                         const std::string& token = "");
   // The same from tensors already in memory / any source; `stem` stands for the file stem (the trigger

@@ -1,7 +1,7 @@
 // Unit tests of the pipeline pieces around the denoising loop (the loop itself is checked against
 // diffusers in pipeline_golden_test.cpp): SHA-256, A1111 parameters text, prompt encoding (long
 // prompts, weights, zero negative conditioning), pipeline loading (families, tokenizers, variants,
-// defaults, errors), batching, noise streams, the LCM guidance embedding.
+// defaults, errors), batching, noise streams, the LCM guidance embedding, and the NaN/Inf stops.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -10,13 +10,16 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
+#include <optional>
 #include <filesystem>
 #include <string>
 
 #include "infer/generate.h"
 #include "infer/infotext.h"
 #include "infer/sha256.h"
+#include "ops/elementwise.h"
 #include "ops/view.h"
 #include "tests/test_util.h"
 
@@ -436,6 +439,71 @@ TEST(Generate, HalfPrecisionAndTiledDecodeRun) {
   const Tensor tiled = generate(tiny("sd1"), r, c).images;
   EXPECT_EQ(tiled.shape(), (Shape{1, 3, 64, 64}));
   for (double v : tiled.to_vector()) ASSERT_TRUE(std::isfinite(v));
+}
+
+// ---- NaN/Inf: a run that breaks stops with the step, never a black image ----
+
+// Every element of w becomes NaN (in place: the pipeline is a private copy).
+void poison(Tensor& w) { copy_(w, w * std::numeric_limits<double>::quiet_NaN()); }
+
+std::optional<NonFiniteError> non_finite_error(const Pipeline& p, const GenerateRequest& r) {
+  PhiloxNoise n(5);
+  try {
+    generate(p, r, n);
+  } catch (const NonFiniteError& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+TEST(Generate, LatentsThatBecomeNanStopAtThatStep) {
+  const auto p = Pipeline::load(kData + "/pipe_tiny_sd1");
+  GenerateRequest r;
+  r.prompt = "a red cartoon cat";
+  r.steps = 4;
+  r.scheduler = "euler";
+  // The UNet breaks after step 2 (its weights turn NaN from the progress callback): step 3 is named.
+  r.on_step = [&](const ProgressEvent& e) {
+    if (e.step == 2) poison(p->unet->conv_out->weight);
+  };
+  const std::optional<NonFiniteError> e = non_finite_error(*p, r);
+  ASSERT_TRUE(e.has_value()) << "no NonFiniteError";
+  EXPECT_EQ(e->stage, NonFiniteError::Stage::Denoise);
+  EXPECT_EQ(e->step, 3);
+  EXPECT_EQ(e->total, 4);
+  EXPECT_EQ(e->dtype, DType::F32);
+  EXPECT_NE(std::string(e->what()).find("latents became NaN/Inf at step 3 of 4 (denoise, UNet f32)"), std::string::npos)
+      << e->what();
+}
+
+TEST(Generate, NonFiniteStartingLatentsAndDecodedImagesStopTheRun) {
+  const Pipeline& clean = tiny("sd1");
+  GenerateRequest r;
+  r.prompt = "a cat";
+  r.steps = 2;
+  // Given latents with one NaN: stopped before the first step.
+  std::vector<double> v(4 * 16 * 16, 0.5);
+  v[17] = std::numeric_limits<double>::quiet_NaN();
+  r.latents = from_vector(v, {1, 4, 16, 16});
+  std::optional<NonFiniteError> e = non_finite_error(clean, r);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->stage, NonFiniteError::Stage::Start);
+  EXPECT_NE(std::string(e->what()).find("starting latents hold NaN/Inf"), std::string::npos) << e->what();
+  r.latents = Tensor();
+  // A VAE decoder whose output is NaN: the latents were fine, the image is not.
+  const auto p = Pipeline::load(kData + "/pipe_tiny_sd1");
+  poison(p->vae->decoder->conv_out->weight);
+  e = non_finite_error(*p, r);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->stage, NonFiniteError::Stage::Decode);
+  EXPECT_NE(std::string(e->what()).find("decoded image holds NaN/Inf though its latents are finite (VAE decoder in f32)"),
+            std::string::npos)
+      << e->what();
+  // Switched off, the run hands the NaN image back (what used to be saved as a black PNG).
+  r.check_finite = false;
+  PhiloxNoise n(5);
+  const GenerateResult res = generate(*p, r, n);
+  EXPECT_TRUE(std::isnan(res.images.to_vector().front()));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "models/clip/clip_tokenizer.h"
 #include "infer/prompt_weights.h"
+#include "runtime/error.h"
 
 namespace sd {
 namespace {
@@ -79,6 +80,39 @@ TEST(PromptWeights, Break) {
   EXPECT_TRUE(parses_to("a,BREAK,b", {{"a,", 1.0}, {"BREAK", -1.0}, {",b", 1.0}}));
   EXPECT_TRUE(parses_to("BREAKFAST break xBREAK", {{"BREAKFAST break xBREAK", 1.0}}));
   EXPECT_TRUE(parses_to("(a) BREAK (b)", {{"a", 1.1}, {"", 1.0}, {"BREAK", -1.0}, {"", 1.0}, {"b", 1.1}}));
+}
+
+std::string weight_error(const std::string& prompt) {
+  try {
+    parse_prompt_weights(prompt);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Weights that overflow (1,000 nested brackets: 1.1^1000 = 2.5e41, inf once in f32) are refused with a
+// message naming the text; everything up to +-1000 parses as A1111 parses it.
+TEST(PromptWeights, OverflowingWeightsAreRefused) {
+  auto nested = [](int n, const std::string& text) { return std::string(size_t(n), '(') + text + std::string(size_t(n), ')'); };
+  double w = 1.0;
+  for (int i = 0; i < 72; ++i) w *= 1.1;  // 956.6: still a weight
+  EXPECT_TRUE(parses_to(nested(72, "cat"), {{"cat", w}}));
+  EXPECT_TRUE(parses_to("(cat:1000)", {{"cat", 1000.0}}));
+  EXPECT_TRUE(parses_to("(cat:-1000)", {{"cat", -1000.0}}));
+  double tiny = 1.0;
+  for (int i = 0; i < 1000; ++i) tiny *= 1 / 1.1;
+  EXPECT_TRUE(parses_to(std::string(1000, '[') + "cat", {{"cat", tiny}}));  // 2.6e-42 is harmless
+  EXPECT_TRUE(parses_to(nested(1000, ""), {{"", 1.0}}));  // no text, nothing to weigh
+  const std::string e = weight_error(nested(1000, "cat"));
+  EXPECT_NE(e.find("the weight of \"cat\""), std::string::npos) << e;
+  EXPECT_NE(e.find("2.4"), std::string::npos) << e;  // 1.1^1000 = 2.47e41
+  EXPECT_NE(weight_error(nested(73, "cat")).find("weights beyond +-1000"), std::string::npos);
+  EXPECT_NE(weight_error(std::string(1000, '(') + "cat").find("cat"), std::string::npos);  // unclosed, same
+  EXPECT_NE(weight_error("a (cat:1000.5) b").find("\"cat\""), std::string::npos);
+  EXPECT_NE(weight_error("(dog:-5000)").find("-5000"), std::string::npos);
+  EXPECT_NE(weight_error("(x:" + std::string(400, '9') + ")").find("inf"), std::string::npos);  // strtod: inf
+  EXPECT_NE(weight_error("(" + std::string(60, 'x') + ":5000)").find(std::string(40, 'x') + "...\""), std::string::npos);
 }
 
 const ClipTokenizer& tok() {

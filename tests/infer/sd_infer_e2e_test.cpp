@@ -1,7 +1,8 @@
 // sd_infer as a user runs it: the built binary (SD_BINARY_DIR/tools/sd_infer) on the tiny
 // pipelines of tests/data, checked from the outside: exit codes, the PNG files and their
-// "parameters" text, the --json summary, and every command-line error (non-zero exit, a message
-// naming the problem, no image written).
+// "parameters" text, the --json summary, --prompt_file, and every command-line error (non-zero exit, a
+// message naming the problem, no image written), hostile LoRA/embedding/latents files and NaN runs
+// included.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -293,9 +294,222 @@ TEST_F(E2ESdInfer, ErrorAfterLoadingWritesNothing) {
 TEST_F(E2ESdInfer, HelpExplainsTheFlags) {
   const RunResult r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* flag : {"--model", "--prompt", "--negative_prompt", "--guidance_scale", "--scheduler", "--seed",
-                           "--rng", "--init_image", "--strength", "--refiner", "--json", "--output_dir"})
+  for (const char* flag : {"--model", "--prompt", "--prompt_file", "--negative_prompt", "--guidance_scale", "--scheduler",
+                           "--seed", "--rng", "--init_image", "--strength", "--refiner", "--json", "--output_dir"})
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+}
+
+// ---- hostile inputs: each refused with a message naming the file and what is wrong ----
+
+// The tensors of a committed fixture, to be altered and written anew with the project's writer.
+std::vector<std::pair<std::string, Tensor>> tensors_of(const std::string& file) {
+  const SafetensorsFile f = SafetensorsFile::open(file);
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const std::string& k : f.keys()) out.emplace_back(k, copy_to(f.get(k), DType::F32, Device::cpu()));
+  return out;
+}
+
+Tensor with_nan(const Tensor& t, size_t i) {
+  std::vector<double> v = t.to_vector();
+  v[i] = std::nan("");
+  return from_vector(v, t.shape());
+}
+
+TEST_F(E2ESdInfer, LoraWithNanIsRefusedNamingFileAndKey) {
+  auto t = tensors_of(kData + "/lora/sd1_kohya.safetensors");
+  // The last weight in key order (any would do: every tensor is read before the first is applied).
+  auto it = std::find_if(t.rbegin(), t.rend(), [](const auto& kv) { return kv.first.find(".lora_up.weight") != std::string::npos; });
+  ASSERT_NE(it, t.rend());
+  const std::string key = it->first;
+  it->second = with_nan(it->second, 0);
+  const fs::path bad = dir_ / "nan_lora.safetensors";
+  save_safetensors(bad.string(), t);
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--steps", "2", "--lora", bad.string() + ":0.7"},
+               "nan_lora.safetensors': key '" + key + "'");
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--steps", "2", "--lora", bad.string()}, "holds NaN or Inf");
+}
+
+TEST_F(E2ESdInfer, LoraArgumentErrorsSayWhatIsWrong) {
+  const std::string lora = kData + "/lora/sd1_kohya.safetensors";
+  const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a cat"};
+  auto with = [&](const std::string& spec) {
+    std::vector<std::string> a = base;
+    a.push_back("--lora");
+    a.push_back(spec);
+    return a;
+  };
+  expect_error(with(lora + ":nan"), "the scale 'nan' is not a finite number");
+  expect_error(with(lora + ":abc"), "the scale 'abc' is not a finite number");
+  expect_error(with(lora + ":inf"), "the scale 'inf' is not a finite number");
+  expect_error(with(kData + "/lora"), "is a directory; expected a LoRA file");
+  expect_error(with(kData + "/lora:0.5"), "is a directory; expected a LoRA file");
+  expect_error(with((dir_ / "missing.safetensors").string() + ":0.5"), "missing.safetensors' does not exist");
+  expect_error(with((dir_ / "missing.safetensors").string()), "missing.safetensors' does not exist");
+  for (const auto& r : {run(with(lora + ":nan")), run(with(kData + "/lora"))})
+    EXPECT_EQ(r.err.find("does not exist"), std::string::npos) << r.err;
+  // A file whose name holds ':' is still a file.
+  const fs::path colon = dir_ / "a:b.safetensors";
+  fs::copy_file(lora, colon);
+  const RunResult ok = run({"--model", kSd1, "--prompt", "a cat", "--steps", "2", "--lora", colon.string(), "--quiet",
+                            "--output_dir", out_.string()});
+  EXPECT_EQ(ok.code, 0) << ok.err;
+}
+
+TEST_F(E2ESdInfer, LoraMatchingNoLayerIsAnErrorEvenWithQuiet) {
+  // A UNet LoRA in a naming no layer of this model answers to.
+  auto t = tensors_of(kData + "/lora/sd1_peft.safetensors");
+  for (auto& [k, v] : t) k = "transformer." + k;
+  const fs::path bad = dir_ / "other_model_lora.safetensors";
+  save_safetensors(bad.string(), t);
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--lora", bad.string(), "--quiet"},
+               "other_model_lora.safetensors': none of its " + std::to_string(t.size()) + " keys addresses a layer");
+  const RunResult r = run({"--model", kSd1, "--prompt", "a cat", "--lora", bad.string(), "--quiet", "--output_dir",
+                           out_.string()});
+  EXPECT_NE(r.err.find("'transformer."), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("' (kohya) or 'unet."), std::string::npos) << r.err;
+}
+
+TEST_F(E2ESdInfer, EmbeddingErrorsNameTheFile) {
+  // NaN in the vectors.
+  auto t = tensors_of(kData + "/lora/ti/tinyemb.safetensors");
+  t.front().second = with_nan(t.front().second, 3);
+  const fs::path bad = dir_ / "nanemb.safetensors";
+  save_safetensors(bad.string(), t);
+  expect_error({"--model", kSd1, "--prompt", "a photo of nanemb", "--embedding", bad.string()},
+               "nanemb.safetensors': key '" + t.front().first + "'");
+  // Paths: missing, a folder that is not a diffusers embedding folder (a folder that is one works).
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--embedding", (dir_ / "nope.pt").string()}, "nope.pt' does not exist");
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--embedding", kData + "/lora"},
+               "is a directory without learned_embeds.safetensors");
+  const RunResult ok = run({"--model", kSd1, "--prompt", "a <cat-toy>", "--steps", "2", "--embedding",
+                            kData + "/lora/ti/cat_toy", "--quiet", "--output_dir", out_.string()});
+  EXPECT_EQ(ok.code, 0) << ok.err;
+}
+
+TEST_F(E2ESdInfer, NanLatentsStopWithTheStepNotABlackImage) {
+  // A LoRA scale far too large: finite, so accepted, but the UNet's output overflows at once.
+  const RunResult r = run({"--model", kSd1, "--prompt", "a cat", "--steps", "4", "--scheduler", "euler", "--lora",
+                           kData + "/lora/sd1_kohya.safetensors:1e30", "--output_dir", out_.string()});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("latents became NaN/Inf at step 1 of 4 (denoise, UNet f32)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("a --lora scale too large"), std::string::npos) << r.err;
+  EXPECT_TRUE(pngs().empty());
+  // Starting latents with a NaN: stopped before the first step, and the file is named as the cause.
+  std::vector<double> v(4 * 16 * 16, 0.1);
+  v[5] = std::nan("");
+  const fs::path lat = dir_ / "nan_latents.safetensors";
+  save_safetensors(lat.string(), {{"latents", from_vector(v, {1, 4, 16, 16})}});
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--steps", "2", "--latents", lat.string()},
+               "starting latents hold NaN/Inf");
+  const RunResult s = run({"--model", kSd1, "--prompt", "a cat", "--latents", lat.string(), "--output_dir", out_.string()});
+  EXPECT_NE(s.err.find("nan_latents.safetensors' holds NaN/Inf values"), std::string::npos) << s.err;
+}
+
+TEST_F(E2ESdInfer, PromptWeightOverflowIsRefusedBeforeLoading) {
+  const std::string deep = std::string(1000, '(') + "cat" + std::string(1000, ')');
+  expect_error({"--model", kSd1, "--prompt", deep}, "--prompt: prompt emphasis: the weight of \"cat\"");
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--negative_prompt", "(dog:1000000000)"}, "--negative_prompt");
+  const RunResult r = run({"--model", kSd1, "--prompt", deep, "--output_dir", out_.string()});
+  EXPECT_EQ(r.code, 2) << "a usage error, found before loading: " << r.err;
+  EXPECT_EQ(r.err.find("loading"), std::string::npos) << r.err;
+}
+
+// ---- --output_dir: checked writable before the model loads ----
+
+TEST_F(E2ESdInfer, UnwritableOutputDirFailsBeforeAnyWork) {
+  const fs::path file = dir_ / "a_file";
+  test::write_text(file, "x");
+  auto expect_early = [&](const std::string& out, const std::string& message) {
+    const RunResult r = run({"--model", kSd1, "--prompt", "a cat", "--steps", "2", "--output_dir", out});
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("--output_dir '" + out + "' " + message), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("loading"), std::string::npos) << "the model was loaded first: " << r.err;
+    EXPECT_EQ(r.err.find("denoise"), std::string::npos) << r.err;
+  };
+  expect_early(file.string(), "is not a directory");
+  expect_early((file / "sub").string(), "cannot be created");
+  // A folder nobody can create files in, root included (files cannot be made in /proc).
+  if (fs::is_directory("/proc")) expect_early("/proc", "is not writable");
+  if (::geteuid() != 0) {  // permissions stop everyone but root
+    const fs::path ro = dir_ / "read_only";
+    fs::create_directories(ro);
+    fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec);
+    expect_early(ro.string(), "is not writable");
+    fs::permissions(ro, fs::perms::owner_all);
+  }
+  // A missing folder is created (and a failed run takes it away again).
+  const fs::path fresh = dir_ / "new" / "deeper";
+  const RunResult bad = run({"--model", kData + "/pipe_tiny_sdxl_refiner", "--prompt", "a cat", "--output_dir", fresh.string()});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_FALSE(fs::exists(dir_ / "new")) << "the folders made for a failed run stayed";
+  const RunResult good = run({"--model", kSd1, "--prompt", "a cat", "--steps", "2", "--quiet", "--output_dir", fresh.string()});
+  ASSERT_EQ(good.code, 0) << good.err;
+  ASSERT_TRUE(fs::is_directory(fresh));
+  size_t n = 0;
+  for (const auto& e : fs::directory_iterator(fresh)) n += e.path().extension() == ".png" ? 1 : 100;  // no probe left
+  EXPECT_EQ(n, 1u);
+}
+
+// ---- --prompt_file ----
+
+TEST_F(E2ESdInfer, PromptFileMakesTheImagesOfEachLine) {
+  const fs::path prompts = dir_ / "prompts.txt";
+  // CRLF, blank lines, surrounding spaces and a byte-order mark, as editors leave them.
+  test::write_text(prompts, "\xEF\xBB\xBF" "a red cartoon cat\r\n\r\n   \n  a (blue:1.2) dog  \n");
+  const std::vector<std::string> common = {"--model", kSd1, "--steps", "3", "--scheduler", "euler", "--seed", "9",
+                                           "--num_images_per_prompt", "2", "--json", "--quiet", "--output_dir",
+                                           out_.string()};
+  std::vector<std::string> a = common;
+  a.insert(a.end(), {"--prompt_file", prompts.string()});
+  const RunResult r = run(a);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompts"], nlohmann::json::array({"a red cartoon cat", "a (blue:1.2) dog"}));
+  EXPECT_EQ(j["prompt_file"], prompts.string());
+  EXPECT_EQ(j["num_images"], 4);
+  EXPECT_EQ(j["unet_evals"], 6);  // 3 steps x 2 prompts (both images of a prompt in one batch)
+  ASSERT_EQ(j["images"].size(), 4u);
+  std::vector<std::string> files;
+  for (const auto& f : j["images"]) files.push_back(f.get<std::string>());
+  // Parameters: each image its line's prompt, all the same seed and batch positions.
+  for (size_t i = 0; i < 4; ++i) {
+    const std::string p = read_png_text(files[i]).at("parameters");
+    EXPECT_EQ(p.rfind(i < 2 ? "a red cartoon cat\n" : "a (blue:1.2) dog\n", 0), 0u) << p;
+    EXPECT_NE(p.find("Seed: 9,"), std::string::npos) << p;
+    EXPECT_NE(p.find("Batch pos: " + std::to_string(i % 2)), std::string::npos) << p;
+  }
+  // Each line's images are what --prompt with its text gives (the PNG's parameters reproduce it).
+  std::vector<std::string> b = common;
+  b.insert(b.end(), {"--prompt", "a (blue:1.2) dog"});
+  const RunResult single = run(b);
+  ASSERT_EQ(single.code, 0) << single.err;
+  const nlohmann::json js = nlohmann::json::parse(single.out);
+  EXPECT_EQ(js["prompt"], "a (blue:1.2) dog");
+  for (size_t i = 0; i < 2; ++i)
+    EXPECT_EQ(load_image_u8(js["images"][i].get<std::string>()).to_vector(), load_image_u8(files[2 + i]).to_vector()) << i;
+  EXPECT_GT(mean_abs_diff(files[0], files[2]), 1.0) << "the two lines gave the same image";
+}
+
+TEST_F(E2ESdInfer, PromptFileErrorsNameTheLine) {
+  const fs::path p = dir_ / "p.txt";
+  test::write_text(p, "a cat\n");
+  expect_error({"--model", kSd1, "--prompt", "a dog", "--prompt_file", p.string()}, "--prompt and --prompt_file exclude each other");
+  expect_error({"--model", kSd1, "--prompt_file", (dir_ / "none.txt").string()}, "none.txt' does not exist");
+  expect_error({"--model", kSd1, "--prompt_file", dir_.string()}, "is a directory; expected a text file");
+  test::write_text(p, "\n  \n\r\n");
+  expect_error({"--model", kSd1, "--prompt_file", p.string()}, "holds no prompt (only blank lines)");
+  test::write_text(p, std::string("a cat\nbinary\0junk\n", 18));
+  expect_error({"--model", kSd1, "--prompt_file", p.string()}, "p.txt' line 2 holds a NUL byte");
+  test::write_text(p, "a cat\n\na \xFF\xFE dog\n");
+  expect_error({"--model", kSd1, "--prompt_file", p.string()}, "p.txt' line 3 is not valid UTF-8");
+  test::write_text(p, "a cat\n" + std::string(500, '(') + "dog\n");
+  expect_error({"--model", kSd1, "--prompt_file", p.string()}, "p.txt' line 2: prompt emphasis: the weight of \"dog\"");
+  // An error while generating a line names it too.
+  test::write_text(p, "a cat\na dog\n");
+  const RunResult r = run({"--model", kSd1, "--prompt_file", p.string(), "--steps", "2", "--scheduler", "euler", "--lora",
+                           kData + "/lora/sd1_kohya.safetensors:1e30", "--output_dir", out_.string()});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("p.txt' line 1: latents became NaN/Inf at step 1 of 2"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -1,13 +1,20 @@
 // LoRA loading rules on the tiny models and the LoRA files of tests/data/lora: merge vs on the fly,
 // removal (bit-exact with keep_original, within f32 rounding without), unmatched keys, wrong-family
 // errors, every diffusers spelling, kohya / PEFT scale rules, merged values against a float64 loop,
-// several LoRAs at once, unsupported adapter types.
+// several LoRAs at once, unsupported adapter types, hostile files (NaN/Inf, integer tensors, empty,
+// matching no layer).
 #include <gtest/gtest.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <functional>
+#include <limits>
 
+#include "ops/view.h"
 #include "tests/models/adapters/lora_fixtures.h"
 #include "tests/test_util.h"
 
@@ -598,15 +605,200 @@ TEST(Lora, UnsupportedAdapterTypesAndMalformedFilesAreErrors) {
   expect_error({{p + ".lora_A.weight", c.down}, {p + ".lora_B.weight", test::random_tensor({32, 3}, DType::F32, 6)}},
                "does not fit");
   EXPECT_EQ(c.te->text_model->layers[0]->self_attn->q_proj->loras.size(), 0u);
-  // "diffusion_model" is a module name, not a LoRA "diff": reported, not rejected.
-  LoadedLora l = load({{"diffusion_model.x.lora_A.weight", c.down}});
-  EXPECT_EQ(l.report().unmatched, std::vector<std::string>{"diffusion_model.x.lora_A.weight"});
+  // "diffusion_model" is a module name, not a LoRA "diff": not rejected as a full difference, but, as
+  // the file's only key, it adapts nothing, which is an error naming it.
+  expect_error({{"diffusion_model.x.lora_A.weight", c.down}}, "none of its 1 keys addresses a layer");
+  expect_error({{"diffusion_model.x.lora_A.weight", c.down}}, "'diffusion_model.x.lora_A.weight'");
   // A model without weights cannot take a LoRA.
   ClipTextModel empty(c.te->config());
   LoraTargets te;
   te.text_encoder = &empty;
   EXPECT_THROW(load_lora(MapSource({{p + ".lora_A.weight", c.down}, {p + ".lora_B.weight", c.up}}), te), Error);
   EXPECT_THROW(load_lora(test::lora_file("missing.safetensors"), tg), Error);
+}
+
+// ---------------------------------------------------------------- hostile files
+
+// Writes `tensors` as a .safetensors file in a fresh temporary folder (removed with the object): the
+// hostile fixtures are made here, with the project's own writer, instead of being committed.
+struct TempLora {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("sd_lora_hostile_" + std::to_string(::getpid()) + "_" +
+                               ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  TempLora() {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  }
+  ~TempLora() { std::filesystem::remove_all(dir); }
+  std::string write(const std::string& name, const std::map<std::string, Tensor>& tensors) {
+    const std::string path = (dir / name).string();
+    save_safetensors(path, std::vector<std::pair<std::string, Tensor>>(tensors.begin(), tensors.end()));
+    return path;
+  }
+};
+
+// `t` with element `i` replaced by v (a copy; the original is shared by other cases).
+Tensor with_value(const Tensor& t, int64_t i, double v) {
+  std::vector<double> x = t.to_vector();
+  x[size_t(i)] = v;
+  return from_vector(x, t.shape(), t.dtype(), Device::cpu());
+}
+
+std::string load_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+const char* kQ = "lora_te_text_model_encoder_layers_0_self_attn_q_proj";
+const char* kK = "lora_te_text_model_encoder_layers_0_self_attn_k_proj";
+
+TEST(Lora, NanOrInfInWeightsOrAlphaIsRefusedNamingFileAndKey) {
+  ScaleCase c;
+  LoraTargets tg;
+  tg.text_encoder = c.te.get();
+  const auto w0 = snapshot(*c.te);
+  TempLora tmp;
+  const std::string q = kQ, k = kK;
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    std::string file, bad_key;
+    std::map<std::string, Tensor> tensors;
+    std::string needle;
+  };
+  // k_proj sorts before q_proj: every bad value sits in the module read last, so the first one had
+  // been read (and, before this check, would have been attached) when the bad one is found.
+  const std::map<std::string, Tensor> good_k = {{k + ".lora_down.weight", c.down}, {k + ".lora_up.weight", c.up}};
+  auto plus = [&](std::map<std::string, Tensor> t) {
+    t.insert(good_k.begin(), good_k.end());
+    return t;
+  };
+  const std::vector<Case> cases = {
+      {"nan_down.safetensors", q + ".lora_down.weight",
+       plus({{q + ".lora_down.weight", with_value(c.down, 5, nan)}, {q + ".lora_up.weight", c.up}}), "NaN or Inf"},
+      {"inf_up.safetensors", q + ".lora_up.weight",
+       plus({{q + ".lora_down.weight", c.down}, {q + ".lora_up.weight", with_value(c.up, 7, -inf)}}), "NaN or Inf"},
+      {"nan_alpha.safetensors", q + ".alpha",
+       plus({{q + ".lora_down.weight", c.down}, {q + ".lora_up.weight", c.up}, {q + ".alpha", scalar_tensor(nan)}}),
+       "is nan"},
+      {"inf_alpha.safetensors", q + ".alpha",
+       plus({{q + ".lora_down.weight", c.down}, {q + ".lora_up.weight", c.up}, {q + ".alpha", scalar_tensor(inf)}}),
+       "is inf"},
+  };
+  for (const LoraMode mode : {LoraMode::OnTheFly, LoraMode::Merge}) {
+    for (const Case& cs : cases) {
+      const std::string path = tmp.write(cs.file, cs.tensors);
+      const std::string err = load_error([&] { load_lora(path, tg, opts(1.0, mode)); });
+      ASSERT_FALSE(err.empty()) << cs.file << " was accepted";
+      for (const std::string& needle : {path, cs.bad_key, cs.needle})
+        EXPECT_NE(err.find(needle), std::string::npos) << cs.file << ": " << err;
+    }
+  }
+  EXPECT_NE(load_error([&] { load_lora(tmp.write("x.safetensors", cases[0].tensors), tg); }).find("1 of 128 values"),
+            std::string::npos);
+  // Nothing was attached or merged.
+  EXPECT_EQ(c.te->text_model->layers[0]->self_attn->k_proj->loras.size(), 0u);
+  EXPECT_EQ(c.te->text_model->layers[0]->self_attn->q_proj->loras.size(), 0u);
+  const auto w1 = snapshot(*c.te);
+  for (size_t i = 0; i < w0.size(); ++i) EXPECT_TRUE(bit_equal(w1[i].second, w0[i].second)) << w0[i].first;
+}
+
+TEST(Lora, FiniteValuesThatOverflowTheModelDtypeAreNamedAsSuch) {
+  // 1e6 is a fine f32 but Inf in f16: the message blames the conversion, not the file.
+  auto te16 = ClipTextModel::from_pretrained(std::string(SD_TEST_DATA_DIR) + "/clip_tiny_l", DType::F16);
+  LoraTargets tg;
+  tg.text_encoder = te16.get();
+  const std::string q = kQ;
+  const Tensor down = with_value(test::random_tensor({4, 32}, DType::F32, 3), 0, 1e6);
+  const std::string err = load_error([&] {
+    load_lora(MapSource({{q + ".lora_down.weight", down}, {q + ".lora_up.weight", test::random_tensor({32, 4}, DType::F32, 4)}},
+                        "big.safetensors"),
+              tg);
+  });
+  EXPECT_NE(err.find("too large for f16"), std::string::npos) << err;
+  EXPECT_NE(err.find(q + ".lora_down.weight"), std::string::npos) << err;
+  EXPECT_EQ(te16->text_model->layers[0]->self_attn->q_proj->loras.size(), 0u);
+  // Merged (computed in f32) the same file loads.
+  LoadedLora l = load_lora(MapSource({{q + ".lora_down.weight", down}, {q + ".lora_up.weight", test::random_tensor({32, 4}, DType::F32, 4)}},
+                                     "big.safetensors"),
+                           tg, opts(1e-9, LoraMode::Merge));
+  EXPECT_EQ(l.report().total_applied(), 1);
+}
+
+TEST(Lora, IntegerAndBoolTensorsAreRefusedNamingFileKeyAndDtype) {
+  ScaleCase c;
+  LoraTargets tg;
+  tg.text_encoder = c.te.get();
+  TempLora tmp;
+  const std::string q = kQ;
+  for (const DType dt : {DType::Bool, DType::U8, DType::I32, DType::I64}) {
+    for (const char* role : {".lora_down.weight", ".lora_up.weight"}) {
+      std::map<std::string, Tensor> t = {{q + ".lora_down.weight", c.down}, {q + ".lora_up.weight", c.up}};
+      t[q + role] = to(t[q + role], dt);
+      const std::string path = tmp.write(std::string("int_") + dtype_name(dt) + ".safetensors", t);
+      const std::string err = load_error([&] { load_lora(path, tg); });
+      for (const std::string& needle : {path, q + role, std::string("stored as ") + dtype_name(dt), std::string("must be floating")})
+        EXPECT_NE(err.find(needle), std::string::npos) << dtype_name(dt) << role << ": " << err;
+    }
+  }
+  // alpha: an integer count is a number (converters write torch.tensor(8)); a bool is not.
+  const std::map<std::string, Tensor> base = {{q + ".lora_down.weight", c.down}, {q + ".lora_up.weight", c.up}};
+  std::map<std::string, Tensor> t = base;
+  t[q + ".alpha"] = to(scalar_tensor(8.0), DType::Bool);
+  const std::string err = load_error([&] { load_lora(tmp.write("bool_alpha.safetensors", t), tg); });
+  EXPECT_NE(err.find("alpha '" + q + ".alpha' is stored as bool"), std::string::npos) << err;
+  t[q + ".alpha"] = to(scalar_tensor(8.0), DType::I64);
+  EXPECT_DOUBLE_EQ(c.scale_of(t), 8.0 / 4.0);  // alpha / r, text-encoder multiplier 1
+  EXPECT_EQ(c.te->text_model->layers[0]->self_attn->q_proj->loras.size(), 0u);
+}
+
+TEST(Lora, FileWithoutTensorsIsRefused) {
+  ScaleCase c;
+  LoraTargets tg;
+  tg.text_encoder = c.te.get();
+  TempLora tmp;
+  const std::string path = tmp.write("empty.safetensors", {});
+  const std::string err = load_error([&] { load_lora(path, tg); });
+  EXPECT_NE(err.find(path), std::string::npos) << err;
+  EXPECT_NE(err.find("holds no tensors"), std::string::npos) << err;
+}
+
+TEST(Lora, FileMatchingNoLayerIsAnErrorShowingKeysAndExpectedNames) {
+  test::LoraModels m = test::load_lora_models("sd1");
+  // Keys in a layout no layer answers to (here: a UNet LoRA named after another model's modules).
+  std::map<std::string, Tensor> t;
+  for (int i = 0; i < 6; ++i) {
+    const std::string n = "model.blocks." + std::to_string(i) + ".attn.qkv";
+    t[n + ".lora_A.weight"] = test::random_tensor({4, 32}, DType::F32, 1);
+    t[n + ".lora_B.weight"] = test::random_tensor({32, 4}, DType::F32, 2);
+  }
+  const std::string err = load_error([&] { load_lora(MapSource(t, "other_model.safetensors"), m.targets()); });
+  for (const std::string needle :
+       {"'other_model.safetensors'", "none of its 12 keys addresses a layer", "'model.blocks.0.attn.qkv.lora_A.weight'",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight' (kohya)",
+        "'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight' (diffusers/PEFT)",
+        "'lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight'",
+        "'text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight'"})
+    EXPECT_NE(err.find(needle), std::string::npos) << needle << "\n" << err;
+  EXPECT_EQ(adapters_attached(m), 0u);
+  // A text-encoder-only LoRA given only a UNet adapts nothing either.
+  LoraTargets unet_only;
+  unet_only.unet = m.unet.get();
+  ScaleCase c;
+  const std::string q = kQ;
+  const std::string e2 = load_error([&] {
+    load_lora(MapSource({{q + ".lora_down.weight", c.down}, {q + ".lora_up.weight", c.up}}, "te_only"), unet_only);
+  });
+  EXPECT_NE(e2.find("none of its 2 keys"), std::string::npos) << e2;
+  EXPECT_EQ(e2.find("lora_te_", e2.find("expects keys like")), std::string::npos) << "only the UNet's names: " << e2;
+  // SDXL naming: two text encoders are lora_te1_ / lora_te2_.
+  test::LoraModels xl = test::load_lora_models("sdxl");
+  const std::string e3 = load_error([&] { load_lora(MapSource(t, "other_model.safetensors"), xl.targets()); });
+  EXPECT_NE(e3.find("'lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight'"), std::string::npos) << e3;
+  EXPECT_NE(e3.find("'lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight'"), std::string::npos) << e3;
 }
 
 }  // namespace

@@ -1,17 +1,24 @@
 // Textual-inversion loading rules: rows and ids, triggers that are prefixes of others, overrides,
 // 1-D vectors, and the errors (width, SDXL without a second encoder, taken triggers, tokenizer/encoder
-// size mismatch, unknown layouts) -- each leaving the models unchanged.
+// size mismatch, unknown layouts, NaN/Inf and integer vectors) -- each leaving the models unchanged.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <functional>
+#include <limits>
 
 #include "models/adapters/textual_inversion.h"
+#include "runtime/safetensors.h"
 #include "ops/view.h"
 #include "tests/models/adapters/lora_fixtures.h"
 #include "tests/test_util.h"
 
 namespace sd::nn {
 namespace {
+
+namespace fs = std::filesystem;
 
 struct Tiny {
   ClipTokenizer tok = tokenizer(999);
@@ -122,6 +129,56 @@ TEST(TextualInversion, ErrorsNameTheProblemAndChangeNothing) {
   EXPECT_EQ(t.tok.size(), 1003);
   EXPECT_EQ(t.te->text_model->embeddings->token_embedding->weight.size(0), 1003);
   EXPECT_EQ(tok.size(), 1000);
+}
+
+// Hostile files, written here with the project's safetensors writer: NaN/Inf in a vector and
+// non-floating vectors are refused naming the file and key, and nothing is added.
+TEST(TextualInversion, NanInfAndIntegerVectorsAreRefusedNamingFileAndKey) {
+  Tiny t;
+  TextualInversions ti;
+  const fs::path dir = fs::temp_directory_path() / ("sd_ti_hostile_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto write = [&](const std::string& name, const std::vector<std::pair<std::string, Tensor>>& tensors) {
+    const std::string path = (dir / name).string();
+    save_safetensors(path, tensors);
+    return path;
+  };
+  auto with_value = [](const Tensor& v, int64_t i, double x) {
+    std::vector<double> d = v.to_vector();
+    d[size_t(i)] = x;
+    return from_vector(d, v.shape(), v.dtype(), Device::cpu());
+  };
+  const Tensor good = test::random_tensor({2, 32}, DType::F32, 1);
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  // A1111 emb_params with a NaN in vector 1, column 3.
+  const std::string a = write("nan_emb.safetensors", {{"emb_params", with_value(good, 32 + 3, nan)}});
+  expect_error([&] { ti.load(a, t.targets()); },
+               {a, "'emb_params'", "NaN or Inf", "1 of 64 values", "vector 1 at column 3"});
+  // diffusers learned_embeds with Inf.
+  const std::string b = write("learned_embeds.safetensors", {{"<tok>", with_value(good, 0, -inf)}});
+  expect_error([&] { ti.load(b, t.targets()); }, {b, "'<tok>'", "NaN or Inf"});
+  // An SDXL file whose clip_g is bad (the second encoder is checked too).
+  ClipTokenizer tok2 = Tiny::tokenizer(999);
+  auto te2 = ClipTextModel::from_pretrained(std::string(SD_TEST_DATA_DIR) + "/clip_tiny_l");
+  const std::string c = write("xl_nan.safetensors", {{"clip_l", good}, {"clip_g", with_value(good, 1, nan)}});
+  expect_error([&] { ti.load(c, {{&t.tok, t.te.get()}, {&tok2, te2.get()}}); }, {c, "'clip_g'", "NaN or Inf"});
+  // Integer and boolean vectors.
+  for (const DType dt : {DType::I64, DType::I32, DType::U8, DType::Bool}) {
+    const std::string d = write(std::string("int_") + dtype_name(dt) + ".safetensors", {{"emb_params", to(good, dt)}});
+    expect_error([&] { ti.load(d, t.targets()); }, {d, "'emb_params'", std::string("stored as ") + dtype_name(dt)});
+  }
+  // Finite f32 values beyond f16 overflow an f16 embedding table.
+  ClipTokenizer tok16 = Tiny::tokenizer(999);
+  auto te16 = ClipTextModel::from_pretrained(std::string(SD_TEST_DATA_DIR) + "/clip_tiny_l", DType::F16);
+  const std::string e = write("big.safetensors", {{"emb_params", with_value(good, 0, 1e6)}});
+  expect_error([&] { ti.load(e, {{&tok16, te16.get()}, {}}); }, {e, "too large", "f16"});
+  // Nothing was added anywhere.
+  EXPECT_TRUE(ti.embeddings().empty());
+  EXPECT_EQ(t.tok.size(), 1000);
+  EXPECT_EQ(t.te->text_model->embeddings->token_embedding->weight.size(0), 1000);
+  EXPECT_EQ(tok16.size(), 1000);
+  fs::remove_all(dir);
 }
 
 }  // namespace
