@@ -221,6 +221,13 @@ struct GifSource {
   size_t n, pos;
 };
 
+// giflib's message for an error code; GifErrorString returns null for codes it does not know
+// (0 among them, which a failed call can leave behind: found by fuzz_image).
+std::string gif_error_text(int code) {
+  const char* s = GifErrorString(code);
+  return s ? s : "error " + std::to_string(code);
+}
+
 int gif_read_from(GifFileType* g, GifByteType* buf, int len) {
   auto* s = static_cast<GifSource*>(g->UserData);
   const size_t k = std::min(size_t(len < 0 ? 0 : len), s->n - s->pos);
@@ -235,7 +242,7 @@ std::string gif_decode(const unsigned char* p, size_t n, Pixels* out) {
   GifSource src{p, n, 0};
   int err = 0;
   GifFileType* g = DGifOpen(&src, gif_read_from, &err);
-  if (!g) return std::string("not a readable GIF (") + GifErrorString(err) + ")";
+  if (!g) return "not a readable GIF (" + gif_error_text(err) + ")";
   struct Closer {
     GifFileType* g;
     ~Closer() {
@@ -245,7 +252,7 @@ std::string gif_decode(const unsigned char* p, size_t n, Pixels* out) {
   } closer{g};
   const std::string problem = pixel_problem(g->SWidth, g->SHeight);
   if (!problem.empty()) return problem;
-  const auto fail = [&](const char* what) { return std::string(what) + " (" + GifErrorString(g->Error) + ")"; };
+  const auto fail = [&](const char* what) { return std::string(what) + " (" + gif_error_text(g->Error) + ")"; };
   while (true) {
     GifRecordType type = UNDEFINED_RECORD_TYPE;
     if (DGifGetRecordType(g, &type) == GIF_ERROR) return fail("damaged GIF record");

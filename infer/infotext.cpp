@@ -38,7 +38,8 @@ std::string format_a1111_parameters(const Infotext& i) {
   add("Sampler", i.sampler);
   if (!i.schedule_type.empty()) add("Schedule type", i.schedule_type);
   add("CFG scale", format_number(i.cfg_scale));
-  add("Seed", std::to_string(i.seed));
+  if (i.latents.empty()) add("Seed", std::to_string(i.seed));
+  else add("Latents", i.latents);
   add("Size", std::to_string(i.width) + "x" + std::to_string(i.height));
   if (!i.model_hash.empty()) add("Model hash", i.model_hash);
   if (!i.model_name.empty()) add("Model", i.model_name);

@@ -25,6 +25,9 @@ struct Infotext {
   std::string schedule_type;  // "Karras" or "" (A1111 >= 1.9 writes it apart from the sampler)
   double cfg_scale = 0;
   uint64_t seed = 0;
+  // A run started from a latents file: "name [sha256 10 hex]", written as "Latents" in place of the
+  // seed (the seed did not make the noise, so it would not reproduce the image).
+  std::string latents;
   int64_t width = 0, height = 0;
   std::string model_hash;     // 10 hex digits
   std::string model_name;

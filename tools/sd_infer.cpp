@@ -24,8 +24,11 @@
 #include <nlohmann/json.hpp>
 
 #include "infer/generate.h"
+#include "infer/device_choice.h"
+#include "runtime/cuda_api.h"
 #include "infer/image_io.h"
 #include "infer/infotext.h"
+#include "infer/sha256.h"
 #include "infer/pipeline.h"
 #include "infer/prompt_weights.h"
 #include "models/adapters/lora.h"
@@ -118,9 +121,10 @@ SDXL micro-conditioning (default: the output size, crop 0,0):
   --aesthetic_score A, --negative_aesthetic_score A   (refiner; defaults 6 and 2.5)
 
 runtime:
-  --device cpu|cuda[:N]      (default cpu)
-  --dtype fp32|fp16|bf16     UNet/text encoders (default fp32); the VAE stays fp32 where the model's
-                             config asks (force_upcast, SDXL)
+  --device cpu|cuda[:N]      default: the first CUDA device when this build has CUDA and a GPU is
+                             present, else the CPU (the first line of output says which, and why)
+  --dtype fp32|fp16|bf16     UNet/text encoders (default: fp16 on a GPU, fp32 on the CPU); the VAE
+                             stays fp32 where the model's config asks (force_upcast, SDXL)
   --vae_tiling               decode (and encode) in tiles: large images in little memory
   --no_vae_upcast            run an fp16 VAE in fp16 (fp16-safe VAEs only)
 
@@ -312,7 +316,8 @@ struct Options {
   std::vector<fs::path> created_dirs;  // folders this run created for --output_dir, deepest first
   std::optional<uint64_t> seed;
   std::string rng = "philox", latents_file, init_image, timestep_spacing;
-  std::string device = "cpu", dtype = "fp32";
+  std::string device, dtype;  // "" = chosen by infer::choose_device (GPU fp16 when present, else CPU fp32)
+  std::string device_choice;   // what was picked and why
   bool vae_tiling = false, no_vae_upcast = false, quiet = false, json = false;
   std::string output_dir = "outputs";
   bool strength_given = false;
@@ -441,8 +446,8 @@ void check_options(Options& o) {
   }
   if (o.rng != "philox" && o.rng != "torch-cuda" && o.rng != "torch_cuda")
     throw UsageError("--rng must be philox or torch-cuda, got '" + o.rng + "'");
-  if (o.dtype != "fp32" && o.dtype != "fp16" && o.dtype != "bf16" && o.dtype != "float32" && o.dtype != "float16" &&
-      o.dtype != "bfloat16")
+  if (!o.dtype.empty() && o.dtype != "fp32" && o.dtype != "fp16" && o.dtype != "bf16" && o.dtype != "float32" &&
+      o.dtype != "float16" && o.dtype != "bfloat16")
     throw UsageError("--dtype must be fp32, fp16 or bf16, got '" + o.dtype + "'");
   if (!o.init_image.empty() && !o.latents_file.empty())
     throw UsageError("--latents and --init_image exclude each other (img2img latents come from the image)");
@@ -553,7 +558,8 @@ std::string non_finite_hint(const NonFiniteError& e, const Options& o) {
       else if (half) tips.push_back("the VAE ran in " + std::string(dtype_name(e.dtype)) + ": drop --no_vae_upcast or use --dtype fp32");
       break;
     case NonFiniteError::Stage::Denoise:
-      if (half) tips.push_back("with --dtype " + o.dtype + " try --dtype fp32");
+      if (half) tips.push_back("with --dtype " + (o.dtype.empty() ? std::string(dtype_name(e.dtype)) : o.dtype) +
+                               " try --dtype fp32");
       if (!o.loras.empty()) tips.push_back("a --lora scale too large, or a LoRA for another model?");
       if (o.req.guidance_scale && std::fabs(*o.req.guidance_scale) > 50)
         tips.push_back("--guidance_scale " + format_number(*o.req.guidance_scale) + " is far beyond the usual 1-15");
@@ -588,9 +594,14 @@ class Hasher {
   }
   const std::string& model() { return wait(), model_; }
   const std::string& refiner() { return wait(), refiner_; }
+  // The starting-latents file's SHA-256, first 10 hex digits (as A1111's model hash); computed once.
+  const std::string& latents(const std::string& path) {
+    if (latents_.empty()) latents_ = sha256_files_hex({path}).substr(0, 10);
+    return latents_;
+  }
 
  private:
-  std::string model_, refiner_;
+  std::string model_, refiner_, latents_;
   std::thread t_;  // last: starts once the strings exist
 };
 
@@ -631,6 +642,8 @@ Infotext infotext_for(const Options& o, Loaded& m, Hasher& hashes, const Generat
   info.schedule_type = schedule;
   info.cfg_scale = res.guidance_scale;
   info.seed = seed;
+  if (!o.latents_file.empty())
+    info.latents = fs::path(o.latents_file).filename().string() + " [" + hashes.latents(o.latents_file) + "]";
   info.width = res.width;
   info.height = res.height;
   info.model_hash = hashes.model();
@@ -733,6 +746,7 @@ void print_json(const Options& o, Loaded& m, Hasher& hashes, const GenerateResul
   j["prompt_tokens"] = last.prompt_tokens;
   j["prompt_chunks"] = last.prompt_chunks;
   j["device"] = po.device.str();
+  j["device_choice"] = o.device_choice;
   j["dtype"] = dtype_name(po.dtype);
   j["timings"] = {{"load_s", load_s},
                   {"text_encode_s", t.timings.text_encode_s},
@@ -755,12 +769,18 @@ int run(Options& o) {
   auto say = [&](const std::string& s) {
     if (talk) std::fprintf(stderr, "%s\n", s.c_str());
   };
+  // The first line says where the run goes: a GPU in fp16 when there is one, unless told otherwise.
+  const int gpus = cudart::device_count();
+  const infer::DeviceChoice choice =
+      infer::choose_device(o.device, o.dtype, gpus, gpus > 0 ? "" : cudart::unavailable_reason());
+  o.device_choice = choice.why;
+  say("device: " + choice.why);
   prepare_output_dir(o);
 
   PipelineOptions po;
   po.variant = o.variant;
-  po.dtype = parse_dtype(o.dtype);
-  po.device = parse_device(o.device);
+  po.dtype = choice.dtype;
+  po.device = choice.device;
   if (!o.family.empty()) po.family = nn::parse_family(o.family);
   if (!o.prediction.empty()) po.prediction = nn::parse_prediction(o.prediction);
   if (o.no_vae_upcast) po.vae_upcast = false;

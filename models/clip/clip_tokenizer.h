@@ -60,10 +60,14 @@ struct TokenizerConfig {
 class ClipTokenizer {
  public:
   // diffusers tokenizer/ folder: vocab.json (token -> id) and merges.txt ("#version" line, then
-  // one "left right" merge per line, in rank order; only the first 48,894 are used, as CLIP does).
+  // one "left right" merge per line, in rank order; only the first 48,894 are used, as CLIP does),
+  // or tokenizer.json alone.
   static ClipTokenizer from_folder(const std::string& dir, TokenizerConfig cfg = {});
   static ClipTokenizer from_files(const std::string& vocab_json, const std::string& merges_txt,
                                   TokenizerConfig cfg = {});
+  // transformers 5 saves only tokenizer.json (Hugging Face tokenizers' format: the BPE vocabulary
+  // and merges in one file); from_folder reads it when vocab.json is absent.
+  static ClipTokenizer from_tokenizer_json(const std::string& path, TokenizerConfig cfg = {});
   // OpenAI/OpenCLIP bpe_simple_vocab_16e6.txt.gz: gzip'd merges (first line a header); the vocab
   // is derived as CLIP's simple_tokenizer does: 256 byte characters, the same with "</w>", one
   // token per merge, <|startoftext|>, <|endoftext|>.

@@ -1,5 +1,6 @@
 // Loading the CLIP vocabulary: the diffusers/transformers tokenizer folder (vocab.json +
-// merges.txt) and OpenAI's gzip'd merge list (bpe_simple_vocab_16e6.txt.gz).
+// merges.txt, or only tokenizer.json as transformers 5 saves it) and OpenAI's gzip'd merge list
+// (bpe_simple_vocab_16e6.txt.gz).
 #include <zlib.h>
 
 #include <filesystem>
@@ -100,27 +101,78 @@ Bpe::Merges parse_merges(std::string_view text, const std::string& path, bool re
 ClipTokenizer ClipTokenizer::from_folder(const std::string& dir, TokenizerConfig cfg) {
   SD_CHECK(std::filesystem::is_directory(dir), "ClipTokenizer: '", dir, "' is not a directory");
   const std::filesystem::path d(dir);
+  if (!std::filesystem::exists(d / "vocab.json") && std::filesystem::is_regular_file(d / "tokenizer.json"))
+    return from_tokenizer_json((d / "tokenizer.json").string(), cfg);
+  SD_CHECK(std::filesystem::exists(d / "vocab.json"), "ClipTokenizer: '", dir,
+           "' has neither vocab.json + merges.txt nor tokenizer.json");
   return from_files((d / "vocab.json").string(), (d / "merges.txt").string(), cfg);
 }
 
-ClipTokenizer ClipTokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt,
-                                        TokenizerConfig cfg) {
-  const std::string vtext = read_file(vocab_json);
-  nlohmann::json j;
+namespace {
+
+nlohmann::json parse_json_file(const std::string& path) {
+  const std::string text = read_file(path);
   try {
-    j = nlohmann::json::parse(vtext);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    SD_FAIL("ClipTokenizer: '", vocab_json, "' is not valid JSON: ", e.what());
+    SD_FAIL("ClipTokenizer: '", path, "' is not valid JSON: ", e.what());
   }
-  SD_CHECK(j.is_object(), "ClipTokenizer: '", vocab_json, "' must be a JSON object of token -> id");
+}
+
+// token -> id of a vocab.json object (or tokenizer.json's model.vocab).
+std::unordered_map<std::string, int> read_vocab(const nlohmann::json& j, const std::string& where) {
+  SD_CHECK(j.is_object(), "ClipTokenizer: ", where, " must be a JSON object of token -> id");
   std::unordered_map<std::string, int> vocab;
   vocab.reserve(j.size());
   for (auto it = j.begin(); it != j.end(); ++it) {
     SD_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 &&
                  it.value().get<int64_t>() < (int64_t(1) << 30),
-             "ClipTokenizer: '", vocab_json, "': the id of token '", it.key(), "' is not a valid integer id");
+             "ClipTokenizer: ", where, ": the id of token '", it.key(), "' is not a valid integer id");
     vocab[it.key()] = it.value().get<int>();
   }
+  return vocab;
+}
+
+}  // namespace
+
+ClipTokenizer ClipTokenizer::from_tokenizer_json(const std::string& path, TokenizerConfig cfg) {
+  // Hugging Face tokenizers' file: model {type "BPE", vocab {token: id}, merges ["a b", ...] or
+  // (tokenizers >= 0.20) [["a", "b"], ...]}. The normalizer and pre-tokenizer it describes are
+  // CLIP's, which ClipTokenizer implements itself; anything but a BPE model is refused.
+  const nlohmann::json j = parse_json_file(path);
+  SD_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), "ClipTokenizer: '", path,
+           "' has no \"model\" object (not a tokenizers file)");
+  const nlohmann::json& m = j["model"];
+  SD_CHECK(m.value("type", std::string()) == "BPE", "ClipTokenizer: '", path, "': model type ",
+           m.contains("type") ? m["type"].dump() : std::string("(none)"), " is not BPE (not a CLIP tokenizer)");
+  SD_CHECK(m.contains("vocab") && m.contains("merges") && m["merges"].is_array(), "ClipTokenizer: '", path,
+           "': the BPE model needs \"vocab\" and a \"merges\" list");
+  std::unordered_map<std::string, int> vocab = read_vocab(m["vocab"], "'" + path + "' model.vocab");
+  Bpe::Merges merges;
+  for (const nlohmann::json& e : m["merges"]) {
+    if (merges.size() == kMaxMerges) break;
+    if (e.is_string()) {
+      const std::string s = e.get<std::string>();
+      const size_t sp = s.find(' ');
+      SD_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size() && s.find(' ', sp + 1) == std::string::npos,
+               "ClipTokenizer: '", path, "': malformed merge '", s, "' (expected two symbols separated by a space)");
+      merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+    } else {
+      SD_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(), "ClipTokenizer: '", path,
+               "': malformed merge ", e.dump(), " (expected a pair of strings)");
+      merges.emplace_back(e[0].get<std::string>(), e[1].get<std::string>());
+    }
+  }
+  auto unk = vocab.find("<|endoftext|>");
+  SD_CHECK(unk != vocab.end(), "ClipTokenizer: '", path, "' has no token <|endoftext|>");
+  const int unk_id = unk->second;
+  auto bpe = std::make_shared<const Bpe>(std::move(vocab), merges, unk_id);
+  return ClipTokenizer(std::move(bpe), cfg, "'" + path + "'");
+}
+
+ClipTokenizer ClipTokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt,
+                                        TokenizerConfig cfg) {
+  std::unordered_map<std::string, int> vocab = read_vocab(parse_json_file(vocab_json), "'" + vocab_json + "'");
   // transformers: merges_handle.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]
   const std::string mtext = read_file(merges_txt);
   text::decode_utf8(mtext, ("ClipTokenizer: '" + merges_txt + "'").c_str());  // rejects invalid UTF-8

@@ -442,11 +442,13 @@ TensorMap read_component(const fs::path& dir, const std::string& variant) {
 // transformers' CLIPTokenizer files for SD's tokenizers (FORMATS.md §2.6): CLIP-L pads with
 // <|endoftext|>, OpenCLIP (SD2, SDXL's tokenizer_2) with "!" (id 0).
 void write_tokenizer(const fs::path& from, const fs::path& to, bool pad_with_eos) {
-  for (const char* f : {"vocab.json", "merges.txt"})
+  // vocab.json + merges.txt, or (a folder saved by transformers 5) tokenizer.json alone.
+  std::vector<const char*> files = {"vocab.json", "merges.txt"};
+  if (!fs::exists(from / "vocab.json") && fs::is_regular_file(from / "tokenizer.json")) files = {"tokenizer.json"};
+  for (const char* f : files)
     SD_CHECK(fs::is_regular_file(from / f), "tokenizer: '", (from / f).string(), "' does not exist");
   fs::create_directories(to);
-  for (const char* f : {"vocab.json", "merges.txt"})
-    fs::copy_file(from / f, to / f, fs::copy_options::overwrite_existing);
+  for (const char* f : files) fs::copy_file(from / f, to / f, fs::copy_options::overwrite_existing);
   const char* pad = pad_with_eos ? "<|endoftext|>" : "!";
   nlohmann::json special = {{"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"},
                             {"pad_token", pad}, {"unk_token", "<|endoftext|>"}};

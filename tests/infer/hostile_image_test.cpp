@@ -124,6 +124,16 @@ TEST(HostileImage, HeaderSizesOverTheLimitAreRefusedBeforeAllocation) {
   EXPECT_LT(peak_rss_mib() - before, 50.0);
 }
 
+TEST(HostileImage, GifWhoseErrorCodeGiflibCannotNameIsAnError) {
+  // Found by fuzz_image in CI: a damaged GIF whose failing call left an error code without a
+  // message (GifErrorString returned null and the message was built from it).
+  const unsigned char gif[] = {0x47, 0x49, 0x46, 0x38, 0x37, 0x61, 0x0c, 0x00, 0x0a, 0x00, 0x82, 0x00, 0x00, 0x00, 0x5b, 0xb6,
+                               0x25, 0x80, 0xdb, 0x4a, 0xa5, 0x00, 0x6f, 0xca, 0x25, 0x94, 0xef, 0x4a, 0xb9, 0x14, 0x6f, 0xde,
+                               0x39, 0x94, 0x03, 0x5e, 0xb9, 0x2c, 0x5a, 0x98, 0x02, 0x22, 0x1a, 0x08, 0x00, 0x00, 0x3b};
+  const std::string msg = decode_error(std::string(reinterpret_cast<const char*>(gif), sizeof(gif)), "fuzzed.gif");
+  EXPECT_NE(msg.find("cannot decode GIF image 'fuzzed.gif'"), std::string::npos) << msg;
+}
+
 TEST(HostileImage, EmptyAndTinyInputsAreErrors) {
   for (const std::string& s : {std::string(), std::string("\x89PNG\r\n\x1a\n"), std::string("\xFF\xD8\xFF"),
                                std::string("GIF89a"), std::string("BM"), std::string("RIFF\0\0\0\0WEBP", 12)})

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "infer/image_io.h"
+#include "infer/sha256.h"
 #include "ops/view.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
@@ -56,9 +57,12 @@ class E2ESdInfer : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  RunResult run(const std::vector<std::string>& args) {
+  // auto_device: leave the device to sd_infer (a GPU in fp16 where one exists); otherwise the run
+  // is pinned to the CPU, which the expected values of these tests are for.
+  RunResult run(const std::vector<std::string>& args, bool auto_device = false) {
     std::string cmd = shell_quote(kBinary);
     for (const std::string& a : args) cmd += " " + shell_quote(a);
+    if (!auto_device && std::find(args.begin(), args.end(), "--device") == args.end()) cmd += " --device cpu";
     const fs::path so = dir_ / "stdout.txt", se = dir_ / "stderr.txt";
     cmd += " >" + shell_quote(so.string()) + " 2>" + shell_quote(se.string());
     const int status = std::system(cmd.c_str());
@@ -95,8 +99,13 @@ const std::string kSd1 = kData + "/pipe_tiny_sd1";
 
 TEST_F(E2ESdInfer, Txt2ImgWritesPngWithA1111Parameters) {
   const RunResult r = run({"--model", kSd1, "--prompt", "a red cartoon cat", "--negative_prompt", "blurry", "--steps", "4",
-                     "--scheduler", "dpm++2m_karras", "--seed", "7", "--output_dir", out_.string()});
+                     "--scheduler", "dpm++2m_karras", "--seed", "7", "--output_dir", out_.string()},
+                          /*auto_device=*/true);
   ASSERT_EQ(r.code, 0) << r.err;
+  // The first line says which device and dtype were picked (no flags: a GPU when present, else the CPU).
+  const std::string first = r.err.substr(0, r.err.find('\n'));
+  EXPECT_EQ(first.rfind(test::has_cuda() ? "device: cuda:0 f16 (auto" : "device: cpu f32 (auto: no CUDA device", 0), 0u)
+      << first;
   const auto files = pngs();
   ASSERT_EQ(files.size(), 1u);
   EXPECT_EQ(files[0].filename(), "7-00000.png");
@@ -134,7 +143,8 @@ TEST_F(E2ESdInfer, Txt2ImgWritesPngWithA1111Parameters) {
 TEST_F(E2ESdInfer, JsonSummary) {
   const RunResult r = run({"--model", kSd1, "--prompt", "a red cartoon cat", "--steps", "3", "--scheduler", "euler",
                      "--num_images_per_prompt", "2", "--batch_size", "1", "--seed", "3", "--json", "--quiet",
-                     "--output_dir", out_.string()});
+                     "--output_dir", out_.string()},
+                          /*auto_device=*/true);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(r.err.empty()) << r.err;
   const nlohmann::json j = nlohmann::json::parse(r.out);
@@ -146,6 +156,12 @@ TEST_F(E2ESdInfer, JsonSummary) {
   EXPECT_EQ(j["sampler"], "Euler");
   EXPECT_EQ(j["width"], 32);
   EXPECT_EQ(j["num_images"], 2);
+  // No --device / --dtype: the choice and its reason are part of the summary.
+  const bool gpu = test::has_cuda();
+  EXPECT_EQ(j["device"], gpu ? "cuda:0" : "cpu");
+  EXPECT_EQ(j["dtype"], gpu ? "f16" : "f32");
+  EXPECT_NE(j["device_choice"].get<std::string>().find(gpu ? "auto: the first CUDA device" : "auto: no CUDA device"),
+            std::string::npos) << j["device_choice"];
   for (const char* k : {"load_s", "text_encode_s", "denoise_s", "decode_s", "total_s"})
     EXPECT_GE(j["timings"][k].get<double>(), 0.0) << k;
   EXPECT_GT(j["timings"]["denoise_s"].get<double>(), 0.0);
@@ -183,6 +199,11 @@ TEST_F(E2ESdInfer, GivenLatentsReproduceDiffusers) {
         worst = std::max(worst, std::abs(int(got[size_t((y * W + x) * 3 + c)]) - expect));
       }
   EXPECT_LE(worst, 1) << "pixel levels off diffusers' image";
+  // The PNG records the latents file (name and hash), not a seed that did not make the noise.
+  const std::string params = read_png_text(files[0].string()).at("parameters");
+  EXPECT_EQ(params.find("Seed:"), std::string::npos) << params;
+  const std::string hash = infer::sha256_hex(test::read_text(lat)).substr(0, 10);
+  EXPECT_NE(params.find("Latents: latents.safetensors [" + hash + "]"), std::string::npos) << params;
 }
 
 TEST_F(E2ESdInfer, ErrorBadModelPath) {

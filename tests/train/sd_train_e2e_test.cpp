@@ -5,6 +5,8 @@
 // model without a VAE, a checkpoint of another run, a full disk while saving, a diverging loss).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -117,7 +119,10 @@ class E2ESdTrain : public ::testing::Test {
   RunResult run(const std::vector<std::string>& args, const std::string& binary = kTrain, long long limit = 0) {
     static int n = 0;
     const std::string tag = "run" + std::to_string(n++);
-    return wait(spawn(binary, args, tag, limit), tag);
+    // sd_infer would pick a GPU in fp16 where one exists; these comparisons are made on the CPU.
+    std::vector<std::string> a = args;
+    if (binary == kInfer && std::find(a.begin(), a.end(), "--device") == a.end()) a.insert(a.end(), {"--device", "cpu"});
+    return wait(spawn(binary, a, tag, limit), tag);
   }
 
   fs::path dir_;

@@ -378,7 +378,7 @@ TEST_F(TokenizerFiles, BadFiles) {
   const std::string good_vocab = kClipDir + "/vocab.json", good_merges = kClipDir + "/merges.txt";
   const std::string missing = (dir_ / "nope.json").string();
   expect_error([&] { ClipTokenizer::from_folder((dir_ / "no_dir").string()); }, {"no_dir", "not a directory"});
-  expect_error([&] { ClipTokenizer::from_folder(dir_.string()); }, {"vocab.json", "cannot open"});
+  expect_error([&] { ClipTokenizer::from_folder(dir_.string()); }, {"vocab.json", "nor tokenizer.json"});
   expect_error([&] { ClipTokenizer::from_files(missing, good_merges); }, {missing, "cannot open"});
   expect_error([&] { ClipTokenizer::from_files(good_vocab, missing); }, {missing, "cannot open"});
   const std::string not_json = write("bad.json", "{\"a\": 1,,}");
