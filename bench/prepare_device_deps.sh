@@ -16,6 +16,12 @@ cp -P /usr/lib/x86_64-linux-gnu/libutf8proc.so* .deps/lib/
 cp /usr/include/snappy.h /usr/include/snappy-stubs-public.h /usr/include/zstd.h /usr/include/zstd_errors.h .deps/include/
 cp -r /usr/include/webp .deps/include/
 cp -P /usr/lib/x86_64-linux-gnu/libsnappy.so* /usr/lib/x86_64-linux-gnu/libzstd.so* /usr/lib/x86_64-linux-gnu/libwebp.so* .deps/lib/
+# Image decoders (infer/image_decode.cpp): libpng, libjpeg-turbo, giflib.
+cp /usr/include/libpng16/png.h /usr/include/libpng16/pngconf.h /usr/include/libpng16/pnglibconf.h .deps/include/
+cp /usr/include/jpeglib.h /usr/include/jmorecfg.h /usr/include/jerror.h /usr/include/x86_64-linux-gnu/jconfig.h \
+   /usr/include/gif_lib.h .deps/include/
+cp -P /usr/lib/x86_64-linux-gnu/libpng16.so* /usr/lib/x86_64-linux-gnu/libpng.so /usr/lib/x86_64-linux-gnu/libjpeg.so* \
+   /usr/lib/x86_64-linux-gnu/libgif.so* .deps/lib/
 # zlib: that machine has the runtime library; a link lets the build find it without the -dev package.
 ln -s /usr/lib/x86_64-linux-gnu/libz.so.1 .deps/lib/libz.so
 du -sh .deps
