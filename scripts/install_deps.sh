@@ -16,16 +16,28 @@ PACKAGES=(
   libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer
   zlib1g-dev                                            # gzip'd CLIP merges (bpe_simple_vocab_16e6.txt.gz)
   libsnappy-dev libzstd-dev                             # Snappy/Zstandard Parquet pages (HF datasets)
-  libpng-dev libjpeg62-turbo-dev libwebp-dev libgif-dev  # image decoding (fuzzed upstream; stb only for BMP)
-  clang libclang-rt-dev                                 # sanitizer + libFuzzer build of the file readers (make fuzz)
+  libpng-dev libjpeg-dev libwebp-dev libgif-dev         # image decoding (fuzzed upstream; stb only for BMP)
+  clang                                                 # sanitizer + libFuzzer build of the file readers (make fuzz)
 )
+# Packaged apart on some releases only (Debian bookworm splits clang's sanitizer and libFuzzer
+# runtimes out of libclang-common-*-dev): installed where the release has it.
+OPTIONAL=(libclang-rt-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+optional_missing=()
+for p in "${OPTIONAL[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || optional_missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#optional_missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  for p in "${optional_missing[@]}"; do
+    if apt-cache show "$p" >/dev/null 2>&1; then missing+=("$p"); fi
+  done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install_deps: installing ${missing[*]}"
-  $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "install_deps: all packages present"
