@@ -44,12 +44,10 @@ bool pixels_ok(int64_t w, int64_t h, char* why, size_t len) {
   return false;
 }
 
+// "" when the size is fine, else what is wrong (the same words as pixels_ok).
 std::string pixel_problem(int64_t w, int64_t h) {
-  if (w <= 0 || h <= 0) return "the image has no pixels (" + std::to_string(w) + "x" + std::to_string(h) + ")";
-  if (w > kMaxImagePixels / h)
-    return std::to_string(w) + "x" + std::to_string(h) + " pixels, over PIL's decompression-bomb limit of " +
-           std::to_string(kMaxImagePixels);
-  return "";
+  char why[160];
+  return pixels_ok(w, h, why, sizeof(why)) ? std::string() : std::string(why);
 }
 
 // Decoded pixels before the RGB / native conversion: 8 bits per channel, or 16-bit grey.

@@ -120,6 +120,19 @@ std::string pickle_tensor_view(int64_t storage_numel, const std::vector<int64_t>
   return p + "tRs.";
 }
 
+pickle::Hooks float_storage_hook(int64_t numel) {
+  pickle::Hooks h;
+  h.persistent_load = [numel](const pickle::Value&) {
+    auto v = std::make_shared<pickle::Value>();
+    v->kind = pickle::Kind::Storage;
+    v->dtype = DType::F32;
+    v->numel = numel;
+    v->storage = Storage::allocate(size_t(numel) * 4, Device::cpu());
+    return v;
+  };
+  return h;
+}
+
 std::string safetensors_with_header(const std::string& header_json, const std::string& data) {
   std::string out;
   put_le(out, header_json.size(), 8);

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "models/formats/pickle_reader.h"
+
 namespace sd::test {
 
 // ---- zip (what torch.save writes: archive/data.pkl, archive/data/<key>, ...)
@@ -32,6 +34,10 @@ std::string pickle_self_dict();
 // {"w": _rebuild_tensor_v2(<storage '0' of `storage_numel` floats>, 0, size, stride, False, {})}.
 std::string pickle_tensor_view(int64_t storage_numel, const std::vector<int64_t>& size,
                                const std::vector<int64_t>& stride);
+
+// Unpickler hooks resolving every persistent id to a fresh float32 storage of `numel` elements
+// (what a .ckpt's archive/data/<key> entry would give), for unpickling tensor views in memory.
+pickle::Hooks float_storage_hook(int64_t numel);
 
 // ---- safetensors: a file with one tensor entry whose header is written as given.
 std::string safetensors_with_header(const std::string& header_json, const std::string& data);

@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include <sys/resource.h>
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -178,6 +180,12 @@ std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
   while (std::getline(in, line))
     if (!line.empty()) v.push_back(nlohmann::json::parse(line));
   return v;
+}
+
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;
 }
 
 }  // namespace sd::test

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/cuda_api.h"
+#include "runtime/error.h"
 #include "runtime/tensor.h"
 
 namespace sd::test {
@@ -54,6 +55,20 @@ std::string read_text(const std::filesystem::path& p);
 void write_text(const std::filesystem::path& p, const std::string& bytes);
 // One JSON value per non-empty line (logs/train.jsonl, metadata.jsonl, reports).
 std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p);
+
+// The message of the sd::Error f throws ("" when it throws none; other exceptions propagate).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+// Peak resident memory of this process so far, in MiB (getrusage's ru_maxrss), for bounding what a
+// hostile input costs.
+double peak_rss_mib();
 
 }  // namespace sd::test
 

@@ -4,8 +4,6 @@
 // silently wrong image.
 #include <gtest/gtest.h>
 
-#include <sys/resource.h>
-
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -21,28 +19,14 @@ namespace sd {
 namespace {
 
 namespace fs = std::filesystem;
+using test::error_of;
+using test::peak_rss_mib;
 using json = nlohmann::json;
-
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // Each message must name the source and the key.
 void expect_refused(const std::string& msg, const std::string& source, const std::string& key) {
   EXPECT_NE(msg.find(source), std::string::npos) << "no source '" << source << "' in: " << msg;
   EXPECT_NE(msg.find("\"" + key + "\""), std::string::npos) << "no key '" << key << "' in: " << msg;
-}
-
-double peak_rss_mib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
 }
 
 std::string with(const std::string& base_json, const std::string& key, const json& value) {

@@ -3,7 +3,6 @@
 // a truncated file, no allocation from a header's claimed size.
 #include <gtest/gtest.h>
 
-#include <sys/resource.h>
 #include <zlib.h>
 
 #include <filesystem>
@@ -17,27 +16,13 @@ namespace sd {
 namespace {
 
 namespace fs = std::filesystem;
+using test::error_of;
+using test::peak_rss_mib;
 
 const std::string kImages = std::string(SD_TEST_DATA_DIR) + "/image_transforms/";
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 std::string decode_error(const std::string& bytes, const std::string& name = "hostile-image") {
   return error_of([&] { infer::decode_image_rgb(bytes.data(), bytes.size(), name); });
-}
-
-double peak_rss_mib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
 }
 
 void put_be32(std::string& s, size_t at, uint32_t v) {

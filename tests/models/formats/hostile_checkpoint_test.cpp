@@ -3,8 +3,6 @@
 // quickly and in bounded memory -- never a crash, a leak, a wrapped size or gigabytes of memory.
 #include <gtest/gtest.h>
 
-#include <sys/resource.h>
-
 #include <filesystem>
 
 #include "models/formats/pickle_reader.h"
@@ -18,42 +16,15 @@ namespace sd {
 namespace {
 
 namespace fs = std::filesystem;
+using test::error_of;
+using test::peak_rss_mib;
+using test::float_storage_hook;
 using pickle::Kind;
-
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 fs::path write_temp(const std::string& name, const std::string& bytes) {
   const fs::path p = fs::temp_directory_path() / ("sd_hostile_" + std::to_string(::getpid()) + "_" + name);
   test::write_text(p, bytes);
   return p;
-}
-
-// Peak resident memory of this process so far, in MiB.
-double peak_rss_mib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / 1024.0;
-}
-
-pickle::Hooks float_storage(int64_t numel) {
-  pickle::Hooks h;
-  h.persistent_load = [numel](const pickle::Value&) {
-    auto v = std::make_shared<pickle::Value>();
-    v->kind = Kind::Storage;
-    v->dtype = DType::F32;
-    v->numel = numel;
-    v->storage = Storage::allocate(size_t(numel) * 4, Device::cpu());
-    return v;
-  };
-  return h;
 }
 
 pickle::ValuePtr unpickle(const std::string& p, const pickle::Hooks& h = {}) {
@@ -141,11 +112,11 @@ TEST(HostileCheckpoint, ZipEntryInflationStopsAtTheBudget) {
 
 TEST(HostileCheckpoint, BroadcastAndOverflowingViewsAreRefused) {
   // The report's 639-byte file: a (100000, 100000) f32 tensor with strides (0, 0) over one element.
-  std::string msg = error_of([&] { unpickle(test::pickle_tensor_view(1, {100000, 100000}, {0, 0}), float_storage(1)); });
+  std::string msg = error_of([&] { unpickle(test::pickle_tensor_view(1, {100000, 100000}, {0, 0}), float_storage_hook(1)); });
   EXPECT_NE(msg.find("overlapping view"), std::string::npos) << msg;
   // (2^32, 2^32): the element count overflows 64 bits and must not wrap to a small number.
   msg = error_of([&] {
-    unpickle(test::pickle_tensor_view(1, {int64_t(1) << 32, int64_t(1) << 32}, {0, 0}), float_storage(1));
+    unpickle(test::pickle_tensor_view(1, {int64_t(1) << 32, int64_t(1) << 32}, {0, 0}), float_storage_hook(1));
   });
   EXPECT_NE(msg.find("overflows"), std::string::npos) << msg;
   // The same through a whole file, with the storage in the archive.
@@ -156,7 +127,7 @@ TEST(HostileCheckpoint, BroadcastAndOverflowingViewsAreRefused) {
   EXPECT_NE(msg.find(f.string()), std::string::npos) << msg;
   fs::remove(f);
   // A proper view still loads: [2, 3] transposed over 6 elements.
-  const pickle::ValuePtr ok = unpickle(test::pickle_tensor_view(6, {3, 2}, {1, 3}), float_storage(6));
+  const pickle::ValuePtr ok = unpickle(test::pickle_tensor_view(6, {3, 2}, {1, 3}), float_storage_hook(6));
   EXPECT_EQ(ok->get("w")->tensor.shape(), (Shape{3, 2}));
 }
 

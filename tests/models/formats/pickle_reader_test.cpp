@@ -13,12 +13,15 @@
 #include "models/formats/torch_checkpoint.h"
 #include "models/formats/zip_archive.h"
 #include "runtime/safetensors.h"
+#include "tests/hostile_files.h"
 #include "tests/test_util.h"
 
 namespace sd {
 namespace {
 
 namespace fs = std::filesystem;
+using test::error_of;
+using test::float_storage_hook;
 using pickle::Kind;
 using pickle::ValuePtr;
 
@@ -31,17 +34,6 @@ std::string bytes(const char (&s)[N]) {
 
 ValuePtr load(const std::string& b, const pickle::Hooks& hooks = {}) {
   return pickle::unpickle(b.data(), b.size(), hooks, "test");
-}
-
-// The message of the sd::Error thrown by f ("" when none is thrown).
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // pickle.dumps({"a": 1, "b": [1.5, True, False, None], "c": (1, -2, 300, 70000, -(2**40)), "d": "héllo",
@@ -203,43 +195,31 @@ TEST(CheckpointPickle, DamagedAndUnsupportedInputIsAnError) {
 
 TEST(CheckpointPickle, TensorViewsMustStayInsideTheirStorage) {
   // _rebuild_tensor_v2(storage of 6 floats, offset, size, stride, False, OrderedDict())
-  auto storage_hook = [](int64_t numel) {
-    pickle::Hooks h;
-    h.persistent_load = [numel](const pickle::Value&) {
-      auto v = std::make_shared<pickle::Value>();
-      v->kind = Kind::Storage;
-      v->dtype = DType::F32;
-      v->numel = numel;
-      v->storage = Storage::allocate(size_t(numel) * 4, Device::cpu());
-      return v;
-    };
-    return h;
-  };
   auto rebuild = [](const std::string& offset, const std::string& size, const std::string& stride) {
     return bytes("\x80\x02""ctorch._utils\n_rebuild_tensor_v2\n(X\x01\x00\x00\x00sQ") + offset + size + stride +
            bytes("\x89""ccollections\nOrderedDict\n)RtR.");
   };
   const std::string k2 = bytes("K\x02"), k3 = bytes("K\x03"), k1 = bytes("K\x01"), k0 = bytes("K\x00");
   // [2, 3] contiguous at offset 0: fits exactly.
-  const ValuePtr ok = load(rebuild(k0, k2 + k3 + bytes("\x86"), k3 + k1 + bytes("\x86")), storage_hook(6));
+  const ValuePtr ok = load(rebuild(k0, k2 + k3 + bytes("\x86"), k3 + k1 + bytes("\x86")), float_storage_hook(6));
   ASSERT_TRUE(ok->is(Kind::Tensor));
   EXPECT_EQ(ok->tensor.shape(), (Shape{2, 3}));
   // One element too far, negative strides, overflowing sizes: refused.
-  EXPECT_NE(error_of([&] { load(rebuild(k1, k2 + k3 + bytes("\x86"), k3 + k1 + bytes("\x86")), storage_hook(6)); })
+  EXPECT_NE(error_of([&] { load(rebuild(k1, k2 + k3 + bytes("\x86"), k3 + k1 + bytes("\x86")), float_storage_hook(6)); })
                 .find("more than the storage of 6 holds"),
             std::string::npos);
   EXPECT_NE(error_of([&] {
-              load(rebuild(k0, k2 + bytes("\x85"), bytes("J\xff\xff\xff\xff\x85")), storage_hook(6));
+              load(rebuild(k0, k2 + bytes("\x85"), bytes("J\xff\xff\xff\xff\x85")), float_storage_hook(6));
             }).find("negative"),
             std::string::npos);
   EXPECT_NE(error_of([&] {
               load(rebuild(k0, bytes("\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40") + k2 + bytes("\x86"),
                            bytes("\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40") + k1 + bytes("\x86")),
-                   storage_hook(6));
+                   float_storage_hook(6));
             }).find("overflows"),
             std::string::npos);
   // An empty view may sit anywhere.
-  EXPECT_TRUE(load(rebuild(bytes("K\x09"), k0 + k3 + bytes("\x86"), k3 + k1 + bytes("\x86")), storage_hook(6))
+  EXPECT_TRUE(load(rebuild(bytes("K\x09"), k0 + k3 + bytes("\x86"), k3 + k1 + bytes("\x86")), float_storage_hook(6))
                   ->is(Kind::Tensor));
 }
 
