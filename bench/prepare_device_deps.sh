@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 rm -rf .deps && mkdir -p .deps/include
 cp -r /usr/include/nlohmann .deps/include/
 cp -r /usr/include/stb .deps/include/
+cp -r /usr/include/CLI /usr/include/toml++ .deps/include/  # CLI11 and toml++ (header-only): the tools' flags
 cp -r /usr/src/googletest/googletest .deps/googletest
 # The tokenizer's libraries (shared objects: the build tree's RPATH finds them there).
 mkdir -p .deps/lib
@@ -22,6 +23,10 @@ cp /usr/include/jpeglib.h /usr/include/jmorecfg.h /usr/include/jerror.h /usr/inc
    /usr/include/gif_lib.h .deps/include/
 cp -P /usr/lib/x86_64-linux-gnu/libpng16.so* /usr/lib/x86_64-linux-gnu/libpng.so /usr/lib/x86_64-linux-gnu/libjpeg.so* \
    /usr/lib/x86_64-linux-gnu/libgif.so* .deps/lib/
+# OpenSSL's libcrypto (SHA-256): headers here, the library that machine's Python also uses.
+cp -r /usr/include/openssl .deps/include/
+cp -r /usr/include/x86_64-linux-gnu/openssl/* .deps/include/openssl/
+cp -P /usr/lib/x86_64-linux-gnu/libcrypto.so* .deps/lib/
 # zlib: that machine has the runtime library; a link lets the build find it without the -dev package.
 ln -s /usr/lib/x86_64-linux-gnu/libz.so.1 .deps/lib/libz.so
 du -sh .deps

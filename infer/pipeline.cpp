@@ -222,6 +222,90 @@ void load_folder(Pipeline& p, const fs::path& dir, const PipelineOptions& o) {
            "': requires_aesthetics_score needs an SDXL-type pipeline");
 }
 
+// Where a single file's architecture comes from: the family preset (what the tensors' shapes decide,
+// read from them; the rest from the family's hub config), or the config files of a diffusers folder of
+// the same model (PipelineOptions::model_config).
+class ArchitectureSource {
+ public:
+  ArchitectureSource(std::string file, ModelFamily family, const std::string& model_config)
+      : file_(std::move(file)), family_(family), dir_(model_config) {
+    if (dir_.empty()) return;
+    SD_CHECK(fs::is_directory(dir_), "model config '", dir_, "' is not a folder (expected a diffusers folder of the "
+             "same model: unet/config.json, vae/config.json, text_encoder/config.json, ...)");
+    bool any = false;
+    for (const char* c : {"unet", "vae", "text_encoder", "text_encoder_2"})
+      any = any || fs::is_regular_file(fs::path(dir_) / c / "config.json");
+    SD_CHECK(any, "model config '", dir_, "' holds none of unet/config.json, vae/config.json, text_encoder/config.json, "
+             "text_encoder_2/config.json (expected a diffusers folder of the same model)");
+  }
+  // The component's config text: the model config's file when it has one, else the preset; `source`
+  // names which, for messages.
+  template <class Preset>
+  std::string config(const std::string& component, const char* name, std::string& source, Preset&& preset) const {
+    if (!dir_.empty()) {
+      const fs::path f = fs::path(dir_) / component / name;
+      if (fs::is_regular_file(f)) {
+        source = f.string();
+        return read_text_file(f);
+      }
+    }
+    source = file_ + " (" + component + ": " + preset_name() + ")";
+    return preset();
+  }
+  // A folder of the model config ("" when there is none).
+  std::string folder(const char* name) const {
+    if (dir_.empty()) return "";
+    const fs::path f = fs::path(dir_) / name;
+    return fs::is_directory(f) ? f.string() : "";
+  }
+  // Records the preset's values of `keys` (settings no tensor records) when the preset was used.
+  void note_preset(Pipeline& p, const std::string& component, const std::string& config,
+                   const std::vector<std::string>& keys) const {
+    if (!dir_.empty() && fs::is_regular_file(fs::path(dir_) / component /
+                                             (component == "scheduler" ? "scheduler_config.json" : "config.json")))
+      return;
+    const json j = json::parse(config);
+    std::string line = component + " (" + preset_name() + "):";
+    bool first = true;
+    for (const std::string& k : keys) {
+      if (!j.contains(k) || j[k].is_null()) continue;
+      line += std::string(first ? " " : ", ") + k + " " + (j[k].is_string() ? j[k].get<std::string>() : j[k].dump());
+      first = false;
+    }
+    p.assumed_settings.push_back(line);
+  }
+  // Builds and loads a component; a failure says which architecture was tried and what to do.
+  template <class F>
+  void fit(const std::string& component, const std::string& source, F&& build) const {
+    try {
+      build();
+    } catch (const Error& e) {
+      const bool preset = source.rfind(file_ + " (", 0) == 0;
+      SD_FAIL("'", file_, "' (", component, "): the weights do not fit the architecture ",
+              preset ? "of the " + preset_name() + " (shapes read from the file, the other settings from the family's "
+                       "hub config)"
+                     : "of " + source,
+              ": ", e.what(),
+              preset ? " -- give the model's own configs (sd_infer --model_config DIR: a diffusers folder of this "
+                       "model, as diffusers' from_single_file(config=DIR))"
+                     : "");
+    }
+  }
+
+ private:
+  std::string preset_name() const { return nn::family_name(family_) + std::string(" preset"); }
+  static std::string read_text_file(const fs::path& f) {
+    std::ifstream in(f, std::ios::binary);
+    SD_CHECK(in, "cannot read ", f.string());
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  std::string file_;
+  ModelFamily family_;
+  std::string dir_;
+};
+
 void load_file(Pipeline& p, const std::string& path, const PipelineOptions& o) {
   nn::SingleFileLoadOptions lo;
   lo.family = o.family;
@@ -249,44 +333,68 @@ void load_file(Pipeline& p, const std::string& path, const PipelineOptions& o) {
   nn::LoadOptions opt;
   opt.dtype = o.dtype;
   opt.device = o.device;
-  p.unet = std::make_shared<nn::UNet2DConditionModel>(
-      nn::UNetConfig::from_json_string(nn::unet_config_json(ck.family, pred, shapes.at(nn::kUnet)), path + " (unet)"));
-  p.unet->load(*ck.components.at(nn::kUnet), opt);
+  const ArchitectureSource arch(path, ck.family, o.model_config);
 
-  const nn::VaeConfig vcfg =
-      nn::VaeConfig::from_json_string(nn::vae_config_json(ck.family, shapes.at(nn::kVae)), path + " (vae)");
-  p.vae = std::make_shared<nn::AutoencoderKL>(vcfg);
-  const bool up = vae_upcast_for(ck.family, vcfg, o);
-  p.vae->set_upcast(up);
-  nn::LoadOptions vopt = opt;
-  if (o.dtype == DType::F16 && up) vopt.dtype = DType::F32;
-  p.vae->load(*ck.components.at(nn::kVae), vopt);
-  p.vae->place(o.dtype, o.device);
+  std::string source;
+  std::string cfg = arch.config("unet", "config.json", source,
+                                [&] { return nn::unet_config_json(ck.family, pred, shapes.at(nn::kUnet)); });
+  arch.note_preset(p, "unet", cfg, {"norm_num_groups", "attention_head_dim", "num_attention_heads", "sample_size",
+                                    "upcast_attention"});
+  arch.fit("unet", source, [&] {
+    p.unet = std::make_shared<nn::UNet2DConditionModel>(nn::UNetConfig::from_json_string(cfg, source));
+    p.unet->load(*ck.components.at(nn::kUnet), opt);
+  });
 
-  const std::string vocab = o.tokenizer_dir.empty() ? clip_data_dir() : o.tokenizer_dir;
+  cfg = arch.config("vae", "config.json", source, [&] { return nn::vae_config_json(ck.family, shapes.at(nn::kVae)); });
+  arch.note_preset(p, "vae", cfg, {"norm_num_groups", "scaling_factor", "force_upcast"});
+  arch.fit("vae", source, [&] {
+    const nn::VaeConfig vcfg = nn::VaeConfig::from_json_string(cfg, source);
+    p.vae = std::make_shared<nn::AutoencoderKL>(vcfg);
+    const bool up = vae_upcast_for(ck.family, vcfg, o);
+    p.vae->set_upcast(up);
+    nn::LoadOptions vopt = opt;
+    if (o.dtype == DType::F16 && up) vopt.dtype = DType::F32;
+    p.vae->load(*ck.components.at(nn::kVae), vopt);
+    p.vae->place(o.dtype, o.device);
+  });
+
   auto encoder = [&](const char* component) {
-    auto m = std::make_shared<nn::ClipTextModel>(nn::ClipTextConfig::from_json(
-        nn::text_encoder_config_json(ck.family, component, shapes.at(component)), path + " (" + component + ")"));
-    m->load_transformers(*ck.components.at(component), opt);
+    std::shared_ptr<nn::ClipTextModel> m;
+    const std::string c = arch.config(component, "config.json", source, [&] {
+      return nn::text_encoder_config_json(ck.family, component, shapes.at(component));
+    });
+    arch.note_preset(p, component, c, {"num_attention_heads", "hidden_act", "layer_norm_eps"});
+    arch.fit(component, source, [&] {
+      m = std::make_shared<nn::ClipTextModel>(nn::ClipTextConfig::from_json(c, source));
+      m->load_transformers(*ck.components.at(component), opt);
+    });
     return m;
   };
+  // Tokenizers: --tokenizer, else model_config's tokenizer(_2)/ folders, else the shipped CLIP vocabulary.
   // CLIP-L pads with <|endoftext|>; OpenCLIP (SD2, SDXL's second encoder) with "!" = id 0.
+  const std::string vocab = o.tokenizer_dir.empty() ? clip_data_dir() : o.tokenizer_dir;
   TokenizerConfig first;
   first.pad_token = 0;
   const ClipTokenizer base = ClipTokenizer::from_folder(vocab, first);
   TokenizerConfig eos_pad, zero_pad;
   eos_pad.pad_token = base.eos_id();
   zero_pad.pad_token = 0;
+  auto tokenizer = [&](const char* folder, const TokenizerConfig& preset) {
+    const std::string dir = o.tokenizer_dir.empty() ? arch.folder(folder) : "";
+    return dir.empty() ? base.with_config(preset) : load_tokenizer_folder(dir);
+  };
   if (ck.components.count(nn::kTextEncoder)) {
     p.text_encoder = encoder(nn::kTextEncoder);
-    p.tokenizer = base.with_config(ck.family == ModelFamily::SD2 ? zero_pad : eos_pad);
+    p.tokenizer = tokenizer("tokenizer", ck.family == ModelFamily::SD2 ? zero_pad : eos_pad);
   }
   if (sdxl) {
     p.text_encoder_2 = encoder(nn::kTextEncoder2);
-    p.tokenizer_2 = base.with_config(zero_pad);
+    p.tokenizer_2 = tokenizer("tokenizer_2", zero_pad);
   }
-  p.scheduler_config = SchedulerConfig::from_json_string(nn::scheduler_config_json(ck.family, pred),
-                                                         path + " (" + nn::family_name(ck.family) + " scheduler preset)");
+  const std::string sched = arch.config("scheduler", "scheduler_config.json", source,
+                                        [&] { return nn::scheduler_config_json(ck.family, pred); });
+  arch.note_preset(p, "scheduler", sched, {"_class_name", "prediction_type", "timestep_spacing"});
+  p.scheduler_config = SchedulerConfig::from_json_string(sched, source, "", prediction_override(o));
   p.pipeline_class = refiner ? "StableDiffusionXLImg2ImgPipeline"
                      : sdxl  ? "StableDiffusionXLPipeline"
                              : "StableDiffusionPipeline";
@@ -356,11 +464,14 @@ std::shared_ptr<Pipeline> Pipeline::load(const std::string& model, const Pipelin
   p->dtype = options.dtype;
   p->device = options.device;
   if (fs::is_directory(model)) {
+    SD_CHECK(options.model_config.empty(), "model config '", options.model_config, "': '", model, "' is a diffusers "
+             "folder, which has its own configs (a model config is for single-file checkpoints)");
     load_folder(*p, model, options);
   } else {
     p->single_file = true;
     load_file(*p, model, options);
   }
+  if (p->text_encoder_2) p->text_encoder_2->name_for_tracing("text_encoder_2");
   const int64_t size = p->unet->config().sample_size[0] * p->vae_scale_factor();
   p->turbo = p->is_sdxl() && p->scheduler_config.timestep_spacing == "trailing" && size <= 512;
   return p;

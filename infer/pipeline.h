@@ -45,6 +45,11 @@ struct PipelineOptions {
   // Single files: the folder with vocab.json and merges.txt. Empty: clip_data_dir().
   std::string tokenizer_dir;
   bool use_ema = false;  // single files: the UNet's EMA copy (training checkpoints)
+  // Single files: a diffusers folder of the same model whose <component>/config.json files (unet, vae,
+  // text_encoder, text_encoder_2), scheduler/ and tokenizer(_2)/ replace the family preset, as diffusers'
+  // from_single_file(config=DIR): for fine-tunes whose settings differ from the family's (GroupNorm
+  // groups, head counts), which the weights do not record. Components it lacks use the preset.
+  std::string model_config;
 };
 
 // Good-image defaults of a pipeline when the user gives none (diffusers' call defaults, and the
@@ -80,6 +85,10 @@ class Pipeline {
   // The weight files read, in a fixed order (unet, text encoders, vae; shards in index order): the
   // model hash covers them.
   std::vector<std::string> weight_files;
+  // Single files: each setting the weights do not record that came from the family preset, one line per
+  // component ("unet (sd1 preset): norm_num_groups 32, attention_head_dim 8, ..."), for the user to
+  // check against the model's card; empty for folders and for components given by model_config.
+  std::vector<std::string> assumed_settings;
 
   // Uses SDXL's conditioning (two encoders or the refiner's one, pooled embeddings, time ids).
   bool is_sdxl() const { return text_encoder_2 != nullptr; }

@@ -1,12 +1,16 @@
-// SHA-256 (FIPS 180-4), for the model hash A1111 writes into image parameters ("Model hash":
-// the first 10 hex digits of the weights file's SHA-256).
+// SHA-256, for the model hash A1111 writes into image parameters ("Model hash": the first 10 hex
+// digits of the weights file's SHA-256), image de-duplication and cache keys. OpenSSL's libcrypto
+// computes it (SHA-NI / AVX2 code paths: a multi-GB checkpoint hashes at disk speed).
 #pragma once
 #include <array>
+#include <memory>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
+
+struct evp_md_ctx_st;  // OpenSSL's EVP_MD_CTX
 
 namespace sd::infer {
 
@@ -19,11 +23,7 @@ class Sha256 {
   std::string hex_digest();          // 64 lower-case hex digits
 
  private:
-  void block(const uint8_t* p);
-  std::array<uint32_t, 8> h_;
-  std::array<uint8_t, 64> buf_{};
-  size_t buf_len_ = 0;
-  uint64_t total_ = 0;
+  std::unique_ptr<evp_md_ctx_st, void (*)(evp_md_ctx_st*)> ctx_;
 };
 
 std::string sha256_hex(std::string_view data);

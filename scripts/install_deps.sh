@@ -17,6 +17,9 @@ PACKAGES=(
   zlib1g-dev                                            # gzip'd CLIP merges (bpe_simple_vocab_16e6.txt.gz)
   libsnappy-dev libzstd-dev                             # Snappy/Zstandard Parquet pages (HF datasets)
   libpng-dev libjpeg-dev libwebp-dev libgif-dev         # image decoding (fuzzed upstream; stb only for BMP)
+  libcli11-dev libtomlplusplus-dev                      # the tools' command line (CLI11) and --config files (toml++)
+  pkgconf                                               # scripts/package_check.sh builds an example with sd.pc
+  libssl-dev                                            # SHA-256 (model hashes, cache keys): OpenSSL's libcrypto
   clang                                                 # sanitizer + libFuzzer build of the file readers (make fuzz)
 )
 # Packaged apart on some releases only (Debian bookworm splits clang's sanitizer and libFuzzer

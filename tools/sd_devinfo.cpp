@@ -7,17 +7,19 @@
 #include "runtime/allocator.h"
 #include "runtime/cuda_api.h"
 #include "runtime/tensor.h"
+#include "train/flags.h"
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-      std::printf(
-          "usage: sd_devinfo\n\n"
-          "Prints the CUDA devices this build of sd can use and runs a host->device->host\n"
-          "round trip of 64 MiB on each. Exit status 0 when every check passed (or there is\n"
-          "no GPU and the build is CPU-only), 1 when a check failed.\n");
-      return 0;
-    }
+  // No flags of its own; the common parser still gives it the --help layout of every tool.
+  sd::train::FlagParser p("sd_devinfo",
+                          "Prints the CUDA devices this build of sd can use and runs a host->device->host round trip "
+                          "of 64 MiB on each. Exit status 0 when every check passed (or there is no GPU and the build "
+                          "is CPU-only), 1 when a check failed.");
+  try {
+    if (!p.parse(argc, argv)) return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sd_devinfo: %s\n", e.what());
+    return 2;
   }
   std::printf("sd built %s CUDA\n", sd::cudart::built_with_cuda() ? "with" : "without");
   const int n = sd::cudart::device_count();

@@ -31,6 +31,7 @@
 #include "infer/sha256.h"
 #include "infer/pipeline.h"
 #include "infer/prompt_weights.h"
+#include "train/flags.h"
 #include "models/adapters/lora.h"
 #include "models/adapters/textual_inversion.h"
 #include "infer/scheduler.h"
@@ -46,106 +47,24 @@ namespace fs = std::filesystem;
 using namespace sd;
 using namespace sd::infer;
 
-void usage(FILE* out) {
-  std::fprintf(out, "%s", R"(usage: sd_infer [--model <diffusers folder | file.safetensors | file.ckpt>] --prompt "..." [options]
-
-Generates images with Stable Diffusion: SD1.x, SD2.x (epsilon and v-prediction), SDXL base, the SDXL
+const char* kSummary =
+    R"(Generates images with Stable Diffusion: SD1.x, SD2.x (epsilon and v-prediction), SDXL base, the SDXL
 refiner, SSD-1B, SDXL-Turbo and LCM models, read from a diffusers pipeline folder (what
 DiffusionPipeline.from_pretrained reads: model_index.json, unet/, vae/, text_encoder/, ...) or from a
 single-file checkpoint as A1111/ComfyUI use them. Given the same starting latents it computes what
 diffusers' StableDiffusion(XL)Pipeline computes. Writes one PNG per image into --output_dir, with the
-generation parameters in the PNG text chunk "parameters" (A1111's format), never overwriting files.
+generation parameters in the PNG text chunk "parameters" (A1111's format), never overwriting files.)";
 
-model:
-  --model PATH               diffusers folder, or .safetensors/.ckpt single file (default: the small
-                             shapes model the project trained itself, infer/default_model, or
-                             $SD_DATA_DIR/default_model: coloured shapes on coloured backgrounds, 64x64)
-  --variant NAME             read <name>.<NAME>.safetensors weights (e.g. fp16), like variant="fp16"
-  --family F                 single files: sd1|sd2|sdxl|sdxl_refiner|ssd1b when detection fails
-  --prediction P             epsilon|v_prediction: overrides the scheduler config (SD2 768-v single
-                             files default to v_prediction, as diffusers does)
-  --tokenizer DIR            single files: a folder with vocab.json + merges.txt (default: the CLIP
-                             vocabulary shipped in models/clip/vocab, or $SD_DATA_DIR/clip)
-  --refiner PATH             SDXL refiner (folder or file) run after the base: the "ensemble of expert
-                             denoisers" (base with denoising_end, refiner with denoising_start)
-  --high_noise_frac F        the fraction of the schedule the base runs (default 0.8); alias --denoising_end
-  --lora FILE[:SCALE]        LoRA adapter, kohya or diffusers/PEFT layout (repeatable; scale default 1,
-                             any finite number). A file whose keys name no layer of the model, or that
-                             holds NaN/Inf, is an error
-  --embedding FILE|DIR       textual-inversion embedding: diffusers learned_embeds (file or its folder),
-                             A1111 emb_params, SDXL clip_l/clip_g (repeatable); its trigger is the
-                             file's token or stem
-
-prompt:
-  --prompt TEXT              required (or --prompt_file), not empty. A1111 syntax: (word:1.3) weights,
-                             (word) x1.1, [word] /1.1, BREAK; longer prompts are encoded in 75-token
-                             chunks; a weight beyond +-1000 is refused
-  --prompt_file FILE         one prompt per line, as A1111's "prompts from file" (lines trimmed, blank
-                             lines skipped; the text is the prompt, options on a line are not read):
-                             each line makes --num_images_per_prompt images with the same --seed and
-                             the other flags, so each PNG's parameters reproduce it with --prompt.
-                             The model loads once. Excludes --prompt
-  --negative_prompt TEXT     SDXL without one uses zero negative conditioning (force_zeros_for_empty_prompt)
-  --literal_prompt           take the prompt text literally and cut it at 77 tokens, as diffusers does
-  --clip_skip N              diffusers' clip_skip (A1111's "Clip skip" is N+1); as diffusers, the
-                             negative prompt is encoded without it
-
-sampling:
-  --steps N                  num_inference_steps (default: 50; SDXL-Turbo 1; LCM 4)
-  --guidance_scale G         classifier-free guidance (default: SD 7.5, SDXL 5, Turbo 0, LCM 8.5 as
-                             guidance embedding); CFG runs when G > 1
-  --guidance_rescale R       rescale_noise_cfg factor in [0, 1] (default 0)
-  --scheduler NAME           ddim, ddpm, pndm, euler, euler_a, heun, dpm++2m, dpm++2m_karras,
-                             dpm++2m_sde, unipc, lcm: Class.from_config(model scheduler config);
-                             default: the model's scheduler
-  --timestep_spacing S       leading|linspace|trailing override (e.g. trailing for Turbo single files)
-  --eta E                    DDIM eta (default 0)
-  --width W, --height H      multiples of 8 (default: the UNet's sample_size x 8: 512 SD1, 768 SD2-768,
-                             1024 SDXL, 512 Turbo)
-  --num_images_per_prompt N  images to make (default 1)
-  --batch_size B             images per UNet batch (default: all N at once, as one diffusers call)
-  --seed S                   random seed (default: a random one, printed and saved in the PNG)
-  --rng philox|torch-cuda    philox (default): the project's generator, the same on CPU and GPU;
-                             torch-cuda: torch.randn on a CUDA generator, so a diffusers seed with
-                             generator=torch.Generator("cuda").manual_seed(S) gives the same latents
-  --latents FILE             starting latents (a .safetensors file with one tensor [N, 4, H/8, W/8]),
-                             diffusers' latents= argument (multiplied by init_noise_sigma)
-
-image-to-image:
-  --init_image FILE          PNG/JPEG/... input (its size must be a multiple of 8; it sets the output size)
-  --strength S               how much to change it (default 0.8; the refiner alone 0.3)
-
-SDXL micro-conditioning (default: the output size, crop 0,0):
-  --original_size WxH, --target_size WxH, --crops_coords_top_left TOP,LEFT,
-  --negative_original_size WxH, --negative_target_size WxH, --negative_crops_coords_top_left TOP,LEFT,
-  --aesthetic_score A, --negative_aesthetic_score A   (refiner; defaults 6 and 2.5)
-
-runtime:
-  --device cpu|cuda[:N]      default: the first CUDA device when this build has CUDA and a GPU is
-                             present, else the CPU (the first line of output says which, and why)
-  --dtype fp32|fp16|bf16     UNet/text encoders (default: fp16 on a GPU, fp32 on the CPU); the VAE
-                             stays fp32 where the model's config asks (force_upcast, SDXL)
-  --vae_tiling               decode (and encode) in tiles: large images in little memory
-  --no_vae_upcast            run an fp16 VAE in fp16 (fp16-safe VAEs only)
-
-output:
-  --output_dir DIR           default outputs/; created when missing and checked writable before the
-                             model loads
-  --quiet                    no progress bar or messages (errors still go to stderr)
-  --json                     print a JSON summary on stdout: files, parameters, timings per stage
-                             (load, text encode, denoise, decode), it/s, peak memory
-  --help
-
-examples:
+const char* kEpilog = R"(examples:
   sd_infer --prompt "a red circle on a blue background, top left"      (the built-in shapes model)
   sd_infer --model path/to/stable-diffusion-v1-5 --prompt "a cat" --steps 25 --dtype fp16 --device cuda
   sd_infer --model sd_xl_base_1.0.safetensors --prompt "a cat" --width 1024 --height 1024
   sd_infer --prompt_file prompts.txt --seed 42          (one image per line of prompts.txt)
+  sd_infer --config my_run.toml --seed 7                (flags from a TOML file; the command line wins)
 
 A run whose latents or decoded image become NaN/Inf (an fp16 UNet or VAE that overflows, a LoRA scale
 far too large) stops with an error naming the step instead of writing a black image.
-)");
-}
+)";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -306,7 +225,7 @@ std::vector<PromptLine> read_prompt_file(const std::string& path) {
 }
 
 struct Options {
-  std::string model, refiner, variant, family, prediction, tokenizer;
+  std::string model, refiner, variant, family, prediction, tokenizer, model_config;
   std::vector<LoraArg> loras;
   std::vector<std::string> embeddings;
   GenerateRequest req;
@@ -323,70 +242,132 @@ struct Options {
   bool strength_given = false;
 };
 
-Options parse_args(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw UsageError(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      usage(stdout);
-      std::exit(0);
-    } else if (a == "--model") o.model = value();
-    else if (a == "--refiner") o.refiner = value();
-    else if (a == "--variant") o.variant = value();
-    else if (a == "--tokenizer") o.tokenizer = value();
-    else if (a == "--family") o.family = value();
-    else if (a == "--prediction" || a == "--prediction_type") o.prediction = value();
-    else if (a == "--lora") o.loras.push_back({value(), "", 1.0});
-    else if (a == "--embedding") o.embeddings.push_back(value());
-    else if (a == "--prompt") o.req.prompt = value(), o.have_prompt = true;
-    else if (a == "--prompt_file") o.prompt_file = value();
-    else if (a == "--negative_prompt") o.req.negative_prompt = value();
-    else if (a == "--literal_prompt") o.req.prompt_options.a1111_syntax = false;
-    else if (a == "--clip_skip") o.req.prompt_options.clip_skip = int(parse_int(a, value()));
-    else if (a == "--steps" || a == "--num_inference_steps") {
-      o.req.steps = parse_int(a, value());
-      if (o.req.steps < 1) throw UsageError(a + " must be >= 1");
-    }
-    else if (a == "--guidance_scale" || a == "--cfg_scale") o.req.guidance_scale = parse_double(a, value());
-    else if (a == "--guidance_rescale") o.req.guidance_rescale = parse_double(a, value());
-    else if (a == "--scheduler" || a == "--sampler") o.req.scheduler = value();
-    else if (a == "--timestep_spacing") o.timestep_spacing = value();
-    else if (a == "--eta") o.req.eta = parse_double(a, value());
-    else if (a == "--width") o.req.width = parse_int(a, value());
-    else if (a == "--height") o.req.height = parse_int(a, value());
-    else if (a == "--num_images_per_prompt" || a == "--num_images") o.req.num_images = parse_int(a, value());
-    else if (a == "--batch_size") o.req.batch_size = parse_int(a, value());
-    else if (a == "--seed") {
-      const int64_t s = parse_int(a, value());
-      if (s < 0) throw UsageError("--seed must be >= 0");
-      o.seed = uint64_t(s);
-    } else if (a == "--rng") o.rng = value();
-    else if (a == "--latents") o.latents_file = value();
-    else if (a == "--init_image" || a == "--image") o.init_image = value();
-    else if (a == "--strength") o.req.strength = parse_double(a, value()), o.strength_given = true;
-    else if (a == "--high_noise_frac" || a == "--denoising_end") o.req.denoising_end = parse_double(a, value());
-    else if (a == "--original_size") o.req.original_size = parse_wh(a, value());
-    else if (a == "--target_size") o.req.target_size = parse_wh(a, value());
-    else if (a == "--negative_original_size") o.req.negative_original_size = parse_wh(a, value());
-    else if (a == "--negative_target_size") o.req.negative_target_size = parse_wh(a, value());
-    else if (a == "--crops_coords_top_left") o.req.crops_coords_top_left = parse_pair(a, value(), ',');
-    else if (a == "--negative_crops_coords_top_left") o.req.negative_crops_coords_top_left = parse_pair(a, value(), ',');
-    else if (a == "--aesthetic_score") o.req.aesthetic_score = parse_double(a, value());
-    else if (a == "--negative_aesthetic_score") o.req.negative_aesthetic_score = parse_double(a, value());
-    else if (a == "--device") o.device = value();
-    else if (a == "--dtype") o.dtype = value();
-    else if (a == "--vae_tiling") o.vae_tiling = true;
-    else if (a == "--no_vae_upcast") o.no_vae_upcast = true;
-    else if (a == "--output_dir" || a == "-o") o.output_dir = value();
-    else if (a == "--quiet" || a == "-q") o.quiet = true;
-    else if (a == "--json") o.json = true;
-    else throw UsageError("unknown argument '" + a + "' (see --help)");
-  }
-  return o;
+// The flags, in the one parser every tool uses (train/flags.h): --help, --flag=value, --config FILE.toml.
+// Returns false when --help was printed.
+bool parse_args(int argc, char** argv, Options& o) {
+  using train::FlagParser;
+  FlagParser p("sd_infer", kSummary);
+  p.set_epilog(kEpilog);
+  auto text = [](std::string& f) { return [&f](const std::string& v) { f = v; }; };
+  auto on = [](bool& f) { return [&f](const std::string&) { f = true; }; };
+  auto integer = [](int64_t& f, const char* flag) { return [&f, flag](const std::string& v) { f = parse_int(flag, v); }; };
+  auto number = [](auto& f, const char* flag) { return [&f, flag](const std::string& v) { f = parse_double(flag, v); }; };
+  auto size_wh = [](std::optional<SizeHW>& f, const char* flag) {
+    return [&f, flag](const std::string& v) { f = parse_wh(flag, v); };
+  };
+  const std::string M = "model", P = "prompt", S = "sampling", I = "image-to-image",
+                    X = "SDXL micro-conditioning (default: the output size, crop 0,0)", R = "runtime", O = "output";
+  p.add({"model", "PATH", "the built-in shapes model",
+         "diffusers folder, or .safetensors/.ckpt single file. Without it: the small shapes model the project trained "
+         "itself (infer/default_model, or $SD_DATA_DIR/default_model: coloured shapes on coloured backgrounds, 64x64)",
+         M, text(o.model)});
+  p.add({"variant", "NAME", "", "read <name>.<NAME>.safetensors weights (e.g. fp16), like variant=\"fp16\"", M,
+         text(o.variant)});
+  p.add({"family", "F", "detected", "single files: sd1|sd2|sdxl|sdxl_refiner|ssd1b when detection fails", M,
+         text(o.family)});
+  p.add({"prediction", "P", "the scheduler config", "epsilon|v_prediction: overrides the scheduler config (SD2 768-v "
+         "single files default to v_prediction, as diffusers does)", M, text(o.prediction), {"prediction_type"}});
+  p.add({"tokenizer", "DIR", "models/clip/vocab", "single files: a tokenizer folder (vocab.json + merges.txt, or "
+         "tokenizer.json) instead of the CLIP vocabulary shipped in models/clip/vocab ($SD_DATA_DIR/clip)", M,
+         text(o.tokenizer)});
+  p.add({"model_config", "DIR", "the family preset", "single files: a diffusers folder of the same model whose "
+         "unet/, vae/, text_encoder(_2)/ config.json, scheduler/ and tokenizer(_2)/ give the architecture, as diffusers' "
+         "from_single_file(config=DIR): for fine-tunes whose settings (GroupNorm groups, head counts) differ from the "
+         "family's, which the weights do not record", M, text(o.model_config)});
+  p.add({"refiner", "PATH", "", "SDXL refiner (folder or file) run after the base: the \"ensemble of expert "
+         "denoisers\" (base with denoising_end, refiner with denoising_start)", M, text(o.refiner)});
+  p.add({"high_noise_frac", "F", "0.8", "the fraction of the schedule the base runs before the refiner", M,
+         [&o](const std::string& v) { o.req.denoising_end = parse_double("--high_noise_frac", v); }, {"denoising_end"}});
+  p.add({"lora", "FILE[:SCALE]", "", "LoRA adapter, kohya or diffusers/PEFT layout (repeatable; scale default 1, any "
+         "finite number). A file whose keys name no layer of the model, or that holds NaN/Inf, is an error", M,
+         [&o](const std::string& v) { o.loras.push_back({v, "", 1.0}); }, {}, true});
+  p.add({"embedding", "FILE|DIR", "", "textual-inversion embedding: diffusers learned_embeds (file or its folder), "
+         "A1111 emb_params, SDXL clip_l/clip_g (repeatable); its trigger is the file's token or stem", M,
+         [&o](const std::string& v) { o.embeddings.push_back(v); }, {}, true});
+
+  p.add({"prompt", "TEXT", "", "required (or --prompt_file), not empty. A1111 syntax: (word:1.3) weights, (word) x1.1, "
+         "[word] /1.1, BREAK; longer prompts are encoded in 75-token chunks; a weight beyond +-1000 is refused", P,
+         [&o](const std::string& v) { o.req.prompt = v, o.have_prompt = true; }});
+  p.add({"prompt_file", "FILE", "", "one prompt per line, as A1111's \"prompts from file\" (lines trimmed, blank lines "
+         "skipped; the text is the prompt, options on a line are not read): each line makes --num_images_per_prompt "
+         "images with the same --seed and the other flags, so each PNG's parameters reproduce it with --prompt. The "
+         "model loads once. Excludes --prompt", P, text(o.prompt_file)});
+  p.add({"negative_prompt", "TEXT", "", "SDXL without one uses zero negative conditioning "
+         "(force_zeros_for_empty_prompt)", P, [&o](const std::string& v) { o.req.negative_prompt = v; }});
+  p.add({"literal_prompt", "", "", "take the prompt text literally and cut it at 77 tokens, as diffusers does", P,
+         [&o](const std::string&) { o.req.prompt_options.a1111_syntax = false; }});
+  p.add({"clip_skip", "N", "", "diffusers' clip_skip (A1111's \"Clip skip\" is N+1); as diffusers, the negative "
+         "prompt is encoded without it", P,
+         [&o](const std::string& v) { o.req.prompt_options.clip_skip = int(parse_int("--clip_skip", v)); }});
+
+  p.add({"steps", "N", "50; SDXL-Turbo 1; LCM 4", "num_inference_steps", S,
+         [&o](const std::string& v) {
+           o.req.steps = parse_int("--steps", v);
+           if (o.req.steps < 1) throw UsageError("--steps must be >= 1");
+         },
+         {"num_inference_steps"}});
+  p.add({"guidance_scale", "G", "SD 7.5, SDXL 5, Turbo 0, LCM 8.5 as guidance embedding",
+         "classifier-free guidance; CFG runs when G > 1", S, number(o.req.guidance_scale, "--guidance_scale"),
+         {"cfg_scale"}});
+  p.add({"guidance_rescale", "R", "0", "rescale_noise_cfg factor in [0, 1]", S,
+         number(o.req.guidance_rescale, "--guidance_rescale")});
+  p.add({"scheduler", "NAME", "the model's scheduler", "ddim, ddpm, pndm, euler, euler_a, heun, dpm++2m, "
+         "dpm++2m_karras, dpm++2m_sde, unipc, lcm: Class.from_config(model scheduler config)", S, text(o.req.scheduler),
+         {"sampler"}});
+  p.add({"timestep_spacing", "S", "", "leading|linspace|trailing override (e.g. trailing for Turbo single files)", S,
+         text(o.timestep_spacing)});
+  p.add({"eta", "E", "0", "DDIM eta", S, number(o.req.eta, "--eta")});
+  p.add({"width", "W", "the UNet's sample_size x 8: 512 SD1, 768 SD2-768, 1024 SDXL, 512 Turbo", "a multiple of 8", S,
+         integer(o.req.width, "--width")});
+  p.add({"height", "H", "as --width", "a multiple of 8", S, integer(o.req.height, "--height")});
+  p.add({"num_images_per_prompt", "N", "1", "images to make", S, integer(o.req.num_images, "--num_images_per_prompt"),
+         {"num_images"}});
+  p.add({"batch_size", "B", "all N at once, as one diffusers call", "images per UNet batch", S,
+         integer(o.req.batch_size, "--batch_size")});
+  p.add({"seed", "S", "a random one, printed and saved in the PNG", "random seed", S,
+         [&o](const std::string& v) {
+           const int64_t s = parse_int("--seed", v);
+           if (s < 0) throw UsageError("--seed must be >= 0");
+           o.seed = uint64_t(s);
+         }});
+  p.add({"rng", "philox|torch-cuda", "philox", "philox: the project's generator, the same on CPU and GPU; "
+         "torch-cuda: torch.randn on a CUDA generator, so a diffusers seed with "
+         "generator=torch.Generator(\"cuda\").manual_seed(S) gives the same latents", S, text(o.rng)});
+  p.add({"latents", "FILE", "", "starting latents (a .safetensors file with one tensor [N, 4, H/8, W/8]), diffusers' "
+         "latents= argument (multiplied by init_noise_sigma); the PNG records the file's name and hash", S,
+         text(o.latents_file)});
+
+  p.add({"init_image", "FILE", "", "PNG/JPEG/... input (its size must be a multiple of 8; it sets the output size)", I,
+         text(o.init_image), {"image"}});
+  p.add({"strength", "S", "0.8; the refiner alone 0.3", "how much to change it", I,
+         [&o](const std::string& v) { o.req.strength = parse_double("--strength", v), o.strength_given = true; }});
+
+  p.add({"original_size", "WxH", "", "", X, size_wh(o.req.original_size, "--original_size")});
+  p.add({"target_size", "WxH", "", "", X, size_wh(o.req.target_size, "--target_size")});
+  p.add({"crops_coords_top_left", "TOP,LEFT", "", "", X,
+         [&o](const std::string& v) { o.req.crops_coords_top_left = parse_pair("--crops_coords_top_left", v, ','); }});
+  p.add({"negative_original_size", "WxH", "", "", X, size_wh(o.req.negative_original_size, "--negative_original_size")});
+  p.add({"negative_target_size", "WxH", "", "", X, size_wh(o.req.negative_target_size, "--negative_target_size")});
+  p.add({"negative_crops_coords_top_left", "TOP,LEFT", "", "", X, [&o](const std::string& v) {
+           o.req.negative_crops_coords_top_left = parse_pair("--negative_crops_coords_top_left", v, ',');
+         }});
+  p.add({"aesthetic_score", "A", "6", "refiner", X, number(o.req.aesthetic_score, "--aesthetic_score")});
+  p.add({"negative_aesthetic_score", "A", "2.5", "refiner", X,
+         number(o.req.negative_aesthetic_score, "--negative_aesthetic_score")});
+
+  p.add({"device", "cpu|cuda[:N]", "the first CUDA device when this build has CUDA and a GPU is present, else the CPU",
+         "the first line of output says which was picked, and why", R, text(o.device)});
+  p.add({"dtype", "fp32|fp16|bf16", "fp16 on a GPU, fp32 on the CPU", "UNet/text encoders; the VAE stays fp32 where "
+         "the model's config asks (force_upcast, SDXL)", R, text(o.dtype)});
+  p.add({"vae_tiling", "", "", "decode (and encode) in tiles: large images in little memory", R, on(o.vae_tiling)});
+  p.add({"no_vae_upcast", "", "", "run an fp16 VAE in fp16 (fp16-safe VAEs only)", R, on(o.no_vae_upcast)});
+
+  p.add({"output_dir", "DIR", "outputs", "created when missing and checked writable before the model loads", O,
+         text(o.output_dir), {"o"}});
+  p.add({"quiet", "", "", "no progress bar or messages (errors still go to stderr)", O, on(o.quiet), {"q"}});
+  p.add({"json", "", "", "print a JSON summary on stdout: files, parameters, timings per stage (load, text encode, "
+         "denoise, decode), it/s, peak memory", O, on(o.json)});
+  return p.parse(argc, argv);
 }
 
 // The A1111 emphasis of a prompt, parsed now so that a weight that overflows stops the run before the
@@ -747,6 +728,7 @@ void print_json(const Options& o, Loaded& m, Hasher& hashes, const GenerateResul
   j["prompt_chunks"] = last.prompt_chunks;
   j["device"] = po.device.str();
   j["device_choice"] = o.device_choice;
+  j["assumed_settings"] = m.pipe->assumed_settings;
   j["dtype"] = dtype_name(po.dtype);
   j["timings"] = {{"load_s", load_s},
                   {"text_encode_s", t.timings.text_encode_s},
@@ -785,6 +767,7 @@ int run(Options& o) {
   if (!o.prediction.empty()) po.prediction = nn::parse_prediction(o.prediction);
   if (o.no_vae_upcast) po.vae_upcast = false;
   po.tokenizer_dir = o.tokenizer;
+  po.model_config = o.model_config;
   // Inputs first: a bad image or latents file fails before minutes of loading.
   if (!o.init_image.empty()) o.req.init_image = load_image(o.init_image);
   if (!o.latents_file.empty()) {
@@ -802,6 +785,12 @@ int run(Options& o) {
     PipelineOptions ro = po;
     ro.family = nn::ModelFamily::Unknown;
     m.refiner = Pipeline::load(o.refiner, ro);
+  }
+  // A single file does not record every setting of its architecture: say what the preset supplied.
+  if (!m.pipe->assumed_settings.empty()) {
+    say("single file: settings its weights do not record, assumed (if this model differs, give --model_config DIR, a "
+        "diffusers folder of it):");
+    for (const std::string& line : m.pipe->assumed_settings) say("  " + line);
   }
   load_adapters(o, m);
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
@@ -850,7 +839,7 @@ int run(Options& o) {
 int main(int argc, char** argv) {
   Options o;
   try {
-    o = parse_args(argc, argv);
+    if (!parse_args(argc, argv, o)) return 0;
     check_options(o);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "sd_infer: %s\n", e.what());

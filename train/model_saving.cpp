@@ -73,6 +73,15 @@ void write_base_folder(const PipelineSaveRequest& req) {
   o.tokenizer_from = req.tokenizer_dir;
   o.load.family = req.family;
   nn::single_file_to_diffusers_folder(req.source, req.output_dir, o);
+  // The architecture the run used (--model_config), not the family preset's: its configs and tokenizer
+  // files replace the written ones (never its weights).
+  if (req.model_config.empty()) return;
+  for (const char* component : {"unet", "vae", "text_encoder", "text_encoder_2", "scheduler", "tokenizer", "tokenizer_2"}) {
+    const fs::path from = fs::path(req.model_config) / component;
+    if (!fs::is_directory(from) || !fs::is_directory(out / component)) continue;
+    for (const auto& e : fs::directory_iterator(from))
+      if (e.is_regular_file() && !is_weight_file(e.path())) copy_file_atomic(e.path(), out / component / e.path().filename());
+  }
 }
 
 }  // namespace

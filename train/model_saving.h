@@ -30,6 +30,7 @@ struct PipelineSaveRequest {
   nn::ModelFamily family = nn::ModelFamily::Unknown;
   nn::Prediction prediction = nn::Prediction::Epsilon;
   std::string tokenizer_dir;  // single-file starts: the CLIP vocabulary folder
+  std::string model_config;   // single-file starts: the diffusers folder whose configs gave the architecture
 };
 
 // Writes the pipeline folder into output_dir (alongside checkpoints and logs, as diffusers does).

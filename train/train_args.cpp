@@ -47,58 +47,63 @@ const char* kEpilog =
     --learning_rate 1e-2 --lr_warmup_steps 0 --rank 8 --lora_target attn,ff,proj,conv --output_dir outputs/lora_tiny
 )";
 
-template <class T>
-std::function<void(const std::string&)> set_string(T& field) {
-  return [&field](const std::string& v) { field = v; };
+// Each binding reads the flag into its field and shows the field back as TOML (the effective
+// configuration sd_train writes next to its outputs).
+FlagBinding set_string(std::string& field) {
+  return {[&field](const std::string& v) { field = v; }, [&field] { return toml_string(field); }};
 }
 
-std::function<void(const std::string&)> set_switch(bool& field) {
-  return [&field](const std::string&) { field = true; };
+FlagBinding set_switch(bool& field) {
+  return {[&field](const std::string&) { field = true; }, [&field] { return toml_bool(field); }};
 }
 
-std::function<void(const std::string&)> set_int(int64_t& field, int64_t min) {
-  return [&field, min](const std::string& v) {
-    const int64_t x = parse_int(v);
-    SD_CHECK(x >= min, "must be at least ", min);
-    field = x;
-  };
+FlagBinding set_int(int64_t& field, int64_t min) {
+  return {[&field, min](const std::string& v) {
+            const int64_t x = parse_int(v);
+            SD_CHECK(x >= min, "must be at least ", min);
+            field = x;
+          },
+          [&field] { return toml_int(field); }};
 }
 
-std::function<void(const std::string&)> set_opt_int(std::optional<int64_t>& field, int64_t min) {
-  return [&field, min](const std::string& v) {
-    const int64_t x = parse_int(v);
-    SD_CHECK(x >= min, "must be at least ", min);
-    field = x;
-  };
+FlagBinding set_opt_int(std::optional<int64_t>& field, int64_t min) {
+  return {[&field, min](const std::string& v) {
+            const int64_t x = parse_int(v);
+            SD_CHECK(x >= min, "must be at least ", min);
+            field = x;
+          },
+          [&field] { return field ? toml_int(*field) : std::string(); }};
 }
 
-std::function<void(const std::string&)> set_double(double& field) {
-  return [&field](const std::string& v) {
-    const double x = parse_double(v);
-    SD_CHECK(std::isfinite(x), "must be a finite number");
-    field = x;
-  };
+FlagBinding set_double(double& field) {
+  return {[&field](const std::string& v) {
+            const double x = parse_double(v);
+            SD_CHECK(std::isfinite(x), "must be a finite number");
+            field = x;
+          },
+          [&field] { return toml_double(field); }};
 }
 
-std::function<void(const std::string&)> set_opt_double(std::optional<double>& field) {
-  return [&field](const std::string& v) {
-    const double x = parse_double(v);
-    SD_CHECK(std::isfinite(x), "must be a finite number");
-    field = x;
-  };
+FlagBinding set_opt_double(std::optional<double>& field) {
+  return {[&field](const std::string& v) {
+            const double x = parse_double(v);
+            SD_CHECK(std::isfinite(x), "must be a finite number");
+            field = x;
+          },
+          [&field] { return field ? toml_double(*field) : std::string(); }};
 }
 
-std::function<void(const std::string&)> set_choice(std::string& field, std::vector<std::string> choices) {
-  return [&field, choices](const std::string& v) {
-    if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
-      std::string list;
-      for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
-      SD_FAIL("must be one of: ", list);
-    }
-    field = v;
-  };
+FlagBinding set_choice(std::string& field, std::vector<std::string> choices) {
+  return {[&field, choices](const std::string& v) {
+            if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
+              std::string list;
+              for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
+              SD_FAIL("must be one of: ", list);
+            }
+            field = v;
+          },
+          [&field] { return field.empty() ? std::string() : toml_string(field); }};
 }
-
 
 void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::string& mixed_text) {
   const std::string M = "model and output", D = "data", S = "steps and batches", O = "optimizer and schedule",
@@ -112,6 +117,9 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
          "diffusers pipeline folder or single-file checkpoint (.safetensors/.ckpt) to start from (required)", M,
          set_string(a.pretrained_model_name_or_path)});
   p.add({"variant", "NAME", "", "read <name>.<NAME>.safetensors weights (e.g. fp16)", M, set_string(a.variant)});
+  p.add({"model_config", "DIR", "the family preset", "single files: a diffusers folder of the same model whose configs "
+         "give the architecture (as diffusers' from_single_file(config=DIR)), for fine-tunes whose GroupNorm groups or "
+         "head counts differ from the family's", M, set_string(a.model_config)});
   p.add({"output_dir", "DIR", "sd-model-finetuned(-lora)",
          "where checkpoints, logs, validation images and the trained model go", M, set_string(a.output_dir)});
   p.add({"save_single_file", "", "", "full: also save one .safetensors checkpoint with the original key names "
@@ -194,11 +202,12 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
   p.add({"gradient_checkpointing", "", "", "recompute each block's activations in backward (less memory)", S,
          set_switch(a.gradient_checkpointing)});
   p.add({"seed", "N", "0", "seed of the data order, noise, timesteps and LoRA init", S,
-         [&a](const std::string& v) {
-           const int64_t x = parse_int(v);
-           SD_CHECK(x >= 0, "must not be negative");
-           a.seed = uint64_t(x);
-         }});
+         FlagBinding{[&a](const std::string& v) {
+                       const int64_t x = parse_int(v);
+                       SD_CHECK(x >= 0, "must not be negative");
+                       a.seed = uint64_t(x);
+                     },
+                     [&a] { return std::to_string(a.seed); }}});
 
   p.add({"learning_rate", "LR", "1e-4", "AdamW learning rate", O, set_double(a.learning_rate)});
   p.add({"text_encoder_lr", "LR", "learning_rate", "learning rate of the text encoder(s)", O,
@@ -234,10 +243,15 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
   p.add({"lora_target", "LIST", "attn",
          "UNet layers with adapters, comma-separated: attn (to_q,to_k,to_v,to_out.0), ff (feed-forward), proj "
          "(proj_in/out), conv (3x3 convs as LoCon), or module-name suffixes", T,
-         [&a](const std::string& v) {
-           a.lora_target = split_list(v);
-           SD_CHECK(!a.lora_target.empty(), "needs at least one target");
-         }});
+         FlagBinding{[&a](const std::string& v) {
+                       a.lora_target = split_list(v);
+                       SD_CHECK(!a.lora_target.empty(), "needs at least one target");
+                     },
+                     [&a] {
+                       std::string list;
+                       for (const std::string& t : a.lora_target) list += (list.empty() ? "" : ",") + t;
+                       return toml_string(list);
+                     }}});
 
   p.add({"use_ema", "", "", "keep an exponential moving average of the weights; the saved model is the EMA", E,
          set_switch(a.use_ema)});
@@ -263,7 +277,13 @@ void add_flags(FlagParser& p, TrainArgs& a, std::string& method_text, std::strin
          set_string(a.resume_from_checkpoint)});
 
   FlagSpec vp{"validation_prompt", "TEXT", "", "generate images for this prompt during training (repeatable)", V,
-              [&a](const std::string& v) { a.validation_prompts.push_back(v); }, {"validation_prompts"}, true};
+              FlagBinding{[&a](const std::string& v) { a.validation_prompts.push_back(v); },
+                          [&a] {
+                            std::vector<std::string> rendered;
+                            for (const std::string& t : a.validation_prompts) rendered.push_back(toml_string(t));
+                            return toml_array(rendered);
+                          }},
+              {"validation_prompts"}, true};
   p.add(vp);
   p.add({"num_validation_images", "N", "4", "images per validation prompt", V, set_int(a.num_validation_images, 1)});
   p.add({"validation_steps", "N", "", "validate every N optimizer steps", V, set_opt_int(a.validation_steps, 1)});
@@ -380,6 +400,10 @@ std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv) {
   }
   SD_CHECK(!(p.was_given("offload_ema") && !a.use_ema), "--offload_ema needs --use_ema");
   validate_train_args(a);
+  a.effective_config = p.effective_config(
+      "sd_train configuration of this run: every flag given, or set from another flag's value; the others\n"
+      "are commented with their default. Repeat the run with: sd_train --config " + std::string(kRunConfigFile) +
+      "\n(flags on the command line win over the file, e.g. --output_dir for a new folder)");
   return a;
 }
 

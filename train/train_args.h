@@ -25,6 +25,7 @@ struct TrainArgs {
   // ---- model / output ----
   std::string pretrained_model_name_or_path;  // diffusers folder or single file
   std::string variant;                        // <name>.<variant>.safetensors weights
+  std::string model_config;                   // single files: a diffusers folder with the architecture
   std::string output_dir;                     // default by method (diffusers' defaults)
   bool save_single_file = false;              // full: also <output_dir>/<name>.safetensors
   std::string save_precision = "fp16";        // fp32|fp16|bf16 of the saved weights
@@ -140,9 +141,16 @@ struct TrainArgs {
   std::string report_to = "tensorboard";  // tensorboard | none
   std::string logging_dir = "logs";        // relative to output_dir, as accelerate joins them
   bool quiet = false;
+
+  // This run's flags as a TOML file for --config (FlagParser::effective_config): every flag given or
+  // set from another's value, the rest as commented defaults. sd_train writes it into output_dir.
+  std::string effective_config;
 };
 
-// Parses the command line. Returns nullopt when --help was printed. sd::Error with a sentence for an
+// The file name of that configuration inside output_dir.
+inline constexpr const char* kRunConfigFile = "sd_train_config.toml";
+
+// Parses the command line (and --config FILE.toml files). Returns nullopt when --help was printed. sd::Error with a sentence for an
 // unknown flag, a bad value, or a contradiction (validate_train_args runs at the end).
 std::optional<TrainArgs> parse_train_args(int argc, const char* const* argv);
 void validate_train_args(const TrainArgs& a);

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -114,6 +115,7 @@ class Loop {
     if (bar_) bar_->message(s);
     else std::fprintf(stderr, "%s\n", s.c_str());
   }
+  void write_run_config() const;
   void load_data();
   void load_model();
   void setup_schedule();
@@ -189,6 +191,7 @@ void Loop::load_model() {
   o.objective.input_perturbation = a_.input_perturbation;
   o.prediction_override = a_.prediction_type;
   o.variant = a_.variant;
+  o.model_config = a_.model_config;
   o.ti.placeholder = a_.placeholder_token;
   o.ti.initializer = a_.initializer_token;
   o.ti.num_vectors = a_.num_vectors;
@@ -741,6 +744,7 @@ void Loop::save_final() {
   req.family = p.family;
   req.prediction = model_->objective().prediction;
   req.tokenizer_dir = infer::clip_data_dir();
+  req.model_config = a_.model_config;
   // The saved UNet is the EMA when there is one (diffusers' train_text_to_image.py does the same).
   std::vector<Tensor> ema_values;
   if (ema_) ema_values = ema_->shadow_params();
@@ -762,6 +766,23 @@ void Loop::save_final() {
   }
 }
 
+// The run's flags as a TOML file next to its outputs: `sd_train --config <output_dir>/sd_train_config.toml`
+// repeats the run (kohya's habit of keeping runs in config files). Written to a temporary name and
+// renamed, as every file of a run.
+void Loop::write_run_config() const {
+  if (a_.effective_config.empty()) return;
+  const fs::path path = fs::path(a_.output_dir) / kRunConfigFile;
+  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    SD_CHECK(f, "cannot write ", tmp.string());
+    f << a_.effective_config;
+    f.close();
+    SD_CHECK(f, "cannot write ", tmp.string(), " (disk full?)");
+  }
+  fs::rename(tmp, path);
+}
+
 int Loop::run() {
   device_ = resolve_device(a_.device);
   if (sync_->world_size() > 1 && device_.is_cuda()) {
@@ -781,6 +802,7 @@ int Loop::run() {
 #endif
   if (is_main()) {
     fs::create_directories(a_.output_dir);
+    write_run_config();
     // Leftovers of a save that was killed midway are never checkpoints: remove them.
     for (const auto& e : fs::directory_iterator(a_.output_dir)) {
       const std::string n = e.path().filename().string();

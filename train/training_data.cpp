@@ -96,6 +96,7 @@ void TrainingData::prepare_class_images(const std::string& model_path, DType dty
       po.dtype = dtype;
       po.device = device;
       po.variant = a_.variant;
+      po.model_config = a_.model_config;
       auto pipe = infer::Pipeline::load(model_path, po);
       autograd::NoGrad no_grad;
       const auto t0 = std::chrono::steady_clock::now();

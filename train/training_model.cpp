@@ -51,6 +51,7 @@ std::unique_ptr<TrainingModel> TrainingModel::load(const std::string& model_path
   po.dtype = DType::F32;  // masters come from the file's values, not from 16-bit copies
   po.device = opt.device;
   po.variant = opt.variant;
+  po.model_config = opt.model_config;
   po.vae_upcast = true;
   return std::make_unique<TrainingModel>(infer::Pipeline::load(model_path, po), opt);
 }

@@ -49,6 +49,7 @@ struct TrainingModelOptions {
   ObjectiveConfig objective;        // prediction filled from the model unless given
   std::string prediction_override;  // --prediction_type ("" = the scheduler config's)
   std::string variant;
+  std::string model_config;  // single files: a diffusers folder whose configs give the architecture
   TextualInversionOptions ti;       // method TextualInversion
   bool freeze_vae_encoder = false;  // method Vae: decoder (and post_quant_conv) only
   double prior_loss_weight = 1.0;   // DreamBooth prior preservation

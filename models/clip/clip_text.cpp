@@ -24,7 +24,7 @@ ClipAttention::ClipAttention(const ClipTextConfig& c) : heads(c.num_attention_he
 }
 
 Tensor ClipAttention::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("ClipAttention");
+  SD_NVTX_RANGE(trace_name("ClipAttention"));
   const int64_t B = x.size(0), L = x.size(1), D = x.size(2), Dh = D / heads;
   // [B, L, D] -> [B, H, L, Dh] as a permuted view; attention takes strided inputs.
   auto split_heads = [&](const Tensor& t) { return permute(reshape(t, {B, L, heads, Dh}), {0, 2, 1, 3}); };
@@ -42,7 +42,7 @@ ClipMlp::ClipMlp(const ClipTextConfig& c) : act(c.hidden_act) {
 }
 
 Tensor ClipMlp::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("ClipMlp");
+  SD_NVTX_RANGE(trace_name("ClipMlp"));
   Tensor h = fc1->forward(x);  // [B, L, I]
   h = act == ClipActivation::QuickGelu ? quick_gelu(h) : gelu(h);
   return fc2->forward(h);
@@ -56,7 +56,7 @@ ClipEncoderLayer::ClipEncoderLayer(const ClipTextConfig& c) {
 }
 
 Tensor ClipEncoderLayer::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("ClipEncoderLayer");
+  SD_NVTX_RANGE(trace_name("ClipEncoderLayer"));
   Tensor h = x + self_attn->forward(layer_norm1->forward(x));
   return h + mlp->forward(layer_norm2->forward(h));
 }
@@ -68,7 +68,7 @@ ClipTextEmbeddings::ClipTextEmbeddings(const ClipTextConfig& c) {
 }
 
 Tensor ClipTextEmbeddings::forward(const Tensor& ids) const {
-  SD_NVTX_RANGE("ClipTextEmbeddings");
+  SD_NVTX_RANGE(trace_name("ClipTextEmbeddings"));
   const int64_t L = ids.size(1);
   const Tensor& pos = checked(position_embedding->weight, "ClipTextEmbeddings.position_embedding");
   SD_CHECK(L <= pos.size(0), "ClipTextModel: ", L, " tokens per row, but the model has only ", pos.size(0),
@@ -116,6 +116,7 @@ ClipTextModel::ClipTextModel(const ClipTextConfig& c) : config_(c) {
   text_model = register_module("text_model", std::make_shared<ClipTextTransformer>(c));
   if (c.with_projection)
     text_projection = register_module("text_projection", std::make_shared<Linear>(c.hidden_size, c.projection_dim, false));
+  name_for_tracing("text_encoder");  // the pipeline renames SDXL's second one text_encoder_2
 }
 
 Tensor ClipTextModel::final_layer_norm(const Tensor& hidden) const {
@@ -123,7 +124,7 @@ Tensor ClipTextModel::final_layer_norm(const Tensor& hidden) const {
 }
 
 ClipTextOutput ClipTextModel::forward(const Tensor& ids, const ClipTextRequest& req) const {
-  SD_NVTX_RANGE("ClipTextModel");
+  SD_NVTX_RANGE(trace_name("ClipTextModel"));
   SD_CHECK(ids.defined() && ids.dim() == 2 && (ids.dtype() == DType::I32 || ids.dtype() == DType::I64),
            "ClipTextModel: input_ids must be [B, L] i32/i64, got ",
            ids.defined() ? ids.str() : std::string("an undefined tensor"));

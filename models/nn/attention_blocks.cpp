@@ -26,7 +26,7 @@ Attention::Attention(const AttentionOptions& o) : opt(o), inner_dim(o.heads * o.
 }
 
 Tensor Attention::forward(const Tensor& x, const Tensor& context) const {
-  SD_NVTX_RANGE("Attention");
+  SD_NVTX_RANGE(trace_name("Attention"));
   const bool spatial = x.dim() == 4;
   SD_CHECK((x.dim() == 3 && x.size(2) == opt.query_dim) || (spatial && x.size(1) == opt.query_dim), "Attention: input ",
            x.str(), " is neither [B, L, ", opt.query_dim, "] nor [B, ", opt.query_dim, ", H, W]");
@@ -77,7 +77,7 @@ FeedForward::FeedForward(int64_t dim, int64_t mult) {
 }
 
 Tensor FeedForward::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("FeedForward");
+  SD_NVTX_RANGE(trace_name("FeedForward"));
   return out->forward(act->forward(x));
 }
 
@@ -99,7 +99,7 @@ BasicTransformerBlock::BasicTransformerBlock(int64_t dim, int64_t heads, int64_t
 }
 
 Tensor BasicTransformerBlock::forward(const Tensor& x, const Tensor& context) const {
-  SD_NVTX_RANGE("BasicTransformerBlock");
+  SD_NVTX_RANGE(trace_name("BasicTransformerBlock"));
   Tensor h = x + attn1->forward(norm1->forward(x));
   h = h + attn2->forward(norm2->forward(h), context);
   return h + ff->forward(norm3->forward(h));
@@ -125,7 +125,7 @@ Transformer2DModel::Transformer2DModel(const Options& o) : opt(o), inner_dim(o.h
 }
 
 Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context, bool use_checkpoint) const {
-  SD_NVTX_RANGE("Transformer2DModel");
+  SD_NVTX_RANGE(trace_name("Transformer2DModel"));
   SD_CHECK(x.dim() == 4 && x.size(1) == opt.in_channels, "Transformer2DModel: input ", x.str(), " is not [B, ",
            opt.in_channels, ", H, W]");
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3);

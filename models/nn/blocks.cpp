@@ -28,7 +28,7 @@ ResnetBlock2D::ResnetBlock2D(const Options& o)
 }
 
 Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& temb) const {
-  SD_NVTX_RANGE("ResnetBlock2D");
+  SD_NVTX_RANGE(trace_name("ResnetBlock2D"));
   SD_CHECK(x.dim() == 4 && x.size(1) == in_channels, "ResnetBlock2D: input ", x.str(), " is not [N, ", in_channels,
            ", H, W]");
   SD_CHECK(temb.defined() == bool(time_emb_proj), "ResnetBlock2D: ",
@@ -53,7 +53,7 @@ Downsample2D::Downsample2D(int64_t channels, int64_t out_channels, int64_t pad) 
 }
 
 Tensor Downsample2D::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("Downsample2D");
+  SD_NVTX_RANGE(trace_name("Downsample2D"));
   if (padding == 0) return conv->forward(pad2d(x, 0, 1, 0, 1));  // right and bottom only
   return conv->forward(x);
 }
@@ -64,7 +64,7 @@ Upsample2D::Upsample2D(int64_t channels, int64_t out_channels) {
 }
 
 Tensor Upsample2D::forward(const Tensor& x, std::array<int64_t, 2> size) const {
-  SD_NVTX_RANGE("Upsample2D");
+  SD_NVTX_RANGE(trace_name("Upsample2D"));
   Tensor h = upsample_nearest2d(x, 2);  // [N, C, 2H, 2W]
   if (size[0] > 0) {
     const int64_t H = x.size(2), W = x.size(3);
@@ -86,7 +86,7 @@ TimestepEmbedding::TimestepEmbedding(int64_t in_channels, int64_t time_embed_dim
 }
 
 Tensor TimestepEmbedding::forward(const Tensor& sample, const Tensor& condition) const {
-  SD_NVTX_RANGE("TimestepEmbedding");
+  SD_NVTX_RANGE(trace_name("TimestepEmbedding"));
   Tensor s = sample;
   if (condition.defined()) {
     SD_CHECK(cond_proj, "TimestepEmbedding: got a condition ", condition.str(),

@@ -53,6 +53,11 @@ std::vector<std::pair<std::string, Module*>> Module::named_modules(const std::st
   return out;
 }
 
+void Module::name_for_tracing(const std::string& root) {
+  trace_name_ = root;
+  for (auto& [child_name, m] : children_) m->name_for_tracing(root + "." + child_name);
+}
+
 std::vector<std::pair<std::string, Tensor>> Module::state_dict() {
   std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, p] : named_parameters())

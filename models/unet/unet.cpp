@@ -92,6 +92,7 @@ UNet2DConditionModel::UNet2DConditionModel(const UNetConfig& cfg) : config_(cfg)
   conv_norm_out = register_module("conv_norm_out", std::make_shared<GroupNorm>(cfg.norm_num_groups, c0, cfg.norm_eps));
   conv_out = register_module("conv_out", std::make_shared<Conv2d>(c0, cfg.out_channels, cfg.conv_out_kernel, 1,
                                                                   (cfg.conv_out_kernel - 1) / 2));
+  name_for_tracing("unet");
 }
 
 namespace {
@@ -146,7 +147,7 @@ Tensor UNet2DConditionModel::time_embed(const Tensor& timestep, int64_t batch, c
 Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timestep,
                                      const Tensor& encoder_hidden_states, const UNetAddedCond& added,
                                      const Tensor& timestep_cond) const {
-  SD_NVTX_RANGE("UNet2DConditionModel");
+  SD_NVTX_RANGE(trace_name("UNet2DConditionModel"));
   const Tensor& w = checked(conv_in->weight, "UNet2DConditionModel conv_in.weight");
   const DType dtype = w.dtype();
   const Device device = w.device();

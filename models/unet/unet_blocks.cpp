@@ -67,7 +67,7 @@ DownBlock2D::DownBlock2D(const UNetBlockOptions& o) {
 }
 
 Tensor DownBlock2D::forward(const Tensor& x, const BlockContext& ctx, std::vector<Tensor>& skips) const {
-  SD_NVTX_RANGE("DownBlock2D");
+  SD_NVTX_RANGE(trace_name("DownBlock2D"));
   Tensor h = x;
   for (const auto& r : resnets) {
     h = run_resnet(*r, h, ctx);
@@ -95,7 +95,7 @@ CrossAttnDownBlock2D::CrossAttnDownBlock2D(const UNetBlockOptions& o) {
 }
 
 Tensor CrossAttnDownBlock2D::forward(const Tensor& x, const BlockContext& ctx, std::vector<Tensor>& skips) const {
-  SD_NVTX_RANGE("CrossAttnDownBlock2D");
+  SD_NVTX_RANGE(trace_name("CrossAttnDownBlock2D"));
   Tensor h = x;
   for (size_t i = 0; i < resnets.size(); ++i) {
     h = run_resnet(*resnets[i], h, ctx);
@@ -121,7 +121,7 @@ UNetMidBlock2DCrossAttn::UNetMidBlock2DCrossAttn(const UNetBlockOptions& o) {
 }
 
 Tensor UNetMidBlock2DCrossAttn::forward(const Tensor& x, const BlockContext& ctx) const {
-  SD_NVTX_RANGE("UNetMidBlock2DCrossAttn");
+  SD_NVTX_RANGE(trace_name("UNetMidBlock2DCrossAttn"));
   Tensor h = run_resnet(*resnets[0], x, ctx);
   for (size_t i = 0; i < attentions.size(); ++i) {
     h = attentions[i]->forward(h, ctx.context, ctx.checkpoint);
@@ -155,7 +155,7 @@ UNetMidBlock2D::UNetMidBlock2D(const UNetBlockOptions& o, bool add_attention, in
 }
 
 Tensor UNetMidBlock2D::forward(const Tensor& x, const BlockContext& ctx) const {
-  SD_NVTX_RANGE("UNetMidBlock2D");
+  SD_NVTX_RANGE(trace_name("UNetMidBlock2D"));
   Tensor h = run_resnet(*resnets[0], x, ctx);
   for (size_t i = 1; i < resnets.size(); ++i) {
     if (!attentions.empty()) h = attentions[i - 1]->forward(h);
@@ -182,7 +182,7 @@ UpBlock2D::UpBlock2D(const UNetBlockOptions& o) {
 
 Tensor UpBlock2D::forward(const Tensor& x, const BlockContext& ctx, std::vector<Tensor>& skips,
                           std::array<int64_t, 2> upsample_size) const {
-  SD_NVTX_RANGE("UpBlock2D");
+  SD_NVTX_RANGE(trace_name("UpBlock2D"));
   Tensor h = x;
   for (const auto& r : resnets) h = run_resnet(*r, pop_skip_cat(h, skips, "UpBlock2D"), ctx);
   if (upsampler) h = upsampler->forward(h, upsample_size);
@@ -202,7 +202,7 @@ CrossAttnUpBlock2D::CrossAttnUpBlock2D(const UNetBlockOptions& o) {
 
 Tensor CrossAttnUpBlock2D::forward(const Tensor& x, const BlockContext& ctx, std::vector<Tensor>& skips,
                                    std::array<int64_t, 2> upsample_size) const {
-  SD_NVTX_RANGE("CrossAttnUpBlock2D");
+  SD_NVTX_RANGE(trace_name("CrossAttnUpBlock2D"));
   Tensor h = x;
   for (size_t j = 0; j < resnets.size(); ++j) {
     h = run_resnet(*resnets[j], pop_skip_cat(h, skips, "CrossAttnUpBlock2D"), ctx);

@@ -52,7 +52,7 @@ DownEncoderBlock2D::DownEncoderBlock2D(int64_t in_channels, int64_t out_channels
 }
 
 Tensor DownEncoderBlock2D::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("DownEncoderBlock2D");
+  SD_NVTX_RANGE(trace_name("DownEncoderBlock2D"));
   Tensor h = x;
   for (const auto& r : resnets) h = r->forward(h);
   return downsampler ? downsampler->forward(h) : h;
@@ -67,7 +67,7 @@ UpDecoderBlock2D::UpDecoderBlock2D(int64_t prev_channels, int64_t out_channels, 
 }
 
 Tensor UpDecoderBlock2D::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("UpDecoderBlock2D");
+  SD_NVTX_RANGE(trace_name("UpDecoderBlock2D"));
   Tensor h = x;
   for (const auto& r : resnets) h = r->forward(h);
   return upsampler ? upsampler->forward(h) : h;
@@ -87,7 +87,7 @@ VaeEncoder::VaeEncoder(const VaeConfig& c) {
 }
 
 Tensor VaeEncoder::forward(const Tensor& x) const {
-  SD_NVTX_RANGE("VaeEncoder");
+  SD_NVTX_RANGE(trace_name("VaeEncoder"));
   SD_CHECK(x.dim() == 4 && x.size(1) == conv_in->in_channels, "VaeEncoder: input ", x.str(), " is not [N, ",
            conv_in->in_channels, ", H, W]");
   Tensor h = conv_in->forward(x);
@@ -113,7 +113,7 @@ VaeDecoder::VaeDecoder(const VaeConfig& c) {
 }
 
 Tensor VaeDecoder::forward(const Tensor& z) const {
-  SD_NVTX_RANGE("VaeDecoder");
+  SD_NVTX_RANGE(trace_name("VaeDecoder"));
   SD_CHECK(z.dim() == 4 && z.size(1) == conv_in->in_channels, "VaeDecoder: latent ", z.str(), " is not [N, ",
            conv_in->in_channels, ", h, w]");
   Tensor h = conv_in->forward(z);
@@ -146,6 +146,7 @@ AutoencoderKL::AutoencoderKL(const VaeConfig& cfg) : config_(cfg), upcast_(cfg.f
   if (cfg.use_quant_conv) quant_conv = register_module("quant_conv", std::make_shared<Conv2d>(2 * L, 2 * L, 1));
   if (cfg.use_post_quant_conv)
     post_quant_conv = register_module("post_quant_conv", std::make_shared<Conv2d>(L, L, 1));
+  name_for_tracing("vae");
 }
 
 DType AutoencoderKL::compute_dtype() const {

@@ -12,6 +12,9 @@
 // gives errors of 1e-2 and more.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -21,6 +24,7 @@
 
 #include "infer/generate.h"
 #include "infer/image_io.h"
+#include "models/formats/single_file.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
 
@@ -88,7 +92,8 @@ GenerateRequest request_of(const json& c) {
   return r;
 }
 
-void check_case(const std::string& name) {
+// Runs the case on its own pipeline, or on `pipe` (the same model loaded another way).
+GenerateResult run_case(const std::string& name, const Pipeline* pipe = nullptr) {
   const json& c = find_case(name);
   const SafetensorsFile& f = goldens().file;
   GenerateRequest r = request_of(c);
@@ -97,8 +102,14 @@ void check_case(const std::string& name) {
   for (int i = 0; f.contains(name + ".noise." + std::to_string(i)); ++i) draws.push_back(f.get(name + ".noise." + std::to_string(i)));
   TableNoise noise(draws);
   const Pipeline* refiner = c.contains("refiner") ? &pipeline(c["refiner"].get<std::string>()) : nullptr;
-  const GenerateResult res = generate(pipeline(c["pipe"].get<std::string>()), r, noise, refiner);
+  GenerateResult res = generate(pipe ? *pipe : pipeline(c["pipe"].get<std::string>()), r, noise, refiner);
   EXPECT_EQ(noise.used(), draws.size()) << name << ": diffusers drew " << draws.size() << " noise tensors";
+  return res;
+}
+
+void check_case(const std::string& name, const Pipeline* pipe = nullptr) {
+  const GenerateResult res = run_case(name, pipe);
+  const SafetensorsFile& f = goldens().file;
   const Tensor want_latents = f.get(name + ".out_latents"), want_image = f.get(name + ".image");
   ASSERT_EQ(res.latents.shape(), want_latents.shape()) << name;
   ASSERT_EQ(res.images.shape(), want_image.shape()) << name;
@@ -120,6 +131,65 @@ TEST(GoldenPipeline, SdxlEulerZeroNegative) { check_case("sdxl_euler"); }
 TEST(GoldenPipeline, SdxlDpmppMicroConditioning) { check_case("sdxl_dpmpp_2m"); }
 TEST(GoldenPipeline, SdxlBaseRefiner) { check_case("sdxl_refiner"); }
 TEST(GoldenPipeline, Lcm4Steps) { check_case("lcm_4"); }
+
+// A single file of a model whose settings differ from its family's and are not recorded by the
+// weights (the tiny SD1 pipeline: 8 GroupNorm groups, 4 text-encoder heads), as diffusers'
+// from_single_file(config=DIR): with the folder's configs it computes diffusers' golden; with the SD1
+// preset alone it is refused, naming the preset and what to give.
+class GoldenSingleFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("sd_single_file_config_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    file_ = (dir_ / "tiny_sd1.safetensors").string();
+    nn::diffusers_folder_to_single_file(kData + "/pipe_tiny_sd1", file_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+  std::string file_;
+};
+
+TEST_F(GoldenSingleFile, ModelConfigFolderGivesDiffusersResult) {
+  PipelineOptions o;
+  o.model_config = kData + "/pipe_tiny_sd1";
+  const auto p = Pipeline::load(file_, o);
+  EXPECT_TRUE(p->assumed_settings.empty());
+  check_case("sd1_ddim", p.get());
+
+  // The preset alone: 32 GroupNorm groups cannot split 16 channels.
+  const std::string e = test::error_of([&] { Pipeline::load(file_); });
+  EXPECT_NE(e.find("(unet): the weights do not fit the architecture of the sd1 preset"), std::string::npos) << e;
+  EXPECT_NE(e.find("--model_config DIR"), std::string::npos) << e;
+
+  // A folder instead of a single file, or a model config without configs: clear errors.
+  EXPECT_NE(test::error_of([&] { Pipeline::load(kData + "/pipe_tiny_sd1", o); }).find("has its own configs"),
+            std::string::npos);
+  PipelineOptions empty;
+  empty.model_config = dir_.string();
+  EXPECT_NE(test::error_of([&] { Pipeline::load(file_, empty); }).find("holds none of unet/config.json"),
+            std::string::npos);
+}
+
+// Shapes that fit with a hidden setting that differs: the text encoder from the preset (one 32-wide
+// head where the model has four) loads and runs, the image is wrong, and the assumed settings say so.
+TEST_F(GoldenSingleFile, PresetSettingsTheWeightsDoNotRecordAreReported) {
+  namespace fs = std::filesystem;
+  const fs::path partial = dir_ / "partial";
+  fs::create_directories(partial);
+  for (const char* c : {"unet", "vae", "tokenizer"}) fs::copy(kData + "/pipe_tiny_sd1/" + c, partial / c, fs::copy_options::recursive);
+  PipelineOptions o;
+  o.model_config = partial.string();
+  const auto p = Pipeline::load(file_, o);
+  ASSERT_EQ(p->assumed_settings.size(), 2u);
+  EXPECT_EQ(p->assumed_settings[0].rfind("text_encoder (sd1 preset): num_attention_heads 1, hidden_act quick_gelu", 0), 0u)
+      << p->assumed_settings[0];
+  EXPECT_EQ(p->assumed_settings[1].rfind("scheduler (sd1 preset): _class_name PNDMScheduler", 0), 0u)
+      << p->assumed_settings[1];
+  const GenerateResult res = run_case("sd1_ddim", p.get());
+  const double err = test::relative_error(res.images, goldens().file.get("sd1_ddim.image"));
+  std::cout << "[ golden   ] the preset's text encoder: image rel err " << err << "\n";
+  EXPECT_GT(err, 1e-2) << "a wrong head count should change the image";
+}
 
 }  // namespace
 }  // namespace sd::infer

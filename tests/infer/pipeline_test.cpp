@@ -163,6 +163,21 @@ TEST(PipelineLoad, FamiliesAndComponents) {
   EXPECT_EQ(lcm.describe_family(), "sd1+lcm");
 }
 
+// An Nsight Systems timeline reads like the model: every block's range is its path in the pipeline.
+TEST(PipelineLoad, BlocksAreNamedForProfilerRanges) {
+  const auto p = Pipeline::load(kData + "/pipe_tiny_sdxl");
+  auto trace = [](nn::Module& root, const std::string& path) {
+    for (auto& [name, m] : root.named_modules())
+      if (name == path) return std::string(m->trace_name("?"));
+    return std::string("(no module " + path + ")");
+  };
+  EXPECT_EQ(trace(*p->unet, "down_blocks.1.attentions.0"), "unet.down_blocks.1.attentions.0");
+  EXPECT_EQ(trace(*p->unet, "mid_block.resnets.1"), "unet.mid_block.resnets.1");
+  EXPECT_EQ(trace(*p->vae, "decoder.up_blocks.0"), "vae.decoder.up_blocks.0");
+  EXPECT_EQ(trace(*p->text_encoder, "text_model.encoder.layers.0"), "text_encoder.text_model.encoder.layers.0");
+  EXPECT_EQ(trace(*p->text_encoder_2, "text_model.encoder.layers.1.mlp"), "text_encoder_2.text_model.encoder.layers.1.mlp");
+}
+
 TEST(PipelineLoad, Defaults) {
   // Size: the UNet's sample_size (16) times the VAE's factor (2); diffusers' call defaults otherwise.
   const PipelineDefaults sd1 = tiny("sd1").defaults();

@@ -309,7 +309,7 @@ TEST_F(E2ESdInfer, EmbeddingForAnotherFamilyIsAClearError) {
 TEST_F(E2ESdInfer, ErrorAfterLoadingWritesNothing) {
   // The refiner alone needs an image: found only once the model is loaded.
   expect_error({"--model", kData + "/pipe_tiny_sdxl_refiner", "--prompt", "a cat"}, "--init_image");
-  expect_error({"--model", kSd1, "--prompt", "a cat", "--unknown_flag"}, "unknown argument");
+  expect_error({"--model", kSd1, "--prompt", "a cat", "--unknown_flag"}, "unknown flag --unknown_flag");
 }
 
 TEST_F(E2ESdInfer, HelpExplainsTheFlags) {
@@ -318,6 +318,40 @@ TEST_F(E2ESdInfer, HelpExplainsTheFlags) {
   for (const char* flag : {"--model", "--prompt", "--prompt_file", "--negative_prompt", "--guidance_scale", "--scheduler",
                            "--seed", "--rng", "--init_image", "--strength", "--refiner", "--json", "--output_dir"})
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+}
+
+// Flags from a TOML file (keys are the flag names; the command line wins) make the image the same
+// command line makes.
+TEST_F(E2ESdInfer, ConfigFileFlagsAndTheCommandLineWins) {
+  const fs::path cfg = dir_ / "run.toml";
+  test::write_text(cfg, "model = '" + kSd1 + "'\nprompt = 'a red cartoon cat'\nsteps = 3\nseed = 1\n"
+                        "scheduler = 'euler'\n");
+  const RunResult from_file = run({"--config", cfg.string(), "--seed", "4", "--output_dir", (dir_ / "a").string()});
+  ASSERT_EQ(from_file.code, 0) << from_file.err;
+  const RunResult direct = run({"--model", kSd1, "--prompt", "a red cartoon cat", "--steps", "3", "--seed", "4",
+                                "--scheduler", "euler", "--output_dir", (dir_ / "b").string()});
+  ASSERT_EQ(direct.code, 0) << direct.err;
+  ASSERT_TRUE(fs::is_regular_file(dir_ / "a" / "4-00000.png"));  // the command line's seed won
+  EXPECT_EQ(load_image_u8((dir_ / "a" / "4-00000.png").string()).to_vector(),
+            load_image_u8((dir_ / "b" / "4-00000.png").string()).to_vector());
+  test::write_text(cfg, "stpes = 3\n");
+  expect_error({"--config", cfg.string()}, "unknown key 'stpes' (did you mean steps?)");
+}
+
+// Every tool parses with the same parser: the same --help layout, the same errors.
+TEST_F(E2ESdInfer, EveryToolSharesTheHelpLayoutAndTheConfigFlag) {
+  for (const char* tool : {"sd_infer", "sd_train", "sd_convert", "sd_devinfo"}) {
+    const std::string bin = std::string(SD_BINARY_DIR) + "/tools/" + tool;
+    const fs::path out = dir_ / "help.txt";
+    const int status = std::system((shell_quote(bin) + " --help >" + shell_quote(out.string()) + " 2>&1").c_str());
+    EXPECT_EQ(WEXITSTATUS(status), 0) << tool;
+    const std::string help = read_text(out);
+    EXPECT_EQ(help.rfind(std::string("usage: ") + tool + " [options]", 0), 0u) << help;
+    EXPECT_NE(help.find("  --config FILE.toml"), std::string::npos) << tool;
+    const int bad = std::system((shell_quote(bin) + " --no_such_flag >" + shell_quote(out.string()) + " 2>&1").c_str());
+    EXPECT_EQ(WEXITSTATUS(bad), 2) << tool;
+    EXPECT_NE(read_text(out).find("unknown flag --no_such_flag"), std::string::npos) << tool << ": " << read_text(out);
+  }
 }
 
 // ---- hostile inputs: each refused with a message naming the file and what is wrong ----

@@ -209,6 +209,28 @@ TEST_F(E2ESdTrain, ResumeAfterSigkillEqualsAStraightRunBitForBit) {
   EXPECT_EQ(read_jsonl(b / "logs" / "train.jsonl").size(), 8u);
 }
 
+// The run's flags land in <output_dir>/sd_train_config.toml; `sd_train --config` on that file alone (a new
+// --output_dir on the command line, which wins) trains the same weights, byte for byte.
+TEST_F(E2ESdTrain, TheWrittenConfigFileRepeatsTheRun) {
+  const fs::path a = dir_ / "first", b = dir_ / "again";
+  const RunResult first = run(plus(quick("lora", a), {"--max_train_steps", "3", "--seed", "9", "--rank", "2",
+                                                      "--random_flip", "--lora_target", "attn,ff", "--report_to", "none"}));
+  ASSERT_EQ(first.code, 0) << first.err;
+  const fs::path cfg = a / "sd_train_config.toml";
+  ASSERT_TRUE(fs::is_regular_file(cfg));
+  const std::string text = read_text(cfg);
+  EXPECT_NE(text.find("method = 'lora'"), std::string::npos) << text;
+  EXPECT_NE(text.find("rank = 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("# adam_beta1 = 0.9"), std::string::npos) << text;  // defaults as comments
+  const RunResult again = run({"--config", cfg.string(), "--output_dir", b.string()});
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_TRUE(same_bytes(a / "pytorch_lora_weights.safetensors", b / "pytorch_lora_weights.safetensors"));
+  // The second run's file differs only in the output folder.
+  std::string expected = text;
+  for (size_t at; (at = expected.find(a.string())) != std::string::npos;) expected.replace(at, a.string().size(), b.string());
+  EXPECT_EQ(read_text(b / "sd_train_config.toml"), expected);
+}
+
 TEST_F(E2ESdTrain, SigintFinishesTheStepSavesACheckpointAndExitsZero) {
   const fs::path out = dir_ / "run";
   const pid_t pid = spawn(kTrain, plus(quick("lora", out), {"--max_train_steps", "100000", "--checkpointing_steps", "100000"}), "int");

@@ -44,6 +44,16 @@ TEST(Module, NamesAreDottedPaths) {
   EXPECT_EQ(net.num_parameters(), 2 * (8 + 8 + 32 + 4 + 72));
 }
 
+// Profiler (NVTX) ranges carry each block's dotted path once the root is named; the class until then.
+TEST(Module, TraceNamesAreDottedPathsUnderTheRoot) {
+  Net net;
+  EXPECT_STREQ(net.blocks[1]->proj->trace_name("Linear"), "Linear");
+  net.name_for_tracing("net");
+  EXPECT_STREQ(net.trace_name("Net"), "net");
+  EXPECT_STREQ(net.blocks[1]->proj->trace_name("Linear"), "net.blocks.1.proj");
+  for (auto& [name, m] : net.named_modules("net")) EXPECT_STREQ(m->trace_name("?"), name.c_str());
+}
+
 TEST(Module, ForwardBeforeLoadingNamesTheProblem) {
   Linear l(3, 2);
   EXPECT_THROW(l.forward(zeros({1, 3})), Error);
