@@ -286,6 +286,31 @@ TEST_F(E2ESdTrain, LoraLearnsAndChangesSdInferImagesInBothLayouts) {
   EXPECT_LT(layouts, 0.05);
 }
 
+// A single file whose architecture differs from its family preset (the tiny SD1 model: 8 GroupNorm
+// groups) trains with --model_config (a diffusers folder of it), and the saved pipeline carries those
+// configs, so sd_infer runs it; without the flag the run stops naming the preset.
+TEST_F(E2ESdTrain, SingleFileWithModelConfigTrainsAndSavesItsArchitecture) {
+  const fs::path file = dir_ / "tiny_sd1.safetensors";
+  nn::diffusers_folder_to_single_file(kSd1, file.string());
+  auto args = [&](const fs::path& out) {
+    std::vector<std::string> a = quick("full", out);
+    a[3] = file.string();  // --pretrained_model_name_or_path
+    return plus(a, {"--max_train_steps", "2", "--report_to", "none"});
+  };
+  const RunResult refused = run(args(dir_ / "preset"));
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.err.find("the weights do not fit the architecture of the sd1 preset"), std::string::npos) << refused.err;
+
+  const fs::path out = dir_ / "with_config";
+  const RunResult r = run(plus(args(out), {"--model_config", kSd1}));
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* f : {"unet/config.json", "vae/config.json", "text_encoder/config.json"})
+    EXPECT_EQ(nlohmann::json::parse(read_text(out / f)), nlohmann::json::parse(read_text(fs::path(kSd1) / f))) << f;
+  const RunResult ri = run({"--model", out.string(), "--prompt", "a blue square", "--steps", "2", "--seed", "1",
+                            "--output_dir", (dir_ / "img").string(), "--quiet"}, kInfer);
+  EXPECT_EQ(ri.code, 0) << ri.err;
+}
+
 TEST_F(E2ESdTrain, FullFineTuneLearnsAndSavesAPipelineFolderAndASingleFile) {
   const fs::path out = dir_ / "full";
   const RunResult r = run(plus(quick("full", out), {"--max_train_steps", "60", "--learning_rate", "2e-3",
