@@ -50,6 +50,7 @@
 #include "ops/view.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
+#include "train/train_args.h"
 
 namespace sd::train {
 namespace {
@@ -479,9 +480,9 @@ TEST(GoldenTrainOutputs, SdTrainWritesTheCommittedFilesAgain) {
     ASSERT_EQ(run_sd_train(c, out, scratch, log), 0) << c << ": sd_train failed:\n" << read_bytes(log);
     const fs::path committed = kOut + "/" + c;
     if (c.ends_with("_lora") || c.ends_with("_ti")) {
-      // The adapter / embedding files, and nothing else but the logs.
+      // The adapter / embedding files, and nothing else but the logs and the run's configuration.
       std::set<std::string> written = files_under(out);
-      std::erase_if(written, [](const std::string& f) { return f.starts_with("logs/"); });
+      std::erase_if(written, [](const std::string& f) { return f.starts_with("logs/") || f == kRunConfigFile; });
       EXPECT_EQ(written, files_under(committed)) << c << ": the saved files";
       for (const std::string& name : files_under(committed))
         expect_same_safetensors(out / name, committed / name, 1e-3, c + "/" + name);
@@ -491,7 +492,7 @@ TEST(GoldenTrainOutputs, SdTrainWritesTheCommittedFilesAgain) {
     // untouched ones byte for byte (committed as symlinks to the starting pipeline's files), the trained
     // weights and the single file as committed.
     std::set<std::string> written = files_under(out);
-    std::erase_if(written, [](const std::string& f) { return f.starts_with("logs/"); });
+    std::erase_if(written, [](const std::string& f) { return f.starts_with("logs/") || f == kRunConfigFile; });
     std::set<std::string> expected = files_under(source_of(c));
     expected.insert("model.safetensors");
     EXPECT_EQ(written, expected) << c << ": the saved folder's files";
