@@ -41,13 +41,11 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 
   cpu::AttentionForward f;
   if (q.is_cuda()) {
-#ifdef SD_WITH_CUDA
     // The GPU kernels read the mask through [B, H, Lq, Lk] strides (0 on broadcast dims).
     const Tensor mask4 = mask.defined() ? expand(detach(mask), {B, H, Lq, Lk}) : Tensor();
     auto r = cuda::attention_forward(q, k, v, mask4, scale, causal);
     f.out = r[0];
     f.lse = r[1];
-#endif
   } else {
     f = cpu::attention_forward(q, k, v, mask, scale, causal);
   }
@@ -64,14 +62,12 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     node->backward = [scale, causal, need_q, need_k, need_v](Node& n, const std::vector<Tensor>& go) {
       const std::vector<Tensor>& s = n.saved;
       if (s[0].is_cuda()) {
-#ifdef SD_WITH_CUDA
         const Tensor& q = s[0];
         const Tensor mask4 =
             s[3].defined() ? expand(s[3], {q.size(0), q.size(1), q.size(2), s[1].size(2)}) : Tensor();
         auto g = cuda::attention_backward(go[0], q, s[1], s[2], s[4], s[5], mask4, scale, causal);
         return std::vector<Tensor>{need_q ? g[0] : Tensor(), need_k ? g[1] : Tensor(), need_v ? g[2] : Tensor(),
                                    Tensor()};
-#endif
       }
       cpu::AttentionGrads g =
           cpu::attention_backward(go[0], s[0], s[1], s[2], s[3], s[4], s[5], scale, causal, need_q, need_k, need_v);

@@ -10,19 +10,6 @@
 
 namespace sd {
 
-#ifndef SD_WITH_CUDA
-// A CPU-only build has no GPU convolution; its controls exist so that callers (tests,
-// tools) need no #ifdef, and they do nothing.
-namespace cuda {
-void set_conv_backend(ConvBackend) {}
-ConvBackend conv_backend() { return ConvBackend::Auto; }
-bool cudnn_available() { return false; }
-void set_conv_benchmark(bool) {}
-void clear_conv_algo_cache() {}
-void set_conv_im2col_budget(int64_t) {}
-}  // namespace cuda
-#endif
-
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::array<int64_t, 2> stride,
               std::array<int64_t, 2> padding) {
   SD_NVTX_RANGE("conv2d");

@@ -92,7 +92,6 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   SD_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", weight.str());
   SD_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ", x.str(), " does not match weight ",
            weight.str());
-#ifdef SD_WITH_CUDA
   // On the GPU, bias and product in one cuBLASLt call (bias epilogue), with its own backward.
   if (x.is_cuda() && bias.defined() && x.dtype() != DType::F64 && x.dim() >= 2 && bias.dtype() == x.dtype() &&
       bias.dim() == 1 && bias.size(0) == weight.size(0) && weight.is_contiguous() && bias.is_contiguous()) {
@@ -121,7 +120,6 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     }
     return y;
   }
-#endif
   Tensor y = matmul(x.dim() == 1 ? unsqueeze(x, 0) : x, transpose(weight, 0, 1));
   if (x.dim() == 1) y = squeeze(y, 0);
   if (bias.defined()) {

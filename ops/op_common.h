@@ -20,10 +20,6 @@ std::string describe(const std::vector<Tensor>& ts);
 
 }  // namespace sd::detail
 
-// Picks the kernel by the device of `t`. In a CPU-only build no tensor can live on a GPU,
-// and the CUDA expression is dropped by the preprocessor (its kernels are not compiled).
-#ifdef SD_WITH_CUDA
+// Picks the kernel by the device of `t`. The CUDA kernels are a library of their own (sd_cuda, or the
+// CPU-only sd_nocuda whose entry points raise): no tensor can be on a GPU without the former.
 #define SD_DISPATCH_DEVICE(t, cpu_expr, cuda_expr) ((t).is_cuda() ? (cuda_expr) : (cpu_expr))
-#else
-#define SD_DISPATCH_DEVICE(t, cpu_expr, cuda_expr) (cpu_expr)
-#endif

@@ -1,5 +1,5 @@
 // Device-side helpers of the runtime itself (copies, fills), callable from plain C++.
-// Only defined in CUDA builds; callers guard with SD_WITH_CUDA.
+// Defined by the CUDA backend library (sd_cuda); the CPU-only one (sd_nocuda) raises.
 #pragma once
 #include "runtime/tensor.h"
 

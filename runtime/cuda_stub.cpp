@@ -1,5 +1,5 @@
-// The CUDA runtime surface in a CPU-only build: no devices, every device call is an error.
-#ifndef SD_WITH_CUDA
+// The CUDA runtime surface in the CPU-only backend (sd_nocuda, linked instead of sd_cuda): no devices,
+// every device call is an error.
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
 #include "runtime/stream.h"
@@ -45,4 +45,3 @@ float Event::elapsed_ms(const Event&) const { return 0.0f; }
 void* pinned_alloc(size_t) { SD_FAIL("pinned_alloc: this build of sd has no CUDA backend"); }
 void pinned_free(void*) {}
 }  // namespace sd
-#endif

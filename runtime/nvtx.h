@@ -1,8 +1,8 @@
-// NVTX ranges: in CUDA builds each op and model block opens a named range, so an Nsight
+// NVTX ranges: in builds with the CUDA toolkit (SD_WITH_NVTX) each op and model block opens a named range, so an Nsight
 // Systems timeline reads like the model. Free (compiled out) in CPU-only builds.
 #pragma once
 
-#ifdef SD_WITH_CUDA
+#ifdef SD_WITH_NVTX
 #include <nvtx3/nvToolsExt.h>
 namespace sd {
 class NvtxRange {

@@ -4,9 +4,7 @@
 
 #include "runtime/parallel.h"
 #include "runtime/rng_core.h"
-#ifdef SD_WITH_CUDA
 #include "runtime/cuda_kernels.h"
-#endif
 
 namespace sd {
 
@@ -39,11 +37,7 @@ void check_fill_target(const Tensor& t, const char* op) {
 
 void fill_uniform_(const Tensor& t, uint64_t seed, uint64_t offset, double low, double high) {
   check_fill_target(t, "fill_uniform_");
-  if (t.is_cuda()) {
-#ifdef SD_WITH_CUDA
-    return cuda_kernels::fill_uniform(t, seed, offset, low, high);
-#endif
-  }
+  if (t.is_cuda()) return cuda_kernels::fill_uniform(t, seed, offset, low, high);
   const int64_t n = t.numel();
   const double scale = high - low;
   SD_DISPATCH_FLOAT(t.dtype(), "fill_uniform_", [&] {
@@ -61,11 +55,7 @@ void fill_uniform_(const Tensor& t, uint64_t seed, uint64_t offset, double low, 
 
 void fill_normal_(const Tensor& t, uint64_t seed, uint64_t offset, double mean, double std) {
   check_fill_target(t, "fill_normal_");
-  if (t.is_cuda()) {
-#ifdef SD_WITH_CUDA
-    return cuda_kernels::fill_normal(t, seed, offset, mean, std);
-#endif
-  }
+  if (t.is_cuda()) return cuda_kernels::fill_normal(t, seed, offset, mean, std);
   const int64_t n = t.numel();
   SD_DISPATCH_FLOAT(t.dtype(), "fill_normal_", [&] {
     scalar_t* out = t.data<scalar_t>();

@@ -7,9 +7,7 @@
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
 #include "runtime/strided_loop.h"
-#ifdef SD_WITH_CUDA
 #include "runtime/cuda_kernels.h"
-#endif
 
 namespace sd {
 
@@ -226,7 +224,7 @@ void copy_(const Tensor& dst, const Tensor& src) {
   if (dst.numel() == 0) return;
   Tensor s = broadcast_view(src, dst.shape());
   if (dst.is_cpu() && s.is_cpu()) return copy_cpu(dst, s);
-#ifdef SD_WITH_CUDA
+  // A GPU tensor exists only where the CUDA backend is linked (the CPU-only backend's kernels raise).
   if (dst.device() == s.device()) return cuda_kernels::copy_strided(dst, s);
   if (s.is_cuda() && dst.is_cpu()) {
     // Make the source contiguous on its device, bring it over, then convert/scatter on the host.
@@ -247,9 +245,6 @@ void copy_(const Tensor& dst, const Tensor& src) {
   // GPU to another GPU: through the host (peer copies are not needed by any workflow yet).
   Tensor host = copy_to(s, s.dtype(), Device::cpu());
   return copy_(dst, host);
-#else
-  SD_FAIL("copy_: ", src.str(), " -> ", dst.str(), " needs the CUDA backend, which this build lacks");
-#endif
 }
 
 Tensor copy_to(const Tensor& t, DType dtype, Device device) {
@@ -264,11 +259,7 @@ Tensor contiguous_raw(const Tensor& t) {
 
 void fill_(const Tensor& t, double value) {
   if (t.numel() == 0) return;
-  if (t.is_cuda()) {
-#ifdef SD_WITH_CUDA
-    return cuda_kernels::fill(t, value);
-#endif
-  }
+  if (t.is_cuda()) return cuda_kernels::fill(t, value);
   SD_DISPATCH_ALL(t.dtype(), "fill_", [&] {
     const scalar_t v = convert<scalar_t>(value);
     StridedOperands<1> ops{{static_cast<char*>(t.data_ptr())}, {t.strides().data()}, {int64_t(t.element_size())}};
@@ -282,11 +273,7 @@ void axpy_(const Tensor& dst, const Tensor& src, double alpha) {
   SD_CHECK(dst.device() == src.device(), "axpy_: ", dst.str(), " and ", src.str(), " are on different devices");
   if (dst.numel() == 0) return;
   Tensor s = broadcast_view(src, dst.shape());
-  if (dst.is_cuda()) {
-#ifdef SD_WITH_CUDA
-    return cuda_kernels::axpy(dst, s, alpha);
-#endif
-  }
+  if (dst.is_cuda()) return cuda_kernels::axpy(dst, s, alpha);
   SD_DISPATCH_FLOAT(dst.dtype(), "axpy_", [&] {
     using D = scalar_t;
     using A = acc_t<D>;

@@ -10,32 +10,21 @@
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
 #include "runtime/stream.h"
+#include "train/collectives.h"
 
-// Only this file sees mpi.h and nccl.h (CMakeLists.txt gives it SD_WITH_MPI / SD_WITH_NCCL and their
-// include folders), so the rest of the library builds the same with or without them.
+// Only this file and the NCCL transport (train/cuda/nccl_collectives.cpp, in the CUDA backend) see
+// mpi.h (CMakeLists.txt gives them SD_WITH_MPI and its include folders), so the rest of the library
+// builds the same with or without it.
 #if defined(SD_WITH_MPI)
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
-#endif
-#if defined(SD_WITH_NCCL)
-#include <nccl.h>
-
-#include "runtime/cuda/cuda_check.h"
 #endif
 
 namespace sd::train {
 
 bool built_with_mpi() {
 #if defined(SD_WITH_MPI)
-  return true;
-#else
-  return false;
-#endif
-}
-
-bool built_with_nccl() {
-#if defined(SD_WITH_NCCL)
   return true;
 #else
   return false;
@@ -162,28 +151,7 @@ int64_t shard_position(const BucketPlan& plan, size_t i, int rank) {
 
 namespace {
 
-// ---- collectives on f32 buffers --------------------------------------------------------------------
-
-// What the gradient sync needs from MPI or NCCL. Buffers are contiguous f32 tensors of one device.
-// "slot" names an operation in flight (one per bucket). On a GPU everything is ordered with the
-// calling thread's current (compute) stream: start_* waits for the work queued on it so far, wait()
-// makes it wait for the result, the blocking ones run in its order.
-class Collectives {
- public:
-  virtual ~Collectives() = default;
-  // buf = sum over processes of buf.
-  virtual void start_allreduce(int slot, const Tensor& buf) = 0;
-  // out = piece `rank` of (sum over processes of buf); buf.numel() = world * out.numel().
-  virtual void start_reduce_scatter(int slot, const Tensor& buf, const Tensor& out) = 0;
-  virtual void wait(int slot) = 0;
-  // Lets started operations advance (MPI on the CPU moves data only inside MPI calls).
-  virtual void poll() {}
-  // In place: piece r of buf (world equal pieces) comes from process r.
-  virtual void allgather(const Tensor& buf) = 0;
-  // In place: rank 0's buf everywhere.
-  virtual void broadcast(const Tensor& buf) = 0;
-  virtual std::string name() const = 0;
-};
+// ---- collectives on f32 buffers (train/collectives.h): MPI here, NCCL in the CUDA backend ----------
 
 #if defined(SD_WITH_MPI)
 
@@ -254,90 +222,6 @@ class MpiCollectives final : public Collectives {
 
 #endif  // SD_WITH_MPI
 
-#if defined(SD_WITH_NCCL)
-
-// NCCL on a communication stream of its own. The unique id comes from rank 0 over MPI.
-class NcclCollectives final : public Collectives {
- public:
-  NcclCollectives(int rank, int world, int device, int slots) : rank_(rank), world_(world), device_(device) {
-    ncclUniqueId id;
-    if (rank == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, MPI_COMM_WORLD);
-    cudart::set_device(device);
-    check(ncclCommInitRank(&comm_, world, id, rank), "ncclCommInitRank");
-    stream_ = Stream::create(device);
-    for (int s = 0; s < slots; ++s) {
-      ready_.push_back(std::make_unique<Event>());
-      done_.push_back(std::make_unique<Event>());
-    }
-  }
-  ~NcclCollectives() override {
-    if (comm_) ncclCommDestroy(comm_);
-  }
-
-  void start_allreduce(int slot, const Tensor& buf) override {
-    enter(slot, buf);
-    check(ncclAllReduce(buf.data_ptr(), buf.data_ptr(), size_t(buf.numel()), ncclFloat, ncclSum, comm_, comm_stream()),
-          "ncclAllReduce");
-    done_[size_t(slot)]->record(stream_);
-  }
-  void start_reduce_scatter(int slot, const Tensor& buf, const Tensor& out) override {
-    SD_CHECK(buf.numel() == out.numel() * world_, "reduce_scatter: ", buf.numel(), " elements into pieces of ", out.numel());
-    enter(slot, buf);
-    check(ncclReduceScatter(buf.data_ptr(), out.data_ptr(), size_t(out.numel()), ncclFloat, ncclSum, comm_,
-                            comm_stream()),
-          "ncclReduceScatter");
-    done_[size_t(slot)]->record(stream_);
-  }
-  void wait(int slot) override {
-    done_.at(size_t(slot))->wait(current_stream());
-    check_async();
-  }
-  void allgather(const Tensor& buf) override {
-    check_buffer(buf);
-    const size_t piece = size_t(buf.numel() / world_);
-    float* base = static_cast<float*>(buf.data_ptr());
-    check(ncclAllGather(base + size_t(rank_) * piece, base, piece, ncclFloat, comm_, compute_stream()), "ncclAllGather");
-  }
-  void broadcast(const Tensor& buf) override {
-    check_buffer(buf);
-    check(ncclBroadcast(buf.data_ptr(), buf.data_ptr(), size_t(buf.numel()), ncclFloat, 0, comm_, compute_stream()),
-          "ncclBroadcast");
-  }
-  std::string name() const override {
-    return "NCCL " + std::to_string(NCCL_MAJOR) + "." + std::to_string(NCCL_MINOR) + "." + std::to_string(NCCL_PATCH);
-  }
-
- private:
-  static cudaStream_t compute_stream() { return static_cast<cudaStream_t>(current_stream_handle()); }
-  cudaStream_t comm_stream() const { return static_cast<cudaStream_t>(stream_.handle()); }
-  void check_buffer(const Tensor& t) const {
-    SD_CHECK(t.is_cuda() && t.device().index == device_ && t.dtype() == DType::F32 && t.is_contiguous(),
-             "NCCL collectives take contiguous f32 buffers on cuda:", device_, ", got ", t.str());
-  }
-  // The communication stream starts after what the compute stream queued so far (the bucket copy).
-  void enter(int slot, const Tensor& buf) {
-    check_buffer(buf);
-    ready_.at(size_t(slot))->record(current_stream());
-    ready_[size_t(slot)]->wait(stream_);
-  }
-  void check(ncclResult_t r, const char* what) const {
-    if (r == ncclSuccess || r == ncclInProgress) return;
-    SD_FAIL("NCCL error in ", what, " on rank ", rank_, " (cuda:", device_, "): ", ncclGetErrorString(r),
-            r == ncclSystemError || r == ncclRemoteError ? " (a peer process or the network failed)" : "");
-  }
-  void check_async() const {
-    ncclResult_t r = ncclSuccess;
-    check(ncclCommGetAsyncError(comm_, &r), "ncclCommGetAsyncError");
-    check(r, "an asynchronous operation");
-  }
-  int rank_, world_, device_;
-  ncclComm_t comm_ = nullptr;
-  Stream stream_;
-  std::vector<std::unique_ptr<Event>> ready_, done_;
-};
-
-#endif  // SD_WITH_NCCL
 
 // ---- the gradient sync -----------------------------------------------------------------------------
 
@@ -370,15 +254,9 @@ class MpiGradientSync final : public GradientSync {
     plan_ = plan_buckets(numels, cap, world_size());
     const int nb = int(plan_.buckets.size());
     for (const BucketPlan::Bucket& b : plan_.buckets) bucket_.push_back(zeros({b.padded}, DType::F32, dev));
-    if (dev.is_cuda()) {
-#if defined(SD_WITH_NCCL)
-      coll_ = std::make_unique<NcclCollectives>(rank(), world_size(), dev.index, nb);
-#else
-      coll_ = std::make_unique<MpiCollectives>(world_size(), nb);  // through host memory
-#endif
-    } else {
-      coll_ = std::make_unique<MpiCollectives>(world_size(), nb);
-    }
+    // GPU buffers: NCCL where the CUDA backend has it, else MPI through host memory.
+    if (dev.is_cuda()) coll_ = make_nccl_collectives(rank(), world_size(), dev.index, nb);
+    if (!coll_) coll_ = std::make_unique<MpiCollectives>(world_size(), nb);
     for (int b = 0; b < nb; ++b) order_.push_back(b);
 
     // Every process starts from rank 0's weights (as DDP does): they load the same files and the

@@ -22,9 +22,7 @@
 #include "ops/view.h"
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
-#if defined(SD_WITH_CUDA)
 #include "ops/cuda/gemm.h"
-#endif
 #include "train/checkpoint.h"
 #include "train/dataset.h"
 #include "train/ema.h"
@@ -796,10 +794,8 @@ int Loop::run() {
     cudart::set_device(device_.index);
   }
   wd_ = weight_dtype_of(a_.mixed_precision);
-#if defined(SD_WITH_CUDA)
   // --allow_tf32: f32 matrix multiplies and convolutions on TF32 tensor cores (torch.backends' switch).
   if (device_.is_cuda()) cuda::set_allow_tf32(a_.allow_tf32);
-#endif
   if (is_main()) {
     fs::create_directories(a_.output_dir);
     write_run_config();
