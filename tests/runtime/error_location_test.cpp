@@ -8,27 +8,19 @@
 #include "runtime/error.h"
 #include "ops/view.h"
 #include "runtime/tensor.h"
+#include "tests/test_util.h"
 
 namespace sd {
 namespace {
 
-std::string message_of(void (*f)()) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(ErrorLocation, TestFilesAreNamedFromTheRepositoryRoot) {
-  const std::string m = message_of([] { SD_FAIL("boom"); });
+  const std::string m = test::error_of([] { SD_FAIL("boom"); });
   EXPECT_NE(m.find("boom [tests/runtime/error_location_test.cpp:"), std::string::npos) << m;
 }
 
 TEST(ErrorLocation, LibraryFilesAreNamedFromTheRepositoryRoot) {
   // A reshape to the wrong element count fails inside the ops library.
-  const std::string m = message_of([] { (void)reshape(zeros({2, 3}), {7}); });
+  const std::string m = test::error_of([] { (void)reshape(zeros({2, 3}), {7}); });
   ASSERT_FALSE(m.empty());
   const size_t open = m.rfind(" [");
   ASSERT_NE(open, std::string::npos) << m;
