@@ -114,7 +114,8 @@ namespace {
 struct Mapping {
   void* addr = nullptr;
   size_t len = 0;
-  Mapping(void* a, size_t n) : addr(a), len(n) {}
+  bool writable = false;  // PROT_WRITE (copy-on-write): views of it may be written to
+  Mapping(void* a, size_t n, bool w) : addr(a), len(n), writable(w) {}
   ~Mapping() {
     if (addr) munmap(addr, len);
   }
@@ -246,10 +247,11 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   if (file_len < 8) I.fail(Kind::HeaderTooSmall, "file is " + std::to_string(file_len) + " bytes, the length prefix alone is 8");
 
   void* addr = ::mmap(nullptr, size_t(file_len), PROT_READ | PROT_WRITE, MAP_PRIVATE, f.fd, 0);
+  bool writable = addr != MAP_FAILED;
   if (addr == MAP_FAILED && errno == ENOMEM)  // strict overcommit may refuse a writable map: read-only still works
     addr = ::mmap(nullptr, size_t(file_len), PROT_READ, MAP_PRIVATE, f.fd, 0);
   if (addr == MAP_FAILED) I.fail(Kind::Io, errno_str("mmap"));
-  impl->map = std::make_shared<Mapping>(addr, size_t(file_len));
+  impl->map = std::make_shared<Mapping>(addr, size_t(file_len), writable);
   const char* bytes = impl->map->bytes();
 
   // -- length prefix
@@ -417,8 +419,9 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   if (dt == DType::Bool)
     for (size_t i = 0; i < nbytes && canonical; ++i) canonical = static_cast<unsigned char>(src[i]) <= 1;
 
+  // A read-only mapping (see open) gives copies: a weight may be trained in place.
   const bool aligned = reinterpret_cast<uintptr_t>(src) % dtype_size(dt) == 0;
-  if (aligned && canonical && nbytes > 0) {
+  if (aligned && canonical && nbytes > 0 && impl_->map->writable) {
     auto timpl = std::make_shared<TensorImpl>();
     std::shared_ptr<Mapping> keep = impl_->map;  // the mapping outlives this file object if needed
     timpl->storage = std::make_shared<Storage>(const_cast<char*>(src), nbytes, Device::cpu(), [keep] {});

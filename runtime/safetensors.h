@@ -80,8 +80,9 @@ class SafetensorsFile {
   const TensorInfo& info(const std::string& name) const;
 
   // CPU tensor with the file's dtype. Zero-copy (a view of the mapping, which it keeps alive)
-  // when the data is aligned for its element type; otherwise a copy. Writing into a zero-copy
-  // tensor changes only this process's private pages, never the file.
+  // when the data is aligned for its element type and the mapping is writable (copy-on-write);
+  // otherwise a copy. Writing into a zero-copy tensor changes only this process's private pages,
+  // never the file.
   // A dtype sd cannot represent raises SafetensorsError(UnsupportedDtype).
   Tensor get(const std::string& name) const;
   // A converted, contiguous copy on any device and dtype (e.g. an f16 file loaded as f32 on a

@@ -10,7 +10,7 @@ PACKAGES=(
   libgtest-dev googletest libbenchmark-dev              # tests and CPU benchmarks
   nlohmann-json3-dev                                    # JSON: safetensors headers, configs
   libstb-dev                                            # image decode/encode (PNG/JPEG)
-  libopenblas-dev                                       # CPU GEMM
+  libopenblas-dev libopenblas0-openmp                   # CPU GEMM (the OpenMP build: it shares sd's threads)
   libomp-dev                                            # OpenMP runtime headers
   libopenmpi-dev openmpi-bin                            # multi-process training
   libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer

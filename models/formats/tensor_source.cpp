@@ -54,6 +54,12 @@ Shape SafetensorsSource::shape(const std::string& key) const { return file_for(k
 Tensor SafetensorsSource::get(const std::string& key, DType dtype, Device device) const {
   return file_for(key).get(key, dtype, device);
 }
+
+Tensor SafetensorsSource::get_in_place(const std::string& key, DType dtype, Device device) const {
+  const SafetensorsFile& f = file_for(key);
+  if (device.is_cpu() && f.info(key).dtype == dtype) return f.get(key);  // a view where it can be one
+  return f.get(key, dtype, device);
+}
 std::vector<std::string> SafetensorsSource::keys() const {
   std::vector<std::string> k;
   for (const auto& [name, _] : where_) k.push_back(name);

@@ -20,6 +20,12 @@ class TensorSource {
   virtual bool contains(const std::string& key) const = 0;
   virtual Shape shape(const std::string& key) const = 0;
   virtual Tensor get(const std::string& key, DType dtype, Device device) const = 0;
+  // What a module keeps as its parameter (Module::load): get(), except that a memory-mapped file asked
+  // for its own dtype on the CPU hands out a view of the mapping instead of a copy. The weights are
+  // then the page cache's pages (nothing copied or zeroed; RSS only for what runs), and writes (training)
+  // land in private copy-on-write pages, never in the file. Two loads of one key from the same source
+  // share those pages.
+  virtual Tensor get_in_place(const std::string& key, DType dtype, Device device) const { return get(key, dtype, device); }
   virtual std::vector<std::string> keys() const = 0;
   virtual std::string describe() const = 0;  // for error messages: the file(s)
   // The dtype the source stores a tensor in, where it knows (converters keep it).
@@ -33,6 +39,7 @@ class SafetensorsSource final : public TensorSource {
   bool contains(const std::string& key) const override;
   Shape shape(const std::string& key) const override;
   Tensor get(const std::string& key, DType dtype, Device device) const override;
+  Tensor get_in_place(const std::string& key, DType dtype, Device device) const override;
   std::vector<std::string> keys() const override;
   std::string describe() const override { return path_; }
   std::optional<DType> file_dtype(const std::string& key) const override;
@@ -74,6 +81,9 @@ class PrefixedSource final : public TensorSource {
   Shape shape(const std::string& key) const override { return inner_->shape(prefix_ + key); }
   Tensor get(const std::string& key, DType dtype, Device device) const override {
     return inner_->get(prefix_ + key, dtype, device);
+  }
+  Tensor get_in_place(const std::string& key, DType dtype, Device device) const override {
+    return inner_->get_in_place(prefix_ + key, dtype, device);
   }
   std::vector<std::string> keys() const override;
   std::string describe() const override { return inner_->describe() + " (keys under '" + prefix_ + "')"; }

@@ -98,7 +98,7 @@ LoadReport Module::load(const TensorSource& src, const LoadOptions& opt, const s
   std::vector<Loaded> loaded;
   for (auto& [name, p] : params) {
     const std::string key = prefix + name;
-    if (used.count(key)) loaded.push_back({p, key, src.get(key, opt.dtype, opt.device)});
+    if (used.count(key)) loaded.push_back({p, key, src.get_in_place(key, opt.dtype, opt.device)});
   }
   for (Loaded& l : loaded) {
     const bool grad = l.param->slot->defined() && l.param->slot->requires_grad();

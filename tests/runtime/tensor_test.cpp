@@ -119,6 +119,30 @@ TEST(Allocator, CpuStatisticsTrackCurrentAndPeak) {
   a.deallocate(p, 100);
 }
 
+// Blocks of 1 MiB and more come back for the next request of their size class without the system
+// (no fresh pages to fault in); a request of another size first hands cached blocks back, so what the
+// process holds stays near its live bytes.
+TEST(Allocator, CpuCachesLargeBlocksAndGivesThemBackOnAMiss) {
+  Allocator& a = cpu_allocator();
+  a.empty_cache();
+  const AllocatorStats s0 = a.stats();
+  void* p = a.allocate(3u << 20);
+  a.deallocate(p, 3u << 20);
+  const AllocatorStats s1 = a.stats();
+  EXPECT_EQ(s1.system_allocs, s0.system_allocs + 1);
+  EXPECT_GE(s1.reserved_bytes - s0.reserved_bytes, int64_t(3) << 20);  // kept
+  void* q = a.allocate((3u << 20) - 1000);  // the same size class
+  EXPECT_EQ(q, p);
+  EXPECT_EQ(a.stats().system_allocs, s1.system_allocs);
+  a.deallocate(q, (3u << 20) - 1000);
+  void* r = a.allocate(8u << 20);  // a miss: the cached 3 MiB goes back first
+  EXPECT_EQ(a.stats().reserved_bytes - s0.reserved_bytes, int64_t(8) << 20);
+  a.deallocate(r, 8u << 20);
+  a.empty_cache();
+  EXPECT_EQ(a.stats().reserved_bytes, s0.reserved_bytes);
+  EXPECT_EQ(a.stats().current_bytes, s0.current_bytes);
+}
+
 TEST(Device, ParsingAndCudaAvailability) {
   EXPECT_TRUE(parse_device("cpu").is_cpu());
   EXPECT_EQ(parse_device("cuda:1").index, 1);
