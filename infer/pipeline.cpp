@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "infer/hash_cache.h"
 #include "infer/sha256.h"
 #include "models/formats/diffusers_configs.h"
 #include "models/formats/single_file.h"
@@ -503,7 +504,7 @@ std::string Pipeline::describe_family() const {
 }
 
 std::string Pipeline::model_hash() const {
-  if (hash_.empty()) hash_ = sha256_files_hex(weight_files).substr(0, 10);
+  if (hash_.empty()) hash_ = cached_sha256_files_hex(weight_files).substr(0, 10);
   return hash_;
 }
 

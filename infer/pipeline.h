@@ -100,8 +100,8 @@ class Pipeline {
   // "sd1", "sd2", "sdxl", "sdxl_refiner", "ssd1b", with "+turbo" / "+lcm" where it applies.
   std::string describe_family() const;
   // A1111's "Model hash": the first 10 hex digits of the SHA-256 of the weights (a single file:
-  // the file, as A1111; a folder: its weight files one after another). Reads every weight byte:
-  // computed once, on the first call.
+  // the file, as A1111; a folder: its weight files one after another). Reads every weight byte the
+  // first time; remembered between runs while the files are unchanged (infer/hash_cache.h).
   std::string model_hash() const;
   // The model's name for image parameters: the file name without extension, or the folder's name.
   std::string model_name() const;

@@ -18,6 +18,7 @@
 
 #include "infer/generate.h"
 #include "infer/infotext.h"
+#include "infer/hash_cache.h"
 #include "infer/sha256.h"
 #include "ops/elementwise.h"
 #include "ops/view.h"
@@ -71,6 +72,39 @@ TEST(Sha256, FilesAreHashedOneAfterAnother) {
 }
 
 // ---- A1111 parameters ----
+
+// Model hashes are remembered between runs (A1111's cache.json habit), keyed by path, size and mtime.
+TEST(Sha256, HashCacheRemembersUnchangedFilesOnly) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("sd_hash_cache_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string file = (dir / "weights.bin").string(), cache_dir = (dir / "cache").string();
+  test::write_text(file, "some weights");
+  ::setenv("SD_CACHE_DIR", cache_dir.c_str(), 1);
+  const std::string real = sha256_files_hex({file});
+  EXPECT_EQ(cached_sha256_files_hex({file}), real);
+  const std::string cache = hash_cache_path();
+  ASSERT_EQ(cache, cache_dir + "/model_hashes.json");
+  std::string text = test::read_text(cache);
+  ASSERT_NE(text.find(real), std::string::npos) << text;
+  // It is read: a planted value comes back while the file is unchanged...
+  const std::string planted(64, 'a');
+  text.replace(text.find(real), real.size(), planted);
+  test::write_text(cache, text);
+  EXPECT_EQ(cached_sha256_files_hex({file}), planted);
+  // ...and not once the file changes (size and mtime).
+  test::write_text(file, "other weights, longer");
+  EXPECT_EQ(cached_sha256_files_hex({file}), sha256_files_hex({file}));
+  // A damaged cache is ignored and rewritten; "off" writes nothing.
+  test::write_text(cache, "{not json");
+  EXPECT_EQ(cached_sha256_files_hex({file}), sha256_files_hex({file}));
+  fs::remove(cache);
+  ::setenv("SD_CACHE_DIR", "off", 1);
+  EXPECT_EQ(cached_sha256_files_hex({file}), sha256_files_hex({file}));
+  EXPECT_FALSE(fs::exists(cache));
+  ::unsetenv("SD_CACHE_DIR");
+  fs::remove_all(dir);
+}
 
 TEST(Infotext, A1111Format) {
   Infotext i;
