@@ -1,7 +1,6 @@
 #include "infer/hash_cache.h"
 
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -12,6 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "infer/sha256.h"
+#include "runtime/error.h"
+#include "runtime/file_io.h"
 
 namespace sd::infer {
 
@@ -47,20 +48,12 @@ nlohmann::json read_cache(const std::string& path) {
   return j.is_object() && j.contains("entries") && j["entries"].is_array() ? j : nlohmann::json::object();
 }
 
+// A cache that cannot be written is left as it is: the hash was computed anyway.
 void write_cache(const std::string& path, const nlohmann::json& j) {
-  std::error_code ec;
-  fs::create_directories(fs::path(path).parent_path(), ec);
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out << j.dump(1) << "\n";
-    if (!out) {
-      fs::remove(tmp, ec);
-      return;
-    }
+  try {
+    write_file_atomic(path, j.dump(1) + "\n");
+  } catch (const Error&) {
   }
-  fs::rename(tmp, path, ec);
-  if (ec) fs::remove(tmp, ec);
 }
 
 }  // namespace

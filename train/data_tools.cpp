@@ -19,6 +19,7 @@
 #include "infer/image_decode.h"
 #include "infer/image_io.h"
 #include "infer/sha256.h"
+#include "runtime/file_io.h"
 #include "runtime/parallel.h"
 
 namespace sd::train {
@@ -44,39 +45,6 @@ std::string message_of(const std::exception& e) {
   const size_t b = m.rfind(" [");
   if (b != std::string::npos && !m.empty() && m.back() == ']' && m.find(".cpp:", b) != std::string::npos) m.resize(b);
   return m;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  SD_CHECK(f, "cannot open '", p.string(), "': ", std::strerror(errno));
-  std::ostringstream os;
-  os << f.rdbuf();
-  SD_CHECK(!f.bad(), "cannot read '", p.string(), "'");
-  return os.str();
-}
-
-// Written to a temporary name beside it and renamed: never half a file.
-void write_file_atomic(const fs::path& p, const std::string& bytes) {
-  if (p.has_parent_path()) fs::create_directories(p.parent_path());
-  const fs::path tmp = p.string() + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    SD_CHECK(f.good(), "cannot write '", tmp.string(), "': ", std::strerror(errno));
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-    f.flush();
-    if (!f.good()) {
-      const std::string err = std::strerror(errno);
-      f.close();
-      fs::remove(tmp);
-      SD_FAIL("writing '", p.string(), "' failed: ", err);
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, p, ec);
-  if (ec) {
-    fs::remove(tmp);
-    SD_FAIL("cannot move '", tmp.string(), "' to '", p.string(), "': ", ec.message());
-  }
 }
 
 void save_png_to(const fs::path& p, const Tensor& hwc) {

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -22,6 +21,7 @@
 #include "ops/view.h"
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
+#include "runtime/file_io.h"
 #include "ops/cuda/gemm.h"
 #include "train/checkpoint.h"
 #include "train/dataset.h"
@@ -768,17 +768,7 @@ void Loop::save_final() {
 // repeats the run (kohya's habit of keeping runs in config files). Written to a temporary name and
 // renamed, as every file of a run.
 void Loop::write_run_config() const {
-  if (a_.effective_config.empty()) return;
-  const fs::path path = fs::path(a_.output_dir) / kRunConfigFile;
-  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    SD_CHECK(f, "cannot write ", tmp.string());
-    f << a_.effective_config;
-    f.close();
-    SD_CHECK(f, "cannot write ", tmp.string(), " (disk full?)");
-  }
-  fs::rename(tmp, path);
+  if (!a_.effective_config.empty()) write_file_atomic(fs::path(a_.output_dir) / kRunConfigFile, a_.effective_config);
 }
 
 int Loop::run() {
