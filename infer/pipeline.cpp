@@ -236,22 +236,22 @@ class ArchitectureSource {
     bool any = false;
     for (const char* c : {"unet", "vae", "text_encoder", "text_encoder_2"})
       any = any || fs::is_regular_file(fs::path(dir_) / c / "config.json");
-    SD_CHECK(any, "model config '", dir_, "' holds none of unet/config.json, vae/config.json, text_encoder/config.json, "
-             "text_encoder_2/config.json (expected a diffusers folder of the same model)");
+    SD_CHECK(any, "model config '", dir_, "' holds none of unet/config.json, vae/config.json, "
+             "text_encoder/config.json, text_encoder_2/config.json (expected a diffusers folder of the same model)");
   }
-  // The component's config text: the model config's file when it has one, else the preset; `source`
-  // names which, for messages.
+  // A component's config: the model config's file when it has one, else the family preset.
+  struct ComponentConfig {
+    std::string text;
+    std::string source;  // the file, or "<single file> (<component>: <family> preset)", for messages
+    bool preset = false;
+  };
   template <class Preset>
-  std::string config(const std::string& component, const char* name, std::string& source, Preset&& preset) const {
+  ComponentConfig config(const std::string& component, const char* name, Preset&& preset) const {
     if (!dir_.empty()) {
       const fs::path f = fs::path(dir_) / component / name;
-      if (fs::is_regular_file(f)) {
-        source = f.string();
-        return read_text_file(f);
-      }
+      if (fs::is_regular_file(f)) return {read_json(f).dump(), f.string(), false};
     }
-    source = file_ + " (" + component + ": " + preset_name() + ")";
-    return preset();
+    return {preset(), file_ + " (" + component + ": " + preset_name() + ")", true};
   }
   // A folder of the model config ("" when there is none).
   std::string folder(const char* name) const {
@@ -260,12 +260,10 @@ class ArchitectureSource {
     return fs::is_directory(f) ? f.string() : "";
   }
   // Records the preset's values of `keys` (settings no tensor records) when the preset was used.
-  void note_preset(Pipeline& p, const std::string& component, const std::string& config,
+  void note_preset(Pipeline& p, const std::string& component, const ComponentConfig& c,
                    const std::vector<std::string>& keys) const {
-    if (!dir_.empty() && fs::is_regular_file(fs::path(dir_) / component /
-                                             (component == "scheduler" ? "scheduler_config.json" : "config.json")))
-      return;
-    const json j = json::parse(config);
+    if (!c.preset) return;
+    const json j = json::parse(c.text);
     std::string line = component + " (" + preset_name() + "):";
     bool first = true;
     for (const std::string& k : keys) {
@@ -277,31 +275,23 @@ class ArchitectureSource {
   }
   // Builds and loads a component; a failure says which architecture was tried and what to do.
   template <class F>
-  void fit(const std::string& component, const std::string& source, F&& build) const {
+  void fit(const std::string& component, const ComponentConfig& c, F&& build) const {
     try {
       build();
     } catch (const Error& e) {
-      const bool preset = source.rfind(file_ + " (", 0) == 0;
       SD_FAIL("'", file_, "' (", component, "): the weights do not fit the architecture ",
-              preset ? "of the " + preset_name() + " (shapes read from the file, the other settings from the family's "
-                       "hub config)"
-                     : "of " + source,
+              c.preset ? "of the " + preset_name() + " (shapes read from the file, the other settings from the "
+                         "family's hub config)"
+                       : "of " + c.source,
               ": ", e.what(),
-              preset ? " -- give the model's own configs (sd_infer --model_config DIR: a diffusers folder of this "
-                       "model, as diffusers' from_single_file(config=DIR))"
-                     : "");
+              c.preset ? " -- give the model's own configs (sd_infer --model_config DIR: a diffusers folder of this "
+                         "model, as diffusers' from_single_file(config=DIR))"
+                       : "");
     }
   }
 
  private:
   std::string preset_name() const { return nn::family_name(family_) + std::string(" preset"); }
-  static std::string read_text_file(const fs::path& f) {
-    std::ifstream in(f, std::ios::binary);
-    SD_CHECK(in, "cannot read ", f.string());
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
   std::string file_;
   ModelFamily family_;
   std::string dir_;
@@ -336,20 +326,21 @@ void load_file(Pipeline& p, const std::string& path, const PipelineOptions& o) {
   opt.device = o.device;
   const ArchitectureSource arch(path, ck.family, o.model_config);
 
-  std::string source;
-  std::string cfg = arch.config("unet", "config.json", source,
-                                [&] { return nn::unet_config_json(ck.family, pred, shapes.at(nn::kUnet)); });
-  arch.note_preset(p, "unet", cfg, {"norm_num_groups", "attention_head_dim", "num_attention_heads", "sample_size",
-                                    "upcast_attention"});
-  arch.fit("unet", source, [&] {
-    p.unet = std::make_shared<nn::UNet2DConditionModel>(nn::UNetConfig::from_json_string(cfg, source));
+  const auto unet_cfg =
+      arch.config("unet", "config.json", [&] { return nn::unet_config_json(ck.family, pred, shapes.at(nn::kUnet)); });
+  arch.note_preset(p, "unet", unet_cfg, {"norm_num_groups", "attention_head_dim", "num_attention_heads", "sample_size",
+                                         "upcast_attention"});
+  arch.fit("unet", unet_cfg, [&] {
+    p.unet =
+        std::make_shared<nn::UNet2DConditionModel>(nn::UNetConfig::from_json_string(unet_cfg.text, unet_cfg.source));
     p.unet->load(*ck.components.at(nn::kUnet), opt);
   });
 
-  cfg = arch.config("vae", "config.json", source, [&] { return nn::vae_config_json(ck.family, shapes.at(nn::kVae)); });
-  arch.note_preset(p, "vae", cfg, {"norm_num_groups", "scaling_factor", "force_upcast"});
-  arch.fit("vae", source, [&] {
-    const nn::VaeConfig vcfg = nn::VaeConfig::from_json_string(cfg, source);
+  const auto vae_cfg =
+      arch.config("vae", "config.json", [&] { return nn::vae_config_json(ck.family, shapes.at(nn::kVae)); });
+  arch.note_preset(p, "vae", vae_cfg, {"norm_num_groups", "scaling_factor", "force_upcast"});
+  arch.fit("vae", vae_cfg, [&] {
+    const nn::VaeConfig vcfg = nn::VaeConfig::from_json_string(vae_cfg.text, vae_cfg.source);
     p.vae = std::make_shared<nn::AutoencoderKL>(vcfg);
     const bool up = vae_upcast_for(ck.family, vcfg, o);
     p.vae->set_upcast(up);
@@ -361,12 +352,12 @@ void load_file(Pipeline& p, const std::string& path, const PipelineOptions& o) {
 
   auto encoder = [&](const char* component) {
     std::shared_ptr<nn::ClipTextModel> m;
-    const std::string c = arch.config(component, "config.json", source, [&] {
+    const auto c = arch.config(component, "config.json", [&] {
       return nn::text_encoder_config_json(ck.family, component, shapes.at(component));
     });
     arch.note_preset(p, component, c, {"num_attention_heads", "hidden_act", "layer_norm_eps"});
-    arch.fit(component, source, [&] {
-      m = std::make_shared<nn::ClipTextModel>(nn::ClipTextConfig::from_json(c, source));
+    arch.fit(component, c, [&] {
+      m = std::make_shared<nn::ClipTextModel>(nn::ClipTextConfig::from_json(c.text, c.source));
       m->load_transformers(*ck.components.at(component), opt);
     });
     return m;
@@ -392,10 +383,10 @@ void load_file(Pipeline& p, const std::string& path, const PipelineOptions& o) {
     p.text_encoder_2 = encoder(nn::kTextEncoder2);
     p.tokenizer_2 = tokenizer("tokenizer_2", zero_pad);
   }
-  const std::string sched = arch.config("scheduler", "scheduler_config.json", source,
-                                        [&] { return nn::scheduler_config_json(ck.family, pred); });
+  const auto sched =
+      arch.config("scheduler", "scheduler_config.json", [&] { return nn::scheduler_config_json(ck.family, pred); });
   arch.note_preset(p, "scheduler", sched, {"_class_name", "prediction_type", "timestep_spacing"});
-  p.scheduler_config = SchedulerConfig::from_json_string(sched, source, "", prediction_override(o));
+  p.scheduler_config = SchedulerConfig::from_json_string(sched.text, sched.source, "", prediction_override(o));
   p.pipeline_class = refiner ? "StableDiffusionXLImg2ImgPipeline"
                      : sdxl  ? "StableDiffusionXLPipeline"
                              : "StableDiffusionPipeline";

@@ -73,6 +73,13 @@ bool FlagParser::was_given(const std::string& name) const {
   return std::find(given_.begin(), given_.end(), canonical) != given_.end();
 }
 
+std::vector<std::string> FlagParser::groups() const {
+  std::vector<std::string> out;
+  for (const Entry& e : entries_)
+    if (std::find(out.begin(), out.end(), e.spec.group) == out.end()) out.push_back(e.spec.group);
+  return out;
+}
+
 std::string FlagParser::did_you_mean(const std::string& name) const {
   std::string best;
   size_t best_d = 4;
@@ -279,16 +286,13 @@ bool FlagParser::parse(int argc, const char* const* argv) {
 std::string FlagParser::help() const {
   std::ostringstream os;
   os << "usage: " << program_ << " [options]\n\n" << summary_ << "\n";
-  std::vector<std::string> groups;
-  for (const Entry& e : entries_)
-    if (std::find(groups.begin(), groups.end(), e.spec.group) == groups.end()) groups.push_back(e.spec.group);
   constexpr size_t kColumn = 34;
   auto line = [&](std::string head, const std::string& text) {
     if (head.size() + 1 > kColumn) os << head << "\n" << std::string(kColumn, ' ');
     else os << head << std::string(kColumn - head.size(), ' ');
     os << wrap(text, kColumn, 100 - kColumn) << "\n";
   };
-  for (const std::string& g : groups) {
+  for (const std::string& g : groups()) {
     os << "\n" << g << ":\n";
     for (const Entry& e : entries_) {
       const FlagSpec& s = e.spec;
@@ -321,10 +325,7 @@ std::string FlagParser::effective_config(const std::string& header) const {
   std::ostringstream os;
   std::istringstream lines(header);
   for (std::string l; std::getline(lines, l);) os << "# " << l << "\n";
-  std::vector<std::string> groups;
-  for (const Entry& e : entries_)
-    if (std::find(groups.begin(), groups.end(), e.spec.group) == groups.end()) groups.push_back(e.spec.group);
-  for (const std::string& g : groups) {
+  for (const std::string& g : groups()) {
     os << "\n# ---- " << g << "\n";
     for (const Entry& e : entries_) {
       const FlagSpec& s = e.spec;

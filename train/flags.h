@@ -74,6 +74,7 @@ class FlagParser {
   void apply(const FlagSpec& spec, const std::vector<std::string>& values, const std::string& origin);
   void read_config_file(const std::string& path, const std::vector<std::string>& command_line_names);
   std::string did_you_mean(const std::string& name) const;  // the closest flag name, or ""
+  std::vector<std::string> groups() const;                   // --help sections, in declaration order
   std::string program_, summary_, epilog_;
   std::vector<Entry> entries_;
   std::map<std::string, std::pair<bool, std::string>> ignored_;  // name -> (takes value, why)

@@ -12,6 +12,7 @@
 #include <numbers>
 
 #include "runtime/error.h"
+#include "tests/test_util.h"
 
 namespace sd::train {
 namespace {
@@ -23,17 +24,6 @@ LrScheduleConfig make(const std::string& name, int64_t warmup, int64_t total, do
   c.warmup_steps = warmup;
   c.total_steps = total;
   return c;
-}
-
-// The sd::Error message of f(), or "" when it does not throw.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(LrSchedule, ConstantAndWarmup) {
@@ -118,7 +108,7 @@ TEST(LrSchedule, PiecewiseConstant) {
 }
 
 TEST(LrSchedule, Validation) {
-  const std::string unknown = error_of([] { validate(make("cosine_annealing", 0, 10)); });
+  const std::string unknown = test::error_of([] { validate(make("cosine_annealing", 0, 10)); });
   EXPECT_NE(unknown.find("cosine_annealing"), std::string::npos) << unknown;
   for (const auto& n : lr_scheduler_names()) EXPECT_NE(unknown.find(n), std::string::npos) << n;
   EXPECT_EQ(lr_scheduler_names().size(), 7u);
@@ -137,7 +127,7 @@ TEST(LrSchedule, Validation) {
     EXPECT_THROW(validate(c), Error) << n;
   }
   auto p = make("polynomial", 10, 100, 1e-7);  // lr_end must be below the learning rate
-  EXPECT_NE(error_of([&] { validate(p); }).find("lr_end"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { validate(p); }).find("lr_end"), std::string::npos);
   EXPECT_THROW(validate(make("polynomial", 10, 10)), Error);  // would divide by zero at step 10
   EXPECT_NO_THROW(validate(make("polynomial", 30, 20)));      // warmup past the end works in diffusers
   p = make("polynomial", 10, 100);
