@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/cpu/attention_common.h"
 #include "ops/cpu/reference_util.h"
 #include "runtime/parallel.h"
 
@@ -14,38 +15,6 @@ namespace sd::cpu {
 namespace {
 
 constexpr int64_t kRowsPerItem = 32;  // forward work item: this many query rows of one head
-
-// Copies head (b, h) of a [B, H, L, E] tensor into a dense compute-type buffer, [L, E], or
-// [E, L] when `transposed` (so that loops over keys run over contiguous memory).
-template <class T, class A>
-void gather_head(const Tensor& t, int64_t b, int64_t h, bool transposed, std::vector<A>& out) {
-  const int64_t L = t.size(2), E = t.size(3);
-  const int64_t sl = t.stride(2), se = t.stride(3);
-  const T* p = t.data<T>() + b * t.stride(0) + h * t.stride(1);
-  out.resize(size_t(L * E));
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t e = 0; e < E; ++e) out[size_t(transposed ? e * L + l : l * E + e)] = A(p[l * sl + e * se]);
-}
-
-// The mask seen as [B, H, Lq, Lk] through broadcast strides (0 along broadcast dims).
-template <class T>
-struct MaskView {
-  const T* additive = nullptr;  // floating mask, added to the scores
-  const bool* keep = nullptr;   // Bool mask, true = attend
-  std::array<int64_t, 4> st{0, 0, 0, 0};
-
-  explicit MaskView(const Tensor& mask) {
-    if (!mask.defined()) return;
-    const int64_t lead = 4 - mask.dim();
-    for (int64_t d = 0; d < mask.dim(); ++d)
-      if (mask.size(d) != 1) st[size_t(lead + d)] = mask.stride(d);
-    if (mask.dtype() == DType::Bool)
-      keep = mask.data<bool>();
-    else
-      additive = mask.data<T>();
-  }
-  int64_t row_offset(int64_t b, int64_t h, int64_t i) const { return b * st[0] + h * st[1] + i * st[2]; }
-};
 
 // Scores of query row i of one head: s_j = scale q_i.k_j (+ mask), -inf where masked.
 // kt is the head's keys transposed [D, Lk]; the row is built as D axpys over the keys.
@@ -75,6 +44,10 @@ AttentionForward attention_forward(const Tensor& q, const Tensor& k, const Tenso
                                    bool causal) {
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Lk = k.size(2), Dv = v.size(3);
   AttentionForward r{empty({B, H, Lq, Dv}, q.dtype()), empty({B, H, Lq}, stats_dtype(q.dtype()))};
+  if (q.dtype() != DType::F64) {  // the fast path; the row loop below stays as the f64 reference
+    attention_forward_tiled(q, k, v, mask, scale, causal, r.out, r.lse);
+    return r;
+  }
   const int64_t blocks = (Lq + kRowsPerItem - 1) / kRowsPerItem;
   SD_DISPATCH_FLOAT(q.dtype(), "scaled_dot_product_attention", [&] {
     using T = scalar_t;

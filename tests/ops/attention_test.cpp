@@ -150,6 +150,37 @@ TEST(Attention, ForwardMatchesLoop) {
   }
 }
 
+// Sizes that cross the f32 kernel's tiles (64 query rows, 256 keys) with partial last tiles,
+// scores that grow along the keys (so later tiles raise the running max and earlier sums are
+// rescaled), an additive mask that hides the whole first key tile from some rows, a Bool mask
+// that hides every key from one row, and causal masking (whole key tiles skipped).
+TEST(Attention, TiledForwardMatchesLoopAcrossTiles) {
+  const int64_t B = 1, H = 2, Lq = 150, Lk = 600, D = 40, Dv = 24;
+  Tensor q = random_tensor({B, H, Lq, D}, DType::F64, 41, -1, 1);
+  Tensor k = random_tensor({B, H, Lk, D}, DType::F64, 42, -1, 1);
+  Tensor v = random_tensor({B, H, Lk, Dv}, DType::F64, 43);
+  std::vector<double> ramp(size_t(Lq * Lk)), keep(size_t(Lq * Lk), 1.0);
+  for (int64_t i = 0; i < Lq; ++i)
+    for (int64_t j = 0; j < Lk; ++j) {
+      ramp[size_t(i * Lk + j)] = (i % 3 == 0 && j < 256) ? -kInf : 8.0 * double(j) / double(Lk);
+      if (i == 77) keep[size_t(i * Lk + j)] = 0;
+    }
+  const std::vector<MaskCase> cases = {
+      {"no mask", Tensor(), false, 0.0},
+      {"growing scores, first tile hidden", from_vector(ramp, {Lq, Lk}, DType::F64), false, 0.0},
+      {"bool, one row hidden", from_vector(keep, {1, 1, Lq, Lk}, DType::Bool), false, 0.0},
+      {"causal", Tensor(), true, 0.0},
+  };
+  for (const MaskCase& c : cases) {
+    const double scale = c.scale == 0 ? 1 / std::sqrt(double(D)) : c.scale;
+    const RefAttention r = ref_attention(q, k, v, c.mask, scale, c.causal);
+    cpu::AttentionForward f = cpu::attention_forward(to(q, DType::F32), to(k, DType::F32), to(v, DType::F32),
+                                                     mask_as(c.mask, DType::F32), scale, c.causal);
+    EXPECT_TRUE(test::all_close(f.out, r.out, 1e-5, 1e-5)) << c.name;
+    EXPECT_TRUE(test::all_close(f.lse, r.lse, 1e-5, 1e-6)) << c.name;
+  }
+}
+
 TEST(Attention, SavedLogSumExpMatchesLoop) {
   Tensor q = random_tensor({2, 3, 7, 8}, DType::F64, 4);
   Tensor k = random_tensor({2, 3, 5, 8}, DType::F64, 5);
