@@ -3,9 +3,12 @@
 #include <benchmark/benchmark.h>
 
 #include "autograd/node.h"
+#include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/conv.h"
+#include "ops/elementwise.h"
 #include "ops/norm.h"
+#include "ops/view.h"
 #include "runtime/rng.h"
 
 namespace sd {
@@ -53,6 +56,44 @@ void BM_Attention(benchmark::State& state) {
 }
 BENCHMARK(BM_Attention)->Args({1024, 1024, 40})->Args({4096, 77, 40})->Args({1024, 1024, 64})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Memory-bound ops of a UNet block at 64x64 latents, batch 2: the residual add, GELU (of the
+// GEGLU feed-forward), LayerNorm over tokens, and the [B, L, H, E] -> [B, H, L, E] copy.
+void report_bytes(benchmark::State& state, double bytes) {
+  state.counters["GB/s"] = benchmark::Counter(bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+
+void BM_Add(benchmark::State& state) {
+  autograd::NoGrad ng;
+  Tensor a = randn({2, 320, 64, 64}), b = randn({2, 320, 64, 64});
+  for (auto _ : state) benchmark::DoNotOptimize(add(a, b).data_ptr());
+  report_bytes(state, 3.0 * double(a.nbytes()));
+}
+BENCHMARK(BM_Add)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_Gelu(benchmark::State& state) {
+  autograd::NoGrad ng;
+  Tensor x = randn({2, 4096, 1280});
+  for (auto _ : state) benchmark::DoNotOptimize(gelu(x).data_ptr());
+  report_bytes(state, 2.0 * double(x.nbytes()));
+}
+BENCHMARK(BM_Gelu)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_LayerNorm(benchmark::State& state) {
+  autograd::NoGrad ng;
+  Tensor x = randn({2, 4096, 320}), g = randn({320}), b = randn({320});
+  for (auto _ : state) benchmark::DoNotOptimize(layer_norm(x, g, b, 1e-5).data_ptr());
+  report_bytes(state, 2.0 * double(x.nbytes()));
+}
+BENCHMARK(BM_LayerNorm)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_HeadsTranspose(benchmark::State& state) {
+  autograd::NoGrad ng;
+  Tensor x = randn({2, 4096, 8, 40});
+  for (auto _ : state) benchmark::DoNotOptimize(contiguous(permute(x, {0, 2, 1, 3})).data_ptr());
+  report_bytes(state, 2.0 * double(x.nbytes()));
+}
+BENCHMARK(BM_HeadsTranspose)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace sd

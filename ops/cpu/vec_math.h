@@ -37,6 +37,34 @@ inline float exp_f32(float x) {
   return x != x ? x : y;
 }
 
+// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7 (relative error grows for
+// |x| < 1e-3, which the activations that use it absorb: they add 1 to it).
+inline float tanh_f32(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float t = 1.0f - 2.0f / (exp_f32(2.0f * a) + 1.0f);
+  return x < 0.0f ? -t : t;
+}
+
+// erfc(z) with relative error below ~1.2e-7 everywhere: the Chebyshev-fitted exponent of
+// Numerical Recipes' erfcc, t exp(-z^2 + P(t)) with t = 1 / (1 + |z| / 2), and erfc(-z) = 2 - erfc(z).
+// Relative accuracy in the tail matters for GELU of negative inputs: 0.5 x erfc(-x / sqrt 2).
+inline float erfc_f32(float z) {
+  const float a = z < 0.0f ? -z : z;
+  const float t = 1.0f / (1.0f + 0.5f * a);
+  float p = 0.17087277f;
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  const float r = t * exp_f32(-a * a + p);
+  return z < 0.0f ? 2.0f - r : r;
+}
+
 inline double exp_any(double x) { return std::exp(x); }
 inline float exp_any(float x) { return exp_f32(x); }
 

@@ -145,6 +145,27 @@ TEST(Elementwise, UnaryForwardMatchesLoop) {
   }
 }
 
+// The f32 activations run vectorised polynomial exp / erfc / tanh (ops/cpu/vec_math.h): checked
+// against libm in f64 over a dense grid far past the range the layers see, and a NaN input
+// must give NaN (a NaN loss has to stay visible).
+TEST(Elementwise, F32ActivationsMatchLibmAcrossTheRange) {
+  std::vector<double> grid;
+  for (double v = -40; v <= 40; v += 0.0173) grid.push_back(v);
+  const Tensor xf = from_vector(grid, {int64_t(grid.size())}, DType::F32);
+  const std::vector<double> xs = xf.to_vector();  // the grid as f32 values
+  for (const char* name : {"exp", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "quick_gelu"}) {
+    const UnaryCase* c = nullptr;
+    for (const auto& u : kUnaryCases)
+      if (std::string(u.name) == name) c = &u;
+    ASSERT_NE(c, nullptr) << name;
+    std::vector<double> ref;
+    for (double v : xs) ref.push_back(c->ref(v));
+    EXPECT_TRUE(test::all_close(c->op(xf), ref, 1e-5, 1e-6)) << name;
+    const Tensor nan = from_vector({std::nan("")}, {1}, DType::F32);
+    EXPECT_TRUE(std::isnan(c->op(nan).to_vector()[0])) << name;
+  }
+}
+
 TEST(GradElementwise, UnaryOps) {
   for (const auto& c : kUnaryCases) {
     for (const Shape& s : {Shape{6}, Shape{2, 3, 4}}) {
