@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "ops/cpu/conv_winograd.h"
 #include "ops/cpu/gemm.h"
 #include "runtime/parallel.h"
 
@@ -206,6 +207,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   const DType cd = compute_dtype(x.dtype());
   Tensor xc = dense(x, cd), wc = dense(weight, cd), bc = bias.defined() ? dense(bias, cd) : Tensor();
   Tensor out = empty({d.N, d.O, d.Ho, d.Wo}, cd, Device::cpu());
+  if (cd == DType::F32 && winograd_applies(x.shape(), weight.shape(), g)) {
+    conv2d_winograd(xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr, x.shape(), d.O, g,
+                    out.data<float>());
+    return round_to(out, x.dtype());
+  }
   dispatch_compute(cd, [&](auto tag) {
     using A = decltype(tag);
     forward_impl<A>(xc.data<A>(), wc.data<A>(), bc.defined() ? bc.data<A>() : nullptr, d, g, out.data<A>());

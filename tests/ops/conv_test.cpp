@@ -6,6 +6,7 @@
 
 #include "autograd/engine.h"
 #include "ops/conv.h"
+#include "ops/cpu/conv_winograd.h"
 #include "ops/view.h"
 #include "tests/test_util.h"
 
@@ -125,6 +126,32 @@ TEST(Conv, LowPrecisionForwardMatchesLoop) {
       const double tol = dt == DType::F32 ? 1e-5 : (dt == DType::F16 ? 2e-3 : 1e-2);
       EXPECT_TRUE(test::all_close(y, ref, tol, tol)) << describe(c) << " " << dtype_name(dt);
     }
+  }
+}
+
+// f32 3x3 stride-1 convolutions with enough channels and positions take the Winograd F(2x2, 3x3)
+// path (ops/cpu/conv_winograd.cpp): odd output sizes (half tiles at the right and bottom edges),
+// padding 0 and 1, one and several images, several blocks of tile rows, no bias.
+TEST(Conv, WinogradForwardMatchesLoop) {
+  const ConvCase cases[] = {
+      {1, 32, 33, 35, 40, 3, 3, 1, 1, 1, 1, true},    // odd sizes, padding 1
+      {2, 48, 28, 23, 32, 3, 3, 1, 1, 0, 0, false},   // padding 0, two images, no bias
+      {2, 32, 30, 20, 36, 3, 3, 1, 1, 1, 0, true},    // asymmetric padding
+  };
+  uint64_t seed = 900;
+  for (const ConvCase& c : cases) {
+    ASSERT_TRUE(cpu::winograd_applies({c.N, c.C, c.H, c.W}, {c.O, c.C, 3, 3}, {1, 1, c.ph, c.pw})) << describe(c);
+    Tensor x = random_tensor({c.N, c.C, c.H, c.W}, DType::F32, ++seed);
+    Tensor w = random_tensor({c.O, c.C, 3, 3}, DType::F32, ++seed, -0.2, 0.2);
+    Tensor b = bias_for(c, DType::F32, ++seed);
+    const std::vector<double> ref =
+        conv_loop(to(x, DType::F64), to(w, DType::F64), b.defined() ? to(b, DType::F64) : Tensor(), c);
+    EXPECT_TRUE(test::all_close(conv2d(x, w, b, {1, 1}, {c.ph, c.pw}), ref, 2e-5, 2e-5)) << describe(c);
+    // The same in blocks of 3 tile rows (several blocks, the last one partial, crossing images).
+    Tensor y = empty({c.N, c.O, out_size(c.H, 3, 1, c.ph), out_size(c.W, 3, 1, c.pw)}, DType::F32, Device::cpu());
+    cpu::conv2d_winograd(x.data<float>(), w.data<float>(), b.defined() ? b.data<float>() : nullptr, x.shape(), c.O,
+                         {1, 1, c.ph, c.pw}, y.data<float>(), 3);
+    EXPECT_TRUE(test::all_close(y, ref, 2e-5, 2e-5)) << describe(c) << " blocks of 3 tile rows";
   }
 }
 
