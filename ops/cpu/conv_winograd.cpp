@@ -22,12 +22,14 @@ struct Geometry {
   int64_t N, C, H, W, O, ph, pw, Ho, Wo, th, tw;
 };
 
-// U [16][O][C] from w [O][C][3][3]. Kernels are transformed 64 at a time into a local block and
-// written out as 16 runs of 64 floats: writing the 16 values of one kernel straight into the 16
-// matrices, whose starts are O*C floats apart, sent every store to the same cache sets.
-void transform_weights(const float* w, const Geometry& q, float* U) {
+// U [16][o1 - o0][C] from the kernels of output channels [o0, o1), w [O][C][3][3]. Kernels are
+// transformed 64 at a time into a local block and written out as 16 runs of 64 floats: writing
+// the 16 values of one kernel straight into the 16 matrices, whose starts are a matrix apart,
+// sent every store to the same cache sets.
+void transform_weights(const float* w, const Geometry& q, int64_t o0, int64_t o1, float* U) {
   constexpr int64_t kChunk = 64;
-  const int64_t OC = q.O * q.C, chunks = (OC + kChunk - 1) / kChunk;
+  const int64_t OC = (o1 - o0) * q.C, chunks = (OC + kChunk - 1) / kChunk;
+  w += o0 * q.C * 9;
   parallel_for(chunks, kChunk * 64, [&](int64_t k0, int64_t k1) {
     float local[kXi][kChunk];
     for (int64_t k = k0; k < k1; ++k) {
@@ -102,18 +104,20 @@ void transform_inputs(const float* x, const Geometry& q, int64_t r0, int64_t nr,
   });
 }
 
-// The outputs of tile rows [r0, r0 + nr) from M [16][O][nt], plus the bias. Per (output
-// channel, tile row), two output rows are built in a buffer over all the row's tiles
-// (vectorisable) and copied to the image cropped to Wo.
-void transform_outputs(const float* M, const float* bias, const Geometry& q, int64_t r0, int64_t nr, float* out) {
-  const int64_t nt = nr * q.tw, OT = q.O * nt;
-  parallel_for(q.O, nt * 40, [&](int64_t o0, int64_t o1) {
+// Output channels [o0, o1) of tile rows [r0, r0 + nr) from M [16][o1 - o0][nt], plus the bias.
+// Per (output channel, tile row), two output rows are built in a buffer over all the row's
+// tiles (vectorisable) and copied to the image cropped to Wo.
+void transform_outputs(const float* M, const float* bias, const Geometry& q, int64_t o0, int64_t o1, int64_t r0,
+                       int64_t nr, float* out) {
+  const int64_t nt = nr * q.tw, OT = (o1 - o0) * nt;
+  parallel_for(o1 - o0, nt * 40, [&](int64_t j0, int64_t j1) {
     std::vector<float> y(size_t(2 * 2 * q.tw));
-    for (int64_t o = o0; o < o1; ++o) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t o = o0 + j;
       const float b0 = bias ? bias[o] : 0.0f;
       for (int64_t rr = 0; rr < nr; ++rr) {
         const int64_t tr = r0 + rr, n = tr / q.th, ty = tr % q.th;
-        const float* m = M + o * nt + rr * q.tw;
+        const float* m = M + j * nt + rr * q.tw;
         float* y0 = y.data();
         float* y1 = y0 + 2 * q.tw;
 #pragma omp simd
@@ -159,32 +163,43 @@ void conv2d_winograd(const float* x, const float* w, const float* bias, const Sh
   q.Wo = q.W + 2 * q.pw - 2;
   q.th = (q.Ho + kTile - 1) / kTile;
   q.tw = (q.Wo + kTile - 1) / kTile;
-  // Scratch as tensors, so it comes from the caching allocator (fresh pages would fault in on
-  // every call).
-  Tensor U = empty({kXi, O, q.C}, DType::F32, Device::cpu());
-  transform_weights(w, q, U.data<float>());
-  // Whole tile rows in blocks, so that V [16][C][nt] and M [16][O][nt] stay within ~32 MB together.
+  // Loop nest: blocks of whole tile rows (V [16][C][nt] within a budget), then blocks of output
+  // channels whose transformed kernels U [16][ob][C] stay in cache from their transform to their
+  // GEMMs. Transforming all of U up front cost a write and a read of 16/9 of the weights through
+  // DRAM per call, 15% of a UNet step; per block, a large image re-transforms the kernels once per
+  // tile-row block, which its many tiles pay for.
   const int64_t R = q.N * q.th;
   const int64_t rows_per_block =
       tile_rows_per_block > 0
           ? std::min(tile_rows_per_block, R)
-          : std::clamp<int64_t>((int64_t(8) << 20) / (kXi * (q.C + O) * q.tw), std::min<int64_t>(R, 4), R);
+          : std::clamp<int64_t>((int64_t(4) << 20) / (kXi * q.C * q.tw), std::min<int64_t>(R, 4), R);
+  // U blocks of 8 MB (2M floats): 96 output channels at C = 1280. Measured on 2 cores: smaller
+  // blocks made the GEMMs too thin (16 rows: 1.7x slower), 16 MB ones fell out of cache.
+  const int64_t ob = std::clamp<int64_t>((int64_t(1) << 21) / (kXi * q.C) / 16 * 16, std::min<int64_t>(O, 16), O);
   const int64_t block = rows_per_block * q.tw;
-  Tensor Vt = empty({kXi, q.C, block}, DType::F32, Device::cpu()), Mt = empty({kXi, O, block}, DType::F32, Device::cpu());
-  const float* u = U.data<float>();
+  // Scratch as tensors, so it comes from the caching allocator (fresh pages would fault in on
+  // every call).
+  Tensor Ut = empty({kXi, ob, q.C}, DType::F32, Device::cpu()), Vt = empty({kXi, q.C, block}, DType::F32, Device::cpu()),
+         Mt = empty({kXi, ob, block}, DType::F32, Device::cpu());
+  float* U = Ut.data<float>();
   float* V = Vt.data<float>();
   float* M = Mt.data<float>();
   for (int64_t r0 = 0; r0 < R; r0 += rows_per_block) {
     const int64_t nr = std::min(rows_per_block, R - r0), nt = nr * q.tw;
     transform_inputs(x, q, r0, nr, V);
-    // M[xi] [O, nt] = U[xi] [O, C] @ V[xi] [C, nt]. The 16 GEMMs are shared out among the
-    // threads whole (each GEMM then runs on its thread): one threaded GEMM at a time was
-    // mostly threads waiting, these GEMMs being small.
-    parallel_for(kXi, O * nt * q.C * 2, [&](int64_t x0, int64_t x1) {
-      for (int64_t xi = x0; xi < x1; ++xi)
-        gemm(false, false, O, nt, q.C, 1.0f, u + xi * O * q.C, q.C, V + xi * q.C * nt, nt, 0.0f, M + xi * O * nt, nt);
-    });
-    transform_outputs(M, bias, q, r0, nr, out);
+    for (int64_t o0 = 0; o0 < O; o0 += ob) {
+      const int64_t o1 = std::min(O, o0 + ob), no = o1 - o0;
+      transform_weights(w, q, o0, o1, U);
+      // M[xi] [no, nt] = U[xi] [no, C] @ V[xi] [C, nt]. The 16 GEMMs are shared out among the
+      // threads whole (each GEMM then runs on its thread): one threaded GEMM at a time was
+      // mostly threads waiting, these GEMMs being small.
+      parallel_for(kXi, no * nt * q.C * 2, [&](int64_t x0, int64_t x1) {
+        for (int64_t xi = x0; xi < x1; ++xi)
+          gemm(false, false, no, nt, q.C, 1.0f, U + xi * no * q.C, q.C, V + xi * q.C * nt, nt, 0.0f, M + xi * no * nt,
+               nt);
+      });
+      transform_outputs(M, bias, q, o0, o1, r0, nr, out);
+    }
   }
 }
 
