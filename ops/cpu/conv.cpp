@@ -52,15 +52,17 @@ void for_each_output_run(const Dims& d, int64_t l0, int64_t l1, F&& f) {
 }
 
 // col[k, l - l0] = the input pixel under tap k at output position l (0 in the padding),
-// for an image x [C, H, W] and output positions [l0, l1). Rows are independent: parallel.
+// for an image x [C, H, W] and output positions [l0, l1); col's rows are ld apart (l1 - l0
+// unless the columns of several images sit side by side). Rows are independent: parallel.
 template <class A>
-void im2col(const A* x, const Dims& d, const Conv2dGeom& g, int64_t l0, int64_t l1, A* col) {
+void im2col(const A* x, const Dims& d, const Conv2dGeom& g, int64_t l0, int64_t l1, A* col, int64_t ld = 0) {
   const int64_t n = l1 - l0;
+  if (ld == 0) ld = n;
   parallel_for(d.K(), n, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t c = k / (d.kh * d.kw), i = (k / d.kw) % d.kh, j = k % d.kw;
       const A* xc = x + c * d.H * d.W;
-      A* row = col + k * n;
+      A* row = col + k * ld;
       for_each_output_run(d, l0, l1, [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t at) {
         A* dst = row + at;
         const int64_t ih = oh * g.stride_h - g.pad_h + i;
@@ -121,9 +123,37 @@ const A* columns(const A* xn, const Dims& d, const Conv2dGeom& g, int64_t l0, in
 // The images are walked one at a time and the parallelism is inside (im2col rows, the
 // threaded GEMM): the layers that cost the most have large images and small batches.
 
+// Small images (the UNet's 4x4 level) go several to one GEMM: per image, the GEMM would be
+// [O, K] x [K, L] with L = 16, and packing the weights (59 MB at 1280 channels) for every image
+// cost more than the multiply. col holds the images' columns side by side, [K, n * L]; the
+// product [O, n * L] is then scattered into the images with the bias.
+template <class A>
+void forward_small_images(const A* x, const A* w, const A* bias, const Dims& d, const Conv2dGeom& g, int64_t per_gemm,
+                          A* out) {
+  const int64_t K = d.K(), L = d.L();
+  std::vector<A> col(size_t(K * per_gemm * L)), prod(size_t(d.O * per_gemm * L));
+  for (int64_t n0 = 0; n0 < d.N; n0 += per_gemm) {
+    const int64_t nb = std::min(per_gemm, d.N - n0), cols = nb * L;
+    for (int64_t i = 0; i < nb; ++i)
+      im2col(x + (n0 + i) * d.C * d.H * d.W, d, g, 0, L, col.data() + i * L, cols);
+    gemm(false, false, d.O, cols, K, A(1), w, K, col.data(), cols, A(0), prod.data(), cols);
+    for (int64_t i = 0; i < nb; ++i)
+      for (int64_t o = 0; o < d.O; ++o) {
+        const A b = bias ? bias[o] : A(0);
+        const A* src = prod.data() + o * cols + i * L;
+        A* dst = out + ((n0 + i) * d.O + o) * L;
+        for (int64_t l = 0; l < L; ++l) dst[l] = src[l] + b;
+      }
+  }
+}
+
 template <class A>
 void forward_impl(const A* x, const A* w, const A* bias, const Dims& d, const Conv2dGeom& g, A* out) {
   const int64_t K = d.K(), L = d.L(), bl = block_cols(d, sizeof(A));
+  if (d.N > 1 && L < 256 && !is_pointwise(d, g)) {
+    forward_small_images(x, w, bias, d, g, std::min<int64_t>(d.N, 256 / L), out);
+    return;
+  }
   std::vector<A> buf(is_pointwise(d, g) ? 0 : size_t(K * bl));
   for (int64_t n = 0; n < d.N; ++n) {
     const A* xn = x + n * d.C * d.H * d.W;

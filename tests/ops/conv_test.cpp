@@ -90,6 +90,7 @@ const ConvCase kCases[] = {
     {3, 1, 1, 1, 2, 1, 1, 1, 1, 0, 0, true},   // single pixel
     {1, 2, 3, 4, 2, 3, 4, 1, 1, 0, 0, true},   // kernel as large as the input: one output pixel
     {1, 2, 2, 3, 3, 3, 3, 3, 1, 2, 1, true},   // padding wider than the image
+    {3, 3, 10, 10, 4, 3, 3, 1, 1, 1, 1, true},  // small images two to a GEMM: groups of 2 and 1
 };
 
 Tensor bias_for(const ConvCase& c, DType dt, uint64_t seed) {
