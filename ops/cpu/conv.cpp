@@ -239,7 +239,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   Tensor out = empty({d.N, d.O, d.Ho, d.Wo}, cd, Device::cpu());
   if (cd == DType::F32 && winograd_applies(x.shape(), weight.shape(), g)) {
     conv2d_winograd(xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr, x.shape(), d.O, g,
-                    out.data<float>());
+                    out.data<float>(), winograd_tile_for(x.shape(), g));
     return round_to(out, x.dtype());
   }
   dispatch_compute(cd, [&](auto tag) {

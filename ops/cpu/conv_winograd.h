@@ -1,7 +1,8 @@
-// 3x3 stride-1 convolutions on the CPU by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
-// "Fast Algorithms for Convolutional Neural Networks", 2015): each 2x2 block of outputs costs 16
-// multiplies per (input, output) channel pair instead of 36, as 16 GEMMs [O, C] x [C, tiles].
-// That is 2.25x fewer GEMM flops for the convolutions that dominate a UNet step and a VAE decode.
+// 3x3 stride-1 convolutions on the CPU by Winograd's minimal filtering (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2015). F(2x2, 3x3): each 2x2 block of outputs
+// costs 16 multiplies per (input, output) channel pair instead of 36, as 16 GEMMs
+// [O, C] x [C, tiles]; F(4x4, 3x3): 36 GEMMs for 4x4 blocks, 4x fewer multiplies than direct.
+// These are the convolutions that dominate a UNet step and a VAE decode.
 #pragma once
 #include <cstdint>
 
@@ -16,10 +17,15 @@ namespace sd::cpu {
 // smaller GEMMs.
 bool winograd_applies(const Shape& x, const Shape& w, const Conv2dGeom& g);
 
+// Output tile size: F(2x2, 3x3) or F(4x4, 3x3) (fewer products, larger transformed kernels).
+enum class WinogradTile { F2, F4 };
+// The tile conv2d uses for an input of shape x.
+WinogradTile winograd_tile_for(const Shape& x, const Conv2dGeom& g);
+
 // out [N, O, Ho, Wo] = conv2d(x, w) + bias for dense f32 x [N, C, H, W] and w [O, C, 3, 3];
 // bias [O] or null. Tiles are processed a block of tile rows at a time; tile_rows_per_block = 0
 // sizes the blocks to a memory budget (tests set it to exercise several blocks on small images).
 void conv2d_winograd(const float* x, const float* w, const float* bias, const Shape& x_shape, int64_t O,
-                     const Conv2dGeom& g, float* out, int64_t tile_rows_per_block = 0);
+                     const Conv2dGeom& g, float* out, WinogradTile tile, int64_t tile_rows_per_block = 0);
 
 }  // namespace sd::cpu
