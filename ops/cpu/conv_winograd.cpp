@@ -236,12 +236,16 @@ void run(const float* x, const float* w, const float* bias, const Shape& xs, int
   float* U = Ut.data<float>();
   float* V = Vt.data<float>();
   float* M = Mt.data<float>();
+  // With a single block of output channels (the VAE's 128-512 channels), its kernels are
+  // transformed once for all tile-row blocks: a 512x512 image has 32 of them.
+  const bool one_channel_block = ob >= O;
+  if (one_channel_block) transform_weights<F>(w, q, 0, O, U);
   for (int64_t r0 = 0; r0 < R; r0 += rows_per_block) {
     const int64_t nr = std::min(rows_per_block, R - r0), nt = nr * q.tw;
     transform_inputs<F>(x, q, r0, nr, V);
     for (int64_t o0 = 0; o0 < O; o0 += ob) {
       const int64_t o1 = std::min(O, o0 + ob), no = o1 - o0;
-      transform_weights<F>(w, q, o0, o1, U);
+      if (!one_channel_block) transform_weights<F>(w, q, o0, o1, U);
       // M[xi] [no, nt] = U[xi] [no, C] @ V[xi] [C, nt]. The GEMMs are shared out among the
       // threads whole (each GEMM then runs on its thread): one threaded GEMM at a time was
       // mostly threads waiting, these GEMMs being small.
