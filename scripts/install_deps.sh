@@ -11,6 +11,7 @@ PACKAGES=(
   nlohmann-json3-dev                                    # JSON: safetensors headers, configs
   libstb-dev                                            # image decode/encode (PNG/JPEG)
   libopenblas-dev libopenblas0-openmp                   # CPU GEMM (the OpenMP build: it shares sd's threads)
+  libdnnl-dev                                           # oneDNN: faster f32 GEMM, bf16 matmul on AVX512-BF16/AMX
   libomp-dev                                            # OpenMP runtime headers
   libopenmpi-dev openmpi-bin                            # multi-process training
   libutf8proc-dev                                       # Unicode categories for the CLIP tokenizer

