@@ -12,6 +12,7 @@
 #include "infer/sha256.h"
 #include "models/formats/diffusers_configs.h"
 #include "models/formats/single_file.h"
+#include "ops/cpu/gemm.h"
 #include "runtime/error.h"
 
 #ifndef SD_CLIP_VOCAB_DIR
@@ -451,6 +452,7 @@ ClipTokenizer load_tokenizer_folder(const std::string& dir) {
 std::shared_ptr<Pipeline> Pipeline::load(const std::string& model, const PipelineOptions& options) {
   SD_CHECK(!model.empty(), "no model given (a diffusers pipeline folder or a .safetensors/.ckpt file)");
   SD_CHECK(fs::exists(model), "model '", model, "' does not exist");
+  if (options.device.is_cpu()) cpu::warm_up_gemm();  // the CPU GEMMs' one-time set-up, counted as loading
   auto p = std::make_shared<Pipeline>();
   p->model_path = model;
   p->dtype = options.dtype;

@@ -1,6 +1,7 @@
 #include "ops/cpu/gemm.h"
 
 #include <algorithm>
+#include <mutex>
 #include <vector>
 
 #include "runtime/parallel.h"
@@ -103,6 +104,21 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
   gemm_fallback<double>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 #endif
+
+void warm_up_gemm() {
+#ifdef SD_WITH_DNNL
+  // Synchronous on purpose: a background thread still inside oneDNN's first-call set-up when the
+  // process exits crashed in oneDNN's static destructors.
+  static std::once_flag once;
+  std::call_once(once, [] {
+    float a[64], b[64], c[64];
+    std::fill(a, a + 64, 0.0f);
+    std::fill(b, b + 64, 0.0f);
+    for (char ta : {'N', 'T'})
+      for (char tb : {'N', 'T'}) dnnl_sgemm(ta, tb, 8, 8, 8, 1.0f, a, 8, b, 8, 0.0f, c, 8);
+  });
+#endif
+}
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
   const int64_t Bn = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);

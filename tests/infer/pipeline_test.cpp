@@ -375,6 +375,33 @@ TEST(PromptEncoder, SdxlZeroNegativeOnlyWithoutANegativePrompt) {
   EXPECT_GT(rn, 0.0);
 }
 
+// The prompt and the negative prompt share one encoder batch: each must come out as it does
+// encoded alone (hidden states of every chunk, and SDXL's pooled embedding), with emphasis on
+// one of them only, and with a negative that needs more chunks than the prompt.
+TEST(PromptEncoder, PromptAndNegativeTogetherEqualEachAlone) {
+  std::string long_negative;
+  for (int i = 0; i < 90; ++i) long_negative += "b ";
+  for (const char* family : {"sd1", "sdxl"}) {
+    const Pipeline& p = tiny(family);
+    for (const std::string& negative : {std::string("blurry, (ugly:1.3)"), long_negative}) {
+      const EncodedPrompts both = encode_prompts(p, "a (red:1.2) cat", negative, true);
+      const EncodedPrompts pos = encode_prompts(p, "a (red:1.2) cat", std::nullopt, false);
+      const EncodedPrompts neg = encode_prompts(p, negative, std::nullopt, false);
+      const int64_t L = both.cond.context.size(1);
+      EXPECT_EQ(L, both.uncond.context.size(1)) << family;
+      // The prompt alone has fewer chunks than the padded pair when the negative is long.
+      EXPECT_TRUE(test::all_close(narrow(both.cond.context, 1, 0, pos.cond.context.size(1)), pos.cond.context, 1e-6,
+                                  1e-6))
+          << family;
+      EXPECT_TRUE(test::all_close(both.uncond.context, neg.cond.context, 1e-6, 1e-6)) << family;
+      if (both.cond.pooled.defined()) {
+        EXPECT_TRUE(test::all_close(both.cond.pooled, pos.cond.pooled, 1e-6, 1e-6)) << family;
+        EXPECT_TRUE(test::all_close(both.uncond.pooled, neg.cond.pooled, 1e-6, 1e-6)) << family;
+      }
+    }
+  }
+}
+
 TEST(PromptEncoder, ClipSkipBeyondTheModelIsAnError) {
   PromptEncodeOptions o;
   o.clip_skip = 3;  // the tiny encoder has 2 layers: hidden_states has 3 entries, [-4] does not exist
