@@ -1,9 +1,12 @@
 #include "ops/cpu/conv_winograd.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/gemm_bf16.h"
+#include "runtime/error.h"
 #include "runtime/parallel.h"
 
 namespace sd::cpu {
@@ -79,8 +82,8 @@ struct Geometry {
 // transformed 64 at a time into a local block and written out as a*a runs of 64 floats: writing
 // the values of one kernel straight into the a*a matrices, whose starts are a matrix apart,
 // sent every store to the same cache sets.
-template <class F>
-void transform_weights(const float* w, const Geometry& q, int64_t o0, int64_t o1, float* U) {
+template <class F, class In, class St>
+void transform_weights(const In* w, const Geometry& q, int64_t o0, int64_t o1, St* U) {
   constexpr int a = F::a;
   constexpr int64_t kChunk = 64;
   const int64_t OC = (o1 - o0) * q.C, chunks = (OC + kChunk - 1) / kChunk;
@@ -90,10 +93,10 @@ void transform_weights(const float* w, const Geometry& q, int64_t o0, int64_t o1
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t i0 = k * kChunk, n = std::min(kChunk, OC - i0);
       for (int64_t j = 0; j < n; ++j) {
-        const float* g = w + (i0 + j) * 9;
+        const In* g = w + (i0 + j) * 9;
         float t[3][a];  // t[c] = G applied to column c of g
         for (int c = 0; c < 3; ++c) {
-          const float col[3] = {g[c], g[3 + c], g[6 + c]};
+          const float col[3] = {float(g[c]), float(g[3 + c]), float(g[6 + c])};
           F::kernel(col, t[c]);
         }
         for (int r = 0; r < a; ++r) {  // (G g) G^T: G applied to each row of G g
@@ -116,8 +119,8 @@ constexpr int kLanes = 16;  // tiles transformed together, one float per lane of
 // (channel, tile row), the a input rows under it are copied with their padding into a row
 // buffer; its tiles are then transformed kLanes at a time, laid out [row][col][lane] so that
 // every step is a loop over lanes (vectorised), and stored as contiguous runs.
-template <class F>
-void transform_inputs(const float* x, const Geometry& q, int64_t r0, int64_t nr, float* V) {
+template <class F, class In, class St>
+void transform_inputs(const In* x, const Geometry& q, int64_t r0, int64_t nr, St* V) {
   constexpr int a = F::a, m = F::m, L = kLanes;
   const int64_t nt = nr * q.tw, CT = q.C * nt;
   // Padded row length: what the tiles read, rounded up to whole blocks of lanes (zeros).
@@ -128,7 +131,7 @@ void transform_inputs(const float* x, const Geometry& q, int64_t r0, int64_t nr,
     for (int64_t c = c0; c < c1; ++c) {
       for (int64_t rr = 0; rr < nr; ++rr) {
         const int64_t tr = r0 + rr, n = tr / q.th, ty = tr % q.th;
-        const float* xc = x + (n * q.C + c) * q.H * q.W;
+        const In* xc = x + (n * q.C + c) * q.H * q.W;
         for (int64_t r = 0; r < a; ++r) {
           float* row = rows.data() + r * span;
           const int64_t iy = ty * m - q.ph + r;
@@ -138,7 +141,7 @@ void transform_inputs(const float* x, const Geometry& q, int64_t r0, int64_t nr,
           const int64_t s0 = q.pw, s1 = std::min(span, q.W + q.pw);
           std::copy(xc + iy * q.W + (s0 - q.pw), xc + iy * q.W + (s1 - q.pw), row + s0);
         }
-        float* v = V + c * nt + rr * q.tw;
+        St* v = V + c * nt + rr * q.tw;
         for (int64_t t0 = 0; t0 < q.tw; t0 += L) {
           for (int r = 0; r < a; ++r)
             for (int s = 0; s < a; ++s) {
@@ -206,9 +209,12 @@ void transform_outputs(const float* M, const float* bias, const Geometry& q, int
   });
 }
 
-template <class F>
-void run(const float* x, const float* w, const float* bias, const Shape& xs, int64_t O, const Conv2dGeom& g,
-         float* out, int64_t tile_rows_per_block) {
+// In: the element type of x and w; St: of the transformed U and V the GEMMs read (bf16 with the
+// bf16 GEMM, which then reads half the bytes; f32 otherwise). Transforms compute in f32.
+template <class F, class In, class St>
+void run(const In* x, const In* w, const float* bias, const Shape& xs, int64_t O, const Conv2dGeom& g, float* out,
+         int64_t tile_rows_per_block) {
+  constexpr DType st_dtype = std::is_same_v<St, float> ? DType::F32 : DType::BF16;
   constexpr int64_t xis = F::a * F::a;
   Geometry q{xs[0], xs[1], xs[2], xs[3], O, g.pad_h, g.pad_w, 0, 0, 0, 0};
   q.Ho = q.H + 2 * q.ph - 2;
@@ -231,10 +237,10 @@ void run(const float* x, const float* w, const float* bias, const Shape& xs, int
   const int64_t block = rows_per_block * q.tw;
   // Scratch as tensors, so it comes from the caching allocator (fresh pages would fault in on
   // every call).
-  Tensor Ut = empty({xis, ob, q.C}, DType::F32, Device::cpu()), Vt = empty({xis, q.C, block}, DType::F32, Device::cpu()),
+  Tensor Ut = empty({xis, ob, q.C}, st_dtype, Device::cpu()), Vt = empty({xis, q.C, block}, st_dtype, Device::cpu()),
          Mt = empty({xis, ob, block}, DType::F32, Device::cpu());
-  float* U = Ut.data<float>();
-  float* V = Vt.data<float>();
+  St* U = static_cast<St*>(Ut.data_ptr());
+  St* V = static_cast<St*>(Vt.data_ptr());
   float* M = Mt.data<float>();
   // With a single block of output channels (the VAE's 128-512 channels), its kernels are
   // transformed once for all tile-row blocks: a 512x512 image has 32 of them.
@@ -250,9 +256,14 @@ void run(const float* x, const float* w, const float* bias, const Shape& xs, int
       // threads whole (each GEMM then runs on its thread): one threaded GEMM at a time was
       // mostly threads waiting, these GEMMs being small.
       parallel_for(xis, no * nt * q.C * 2, [&](int64_t x0, int64_t x1) {
-        for (int64_t xi = x0; xi < x1; ++xi)
-          gemm(false, false, no, nt, q.C, 1.0f, U + xi * no * q.C, q.C, V + xi * q.C * nt, nt, 0.0f, M + xi * no * nt,
-               nt);
+        for (int64_t xi = x0; xi < x1; ++xi) {
+          if constexpr (std::is_same_v<St, float>)
+            gemm(false, false, no, nt, q.C, 1.0f, U + xi * no * q.C, q.C, V + xi * q.C * nt, nt, 0.0f,
+                 M + xi * no * nt, nt);
+          else
+            gemm_bf16(false, false, no, nt, q.C, U + xi * no * q.C, q.C, V + xi * q.C * nt, nt, false, M + xi * no * nt,
+                      nt);
+        }
       });
       transform_outputs<F>(M, bias, q, o0, o1, r0, nr, out);
     }
@@ -283,9 +294,18 @@ WinogradTile winograd_tile_for(const Shape& x, const Conv2dGeom& g) {
 void conv2d_winograd(const float* x, const float* w, const float* bias, const Shape& xs, int64_t O,
                      const Conv2dGeom& g, float* out, WinogradTile tile, int64_t tile_rows_per_block) {
   if (tile == WinogradTile::F4)
-    run<F4>(x, w, bias, xs, O, g, out, tile_rows_per_block);
+    run<F4, float, float>(x, w, bias, xs, O, g, out, tile_rows_per_block);
   else
-    run<F2>(x, w, bias, xs, O, g, out, tile_rows_per_block);
+    run<F2, float, float>(x, w, bias, xs, O, g, out, tile_rows_per_block);
+}
+
+void conv2d_winograd_bf16(const BFloat16* x, const BFloat16* w, const float* bias, const Shape& xs, int64_t O,
+                          const Conv2dGeom& g, float* out, WinogradTile tile, int64_t tile_rows_per_block) {
+  SD_CHECK(bf16_gemm_available(), "conv2d_winograd_bf16: no bf16 GEMM on this CPU / build");
+  if (tile == WinogradTile::F4)
+    run<F4, BFloat16, BFloat16>(x, w, bias, xs, O, g, out, tile_rows_per_block);
+  else
+    run<F2, BFloat16, BFloat16>(x, w, bias, xs, O, g, out, tile_rows_per_block);
 }
 
 }  // namespace sd::cpu

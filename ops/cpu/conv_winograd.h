@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "ops/cpu/conv.h"
+#include "runtime/half.h"
 
 namespace sd::cpu {
 
@@ -27,5 +28,9 @@ WinogradTile winograd_tile_for(const Shape& x, const Conv2dGeom& g);
 // sizes the blocks to a memory budget (tests set it to exercise several blocks on small images).
 void conv2d_winograd(const float* x, const float* w, const float* bias, const Shape& x_shape, int64_t O,
                      const Conv2dGeom& g, float* out, WinogradTile tile, int64_t tile_rows_per_block = 0);
+// The same for bf16 x and w: transforms in f32, transformed tiles and kernels stored as bf16 for
+// the bf16 GEMM (bf16_gemm_available() must hold); the output stays f32.
+void conv2d_winograd_bf16(const BFloat16* x, const BFloat16* w, const float* bias, const Shape& x_shape, int64_t O,
+                          const Conv2dGeom& g, float* out, WinogradTile tile, int64_t tile_rows_per_block = 0);
 
 }  // namespace sd::cpu

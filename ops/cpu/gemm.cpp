@@ -4,6 +4,7 @@
 #include <mutex>
 #include <vector>
 
+#include "ops/cpu/gemm_bf16.h"
 #include "runtime/parallel.h"
 #ifdef SD_WITH_BLAS
 #include <cblas.h>
@@ -122,6 +123,18 @@ void warm_up_gemm() {
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
   const int64_t Bn = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
+  if (a.dtype() == DType::BF16 && b.dtype() == DType::BF16 && K > 0 && bf16_gemm_available()) {
+    // bf16 operands as they are (no f32 copies of the weights), f32 products, rounded once.
+    Operand oa = as_gemm_operand(a, DType::BF16), ob = as_gemm_operand(b, DType::BF16);
+    Tensor out = empty({Bn, M, N}, DType::F32, Device::cpu());
+    const BFloat16* pa = static_cast<const BFloat16*>(oa.t.data_ptr());
+    const BFloat16* pb = static_cast<const BFloat16*>(ob.t.data_ptr());
+    float* pc = out.data<float>();
+    for (int64_t i = 0; i < Bn; ++i)
+      gemm_bf16(oa.trans, ob.trans, M, N, K, pa + i * oa.batch_stride, oa.ld, pb + i * ob.batch_stride, ob.ld, false,
+                pc + i * M * N, N);
+    return copy_to(out, DType::BF16, Device::cpu());
+  }
   const DType compute = a.dtype() == DType::F64 ? DType::F64 : DType::F32;
   Operand oa = as_gemm_operand(a, compute), ob = as_gemm_operand(b, compute);
   Tensor out = empty({Bn, M, N}, compute, Device::cpu());

@@ -1,6 +1,9 @@
 // matmul / linear: forward against float64 triple loops, gradients by finite differences.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
+#include "ops/cpu/gemm_bf16.h"
 #include "ops/linear.h"
 #include "ops/view.h"
 #include "tests/test_util.h"
@@ -113,6 +116,40 @@ TEST(GradLinear, InputWeightAndBias) {
   EXPECT_TRUE(test::gradcheck([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); }, {x, w, b}));
   EXPECT_TRUE(test::gradcheck([](const std::vector<Tensor>& in) { return linear(in[0], in[1]); },
                               {random_tensor({4}, DType::F64, 13), w}));
+}
+
+}  // namespace
+}  // namespace sd
+
+namespace sd {
+namespace {
+
+// The bf16 GEMM (oneDNN matmul, on CPUs with bf16 dot products): f32 products of the bf16 inputs,
+// every transpose combination, with and without accumulating into C, against a float64 loop
+// over the same bf16 values.
+TEST(GemmBf16, MatchesLoopOverTheRoundedInputs) {
+  if (!cpu::bf16_gemm_available()) GTEST_SKIP() << "no bf16 GEMM on this CPU / build";
+  const int64_t M = 37, N = 29, K = 70;
+  const std::vector<double> av = random_tensor({M * K}, DType::F64, 21).to_vector(),
+                            bv = random_tensor({K * N}, DType::F64, 22).to_vector();
+  std::vector<BFloat16> a(av.begin(), av.end()), b(bv.begin(), bv.end());
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (bool acc : {false, true}) {
+        // A is [M, K] (or stored [K, M] when transposed), B is [K, N] (or [N, K]).
+        auto a_at = [&](int64_t i, int64_t k) { return double(float(ta ? a[size_t(k * M + i)] : a[size_t(i * K + k)])); };
+        auto b_at = [&](int64_t k, int64_t j) { return double(float(tb ? b[size_t(j * K + k)] : b[size_t(k * N + j)])); };
+        std::vector<float> c(size_t(M * N), 0.5f);
+        cpu::gemm_bf16(ta, tb, M, N, K, a.data(), ta ? M : K, b.data(), tb ? K : N, acc, c.data(), N);
+        double worst = 0;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j) {
+            double s = acc ? 0.5 : 0.0;
+            for (int64_t k = 0; k < K; ++k) s += a_at(i, k) * b_at(k, j);
+            worst = std::max(worst, std::fabs(double(c[size_t(i * N + j)]) - s) / (1.0 + std::fabs(s)));
+          }
+        EXPECT_LT(worst, 1e-5) << "trans_a " << ta << " trans_b " << tb << " accumulate " << acc;
+      }
 }
 
 }  // namespace
