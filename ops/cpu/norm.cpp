@@ -113,11 +113,11 @@ NormForward group_norm_forward(const Tensor& x, int64_t groups, const Tensor& we
           const A a = rs * w[size_t(g * Cg + c)], bc = b[size_t(g * Cg + c)];
           const T* xs = xg + c * S;
           T* ys = yg + c * S;
+          // Plain loops, which GCC vectorises for every T; under omp simd the bf16/f16 stores went
+          // through per-lane temporaries and stayed scalar (bf16 GroupNorm 6.6 ms vs f32 0.85).
           if (fuse_silu) {
-            _Pragma("omp simd")  // (_Pragma: this code is a macro argument)
             for (int64_t s = 0; s < S; ++s) ys[s] = T(silu_of((A(xs[s]) - mu) * a + bc));
           } else {
-            _Pragma("omp simd")
             for (int64_t s = 0; s < S; ++s) ys[s] = T((A(xs[s]) - mu) * a + bc);
           }
         }
@@ -240,7 +240,6 @@ NormForward layer_norm_forward(const Tensor& x, const Tensor& weight, const Tens
         rp[row] = rs;
         const A* wp = w.data();
         const A* bp = b.data();
-        _Pragma("omp simd")
         for (int64_t d = 0; d < D; ++d) yr[d] = T((A(xr[d]) - mu) * rs * wp[d] + bp[d]);
       }
     });
