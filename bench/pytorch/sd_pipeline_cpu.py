@@ -1,14 +1,15 @@
 # PyTorch + diffusers baseline for bench/cpu_compare.sh: the stages sd_infer reports (text encode,
-# denoise loop, VAE decode) for one image on the CPU in f32, printed as one JSON line. A baseline only:
-# the product never runs Python.
+# denoise loop, VAE decode) for one image on the CPU in f32 or bf16, printed as one JSON line. A baseline
+# only: the product never runs Python.
 import json, sys, time
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
 model, size, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[sys.argv[5] if len(sys.argv) > 5 else "fp32"]
 torch.set_num_threads(threads)
 t = time.perf_counter()
-pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, safety_checker=None)
+pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, safety_checker=None)
 pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 load = time.perf_counter() - t
 with torch.inference_mode():
