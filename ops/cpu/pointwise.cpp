@@ -20,38 +20,21 @@ Tensor broadcast_to_shape(const Tensor& t, const Shape& shape) {
 bool unary_f32_contiguous(UnaryKind k, const float* x, float* o, int64_t n) {
   constexpr float kSqrt2Inv = 0.70710678118654752440f;
   constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+  auto each = [&](auto f) {
+    for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
+    return true;
+  };
   switch (k) {
-    case UnaryKind::Exp:
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = exp_f32(x[i]);
-      return true;
-    case UnaryKind::Sigmoid:
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = 1.0f / (1.0f + exp_f32(-x[i]));
-      return true;
-    case UnaryKind::Tanh:
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = tanh_f32(x[i]);
-      return true;
-    case UnaryKind::Silu:
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = silu_of(x[i]);
-      return true;
-    case UnaryKind::QuickGelu:
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = x[i] / (1.0f + exp_f32(-1.702f * x[i]));
-      return true;
-    case UnaryKind::GeluErf:  // 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = 0.5f * x[i] * erfc_f32(-x[i] * kSqrt2Inv);
-      return true;
+    case UnaryKind::Exp: return each([](float v) { return exp_f32(v); });
+    case UnaryKind::Sigmoid: return each([](float v) { return 1.0f / (1.0f + exp_f32(-v)); });
+    case UnaryKind::Tanh: return each([](float v) { return tanh_f32(v); });
+    case UnaryKind::Silu: return each([](float v) { return silu_of(v); });
+    case UnaryKind::QuickGelu: return each([](float v) { return v / (1.0f + exp_f32(-1.702f * v)); });
+    // 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)
+    case UnaryKind::GeluErf: return each([=](float v) { return 0.5f * v * erfc_f32(-v * kSqrt2Inv); });
     case UnaryKind::GeluTanh:
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i)
-        o[i] = 0.5f * x[i] * (1.0f + tanh_f32(kSqrt2OverPi * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
-      return true;
-    default:
-      return false;
+      return each([=](float v) { return 0.5f * v * (1.0f + tanh_f32(kSqrt2OverPi * (v + 0.044715f * v * v * v))); });
+    default: return false;
   }
 }
 
