@@ -26,9 +26,10 @@ void BM_Conv3x3(benchmark::State& state) {
   const double flops = 2.0 * N * O * HW * HW * C * 9;
   state.counters["GFLOP/s"] = benchmark::Counter(flops * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
-// {C, H = W, O, N}: the SD1.5 UNet's levels at 256x256 (batch 2 under guidance) and VAE layers
+// {C, H = W, O, N}: the SD1.5 UNet's levels at 512x512 and 256x256 (batch 2 under guidance) and VAE layers
 // (the last at 512x512 output).
-BENCHMARK(BM_Conv3x3)->Args({320, 32, 320, 2})->Args({640, 16, 640, 2})->Args({1280, 8, 1280, 2})->Args({1280, 4, 1280, 2})->Args({2560, 4, 1280, 2})
+BENCHMARK(BM_Conv3x3)->Args({960, 64, 320, 2})->Args({320, 64, 320, 2})->Args({320, 32, 320, 2})
+    ->Args({640, 16, 640, 2})->Args({1280, 8, 1280, 2})->Args({1280, 4, 1280, 2})->Args({2560, 4, 1280, 2})
     ->Args({128, 64, 128, 1})->Args({256, 256, 256, 1})->Args({128, 256, 3, 1})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
