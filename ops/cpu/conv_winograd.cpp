@@ -226,14 +226,16 @@ void run(const In* x, const In* w, const float* bias, const Shape& xs, int64_t O
   // their GEMMs. Transforming all of U up front cost a write and a read of (a/3)^2 times the
   // weights through DRAM per call, 15% of a UNet step; per block, a large image re-transforms
   // the kernels once per tile-row block, which its many tiles pay for.
+  // Block sizes, measured on 2 cores: V within 16 MB but never under 768 tiles, U within 8 MB but
+  // never under 128 output channels. Below those the GEMMs get thin (F(4x4) at C = 960 gave 7-row,
+  // 48-channel blocks: the UNet's 960 -> 320 conv at 64x64 took 111-144 ms against 78 ms now).
   const int64_t R = q.N * q.th;
+  const int64_t min_rows = std::min(R, std::max<int64_t>(4, (768 + q.tw - 1) / q.tw));
   const int64_t rows_per_block =
       tile_rows_per_block > 0
           ? std::min(tile_rows_per_block, R)
-          : std::clamp<int64_t>((int64_t(4) << 20) / (xis * q.C * q.tw), std::min<int64_t>(R, 4), R);
-  // U blocks of 8 MB (2M floats): 96 output channels at C = 1280 for F(2x2). Measured on 2 cores:
-  // smaller blocks made the GEMMs too thin (16 rows: 1.7x slower), 16 MB ones fell out of cache.
-  const int64_t ob = std::clamp<int64_t>((int64_t(1) << 21) / (xis * q.C) / 16 * 16, std::min<int64_t>(O, 16), O);
+          : std::clamp<int64_t>((int64_t(4) << 20) / (xis * q.C * q.tw), min_rows, R);
+  const int64_t ob = std::clamp<int64_t>((int64_t(1) << 21) / (xis * q.C) / 16 * 16, std::min<int64_t>(O, 128), O);
   const int64_t block = rows_per_block * q.tw;
   // Scratch as tensors, so it comes from the caching allocator (fresh pages would fault in on
   // every call).

@@ -139,7 +139,7 @@ TEST(Conv, WinogradForwardMatchesLoop) {
       {1, 32, 33, 35, 40, 3, 3, 1, 1, 1, 1, true},    // odd sizes, padding 1
       {2, 48, 28, 23, 32, 3, 3, 1, 1, 0, 0, false},   // padding 0, two images, no bias
       {2, 32, 30, 20, 36, 3, 3, 1, 1, 1, 0, true},    // asymmetric padding
-      {1, 640, 16, 16, 96, 3, 3, 1, 1, 1, 1, true},   // a UNet level's depth: rounding over 5760 taps,
+      {1, 640, 16, 16, 160, 3, 3, 1, 1, 1, 1, true},  // a UNet level's depth: rounding over 5760 taps,
                                                       // and two blocks of output channels for F(4x4)
   };
   uint64_t seed = 900;
