@@ -3,10 +3,11 @@
 #   bench/cpu_compare.sh MODEL_DIR [rounds=3] [size=256] [steps=3] [threads=all cores] [dtype=fp32|bf16]
 # Builds nothing: it runs build/tools/sd_infer and python3 with torch + diffusers (pip; a baseline only).
 # Each round runs sd, then PyTorch; the table gives per-stage medians (text encode, one UNet step at
-# batch 2 with guidance, VAE decode) and peak RSS. Stable-diffusion.cpp joins when SD_CPP_BIN names its
-# binary. Euler, guidance 7.5, prompt "a cat", one image; bf16 converts the f32 model on load in
-# both tools (sd's bf16 kernels need AVX512-BF16/AMX, and oneDNN). The first sd run also hashes the model
-# for the PNG parameters (cached afterwards): run once beforehand, or count it out.
+# batch 2 with guidance, VAE decode, VAE encode of an input image) and peak RSS. Stable-diffusion.cpp
+# joins when SD_CPP_BIN names its binary. Euler, guidance 7.5, prompt "a cat", one image; bf16 converts
+# the f32 model on load in both tools (sd's bf16 kernels need AVX512-BF16/AMX, and oneDNN). The first
+# sd run also hashes the model for the PNG parameters (cached afterwards): run once beforehand, or
+# count it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: bench/cpu_compare.sh MODEL_DIR [rounds] [size] [steps] [threads]}
@@ -14,12 +15,19 @@ rounds=${2:-3}; size=${3:-256}; steps=${4:-3}; threads=${5:-$(nproc)}; dtype=${6
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 export OMP_NUM_THREADS=$threads
+# An input image for the VAE encode stage: both tools encode it (img2img at strength 1.0 runs every step,
+# so the other stages are those of text-to-image).
+python3 -c "
+import sys
+from PIL import Image
+n = int(sys.argv[2])
+Image.radial_gradient('L').resize((n, n)).convert('RGB').save(sys.argv[1])" "$out/init.png" "$size"
 for r in $(seq 1 "$rounds"); do
   /usr/bin/time -f "%M" -o "$out/sd_rss_$r" ./build/tools/sd_infer --model "$model" --prompt "a cat" --steps "$steps" \
     --width "$size" --height "$size" --seed 1 --device cpu --dtype "$dtype" --scheduler euler --guidance_scale 7.5 \
-    --output_dir "$out/img" --quiet --json > "$out/sd_$r.json"
+    --init_image "$out/init.png" --strength 1.0 --output_dir "$out/img" --quiet --json > "$out/sd_$r.json"
   /usr/bin/time -f "%M" -o "$out/pt_rss_$r" python3 bench/pytorch/sd_pipeline_cpu.py "$model" "$size" "$steps" "$threads" "$dtype" \
-    2>/dev/null | tail -1 > "$out/pt_$r.json"
+    "$out/init.png" 2>/dev/null | tail -1 > "$out/pt_$r.json"
   if [ -n "${SD_CPP_BIN:-}" ]; then
     /usr/bin/time -f "%M" -o "$out/cpp_rss_$r" "$SD_CPP_BIN" -M img_gen -m "$model" -p "a cat" --steps "$steps" \
       -W "$size" -H "$size" --sampling-method euler --cfg-scale 7.5 -t "$threads" -o "$out/cpp.png" > "$out/cpp_$r.log" 2>&1 || true
@@ -31,21 +39,21 @@ out, rounds, steps, size, threads, dtype = sys.argv[1], int(sys.argv[2]), int(sy
 def med(v): return statistics.median(v) if v else float("nan")
 rows = {}
 for tool, pre in (("sd", "sd"), ("PyTorch", "pt")):
-    t, u, d, rss = [], [], [], []
+    t, u, d, e, rss = [], [], [], [], []
     for r in range(1, rounds + 1):
         j = json.load(open(f"{out}/{pre}_{r}.json"))
         j = j.get("timings", j)
-        t.append(j["text_encode_s"]); u.append(j["denoise_s"] / steps); d.append(j["decode_s"])
+        t.append(j["text_encode_s"]); u.append(j["denoise_s"] / steps); d.append(j["decode_s"]); e.append(j["vae_encode_s"])
         rss.append(int(open(f"{out}/{pre}_rss_{r}").read().split()[-1]) / 1e6)
-    rows[tool] = (med(t), med(u), med(d), med(rss))
+    rows[tool] = (med(t), med(u), med(d), med(e), med(rss))
 cpu = "?"
 for line in open("/proc/cpuinfo"):
     if line.startswith("model name"): cpu = line.split(":", 1)[1].strip(); break
 print(f"CPU: {cpu}, {os.cpu_count()} cores, {threads} threads; {size}x{size}, {steps} Euler steps, {dtype}, {rounds} alternating rounds (medians)")
-print(f"| tool | text encode | UNet step (batch 2) | VAE decode | peak RSS |")
-print(f"|---|---|---|---|---|")
-for tool, (t, u, d, rss) in rows.items():
-    print(f"| {tool} | {t:.2f} s | {u:.2f} s | {d:.2f} s | {rss:.2f} GB |")
+print(f"| tool | text encode | UNet step (batch 2) | VAE decode | VAE encode | peak RSS |")
+print(f"|---|---|---|---|---|---|")
+for tool, (t, u, d, e, rss) in rows.items():
+    print(f"| {tool} | {t:.2f} s | {u:.2f} s | {d:.2f} s | {e:.2f} s | {rss:.2f} GB |")
 s, p = rows["sd"], rows["PyTorch"]
-print(f"| PyTorch / sd (>1: sd faster) | {p[0]/s[0]:.2f}x | {p[1]/s[1]:.2f}x | {p[2]/s[2]:.2f}x | {p[3]/s[3]:.2f}x |")
+print("| PyTorch / sd (>1: sd faster) | " + " | ".join(f"{p[i] / s[i]:.2f}x" for i in range(5)) + " |")
 PY
