@@ -130,7 +130,7 @@ EncoderOutput run_encoder(const nn::ClipTextModel& model, const Chunks& c, int64
 }
 
 // Rows [first, first + n) of an encoder's output as one prompt's conditioning: the chunks'
-// hidden states end to end [1, n L, D], and the pooled embedding of its first chunk.
+// hidden states end to end, [1, n L, D].
 Tensor prompt_hidden(const EncoderOutput& r, int64_t first, int64_t n) {
   const Tensor h = narrow(r.hidden, 0, first, n);
   return reshape(contiguous(h), {1, n * h.size(1), h.size(2)});
@@ -182,34 +182,36 @@ EncodedPrompts encode_prompts(const Pipeline& pipe, const std::string& prompt,
   // well below the peak); rows are independent, so each prompt's result is unchanged.
   const int uncond_skip = o.clip_skip_negative ? o.clip_skip : 0;
   const bool together = encode_uncond && uncond_skip == o.clip_skip;
-  auto layer_of = [&](int clip_skip) -> int64_t { return sdxl ? -(clip_skip + 2) : (clip_skip > 0 ? -(clip_skip + 1) : 0); };
+  auto layer_of = [&](int clip_skip) -> int64_t {
+    return sdxl ? -(clip_skip + 2) : (clip_skip > 0 ? -(clip_skip + 1) : 0);
+  };
   auto run = [&](size_t i, const Chunks& chunks, int clip_skip) {
-    return run_encoder(*encs[i].model, chunks, layer_of(clip_skip), !sdxl && clip_skip > 0, encs[i].pooled, pipe.device);
+    return run_encoder(*encs[i].model, chunks, layer_of(clip_skip), !sdxl && clip_skip > 0, encs[i].pooled,
+                       pipe.device);
   };
   EncodedPrompts out;
   std::vector<Tensor> cond_parts, uncond_parts;
   const int64_t rows = int64_t(n);
   for (size_t i = 0; i < encs.size(); ++i) {
+    // rc holds the prompt's rows from 0; ru the negative's from uncond_first (after the prompt's
+    // when they share the batch).
+    EncoderOutput rc, ru;
+    int64_t uncond_first = 0;
     if (together) {
       Chunks both = cond[i];
       both.ids.insert(both.ids.end(), uncond[i].ids.begin(), uncond[i].ids.end());
       both.weights.insert(both.weights.end(), uncond[i].weights.begin(), uncond[i].weights.end());
-      const EncoderOutput r = run(i, both, o.clip_skip);
-      cond_parts.push_back(prompt_hidden(r, 0, rows));
-      uncond_parts.push_back(prompt_hidden(r, rows, rows));
-      if (encs[i].pooled) {
-        out.cond.pooled = narrow(r.pooled, 0, 0, 1);
-        out.uncond.pooled = narrow(r.pooled, 0, rows, 1);
-      }
-      continue;
+      rc = ru = run(i, both, o.clip_skip);
+      uncond_first = rows;
+    } else {
+      rc = run(i, cond[i], o.clip_skip);
+      if (encode_uncond) ru = run(i, uncond[i], uncond_skip);
     }
-    const EncoderOutput rc = run(i, cond[i], o.clip_skip);
     cond_parts.push_back(prompt_hidden(rc, 0, rows));
     if (encs[i].pooled) out.cond.pooled = narrow(rc.pooled, 0, 0, 1);
     if (encode_uncond) {
-      const EncoderOutput ru = run(i, uncond[i], uncond_skip);
-      uncond_parts.push_back(prompt_hidden(ru, 0, rows));
-      if (encs[i].pooled) out.uncond.pooled = narrow(ru.pooled, 0, 0, 1);
+      uncond_parts.push_back(prompt_hidden(ru, uncond_first, rows));
+      if (encs[i].pooled) out.uncond.pooled = narrow(ru.pooled, 0, uncond_first, 1);
     }
   }
   auto joined = [](const std::vector<Tensor>& parts) { return parts.size() == 1 ? parts[0] : cat(parts, 2); };
