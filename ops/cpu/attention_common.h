@@ -10,12 +10,14 @@
 namespace sd::cpu {
 
 // Copies head (b, h) of a [B, H, L, E] tensor into a dense compute-type buffer, [L, E], or
-// [E, L] when `transposed` (so that loops over keys run over contiguous memory).
+// [E, L] when `transposed` (so that loops over keys run over contiguous memory). With l0 and
+// rows, only rows [l0, l0 + rows) of the head (a block of queries).
 template <class T, class A>
-void gather_head(const Tensor& t, int64_t b, int64_t h, bool transposed, std::vector<A>& out) {
-  const int64_t L = t.size(2), E = t.size(3);
+void gather_head(const Tensor& t, int64_t b, int64_t h, bool transposed, std::vector<A>& out, int64_t l0 = 0,
+                 int64_t rows = -1) {
+  const int64_t L = rows < 0 ? t.size(2) : rows, E = t.size(3);
   const int64_t sl = t.stride(2), se = t.stride(3);
-  const T* p = t.data<T>() + b * t.stride(0) + h * t.stride(1);
+  const T* p = t.data<T>() + b * t.stride(0) + h * t.stride(1) + l0 * sl;
   out.resize(size_t(L * E));
   for (int64_t l = 0; l < L; ++l)
     for (int64_t e = 0; e < E; ++e) out[size_t(transposed ? e * L + l : l * E + e)] = A(p[l * sl + e * se]);

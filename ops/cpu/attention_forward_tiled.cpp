@@ -52,13 +52,7 @@ template <class T>
 void forward_block(const Tensor& q, const Tensor& k, const Tensor& v, const MaskView<T>& mv, float scale, bool causal,
                    int64_t b, int64_t h, int64_t i0, int64_t rows, Workspace& w, T* out, float* lse) {
   const int64_t D = q.size(3), Lk = k.size(2), Dv = v.size(3);
-  {  // the query rows, dense
-    const T* qh = q.data<T>() + b * q.stride(0) + h * q.stride(1);
-    const int64_t sl = q.stride(2), sd = q.stride(3);
-    w.q.resize(size_t(rows * D));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t d = 0; d < D; ++d) w.q[size_t(r * D + d)] = float(qh[(i0 + r) * sl + d * sd]);
-  }
+  gather_head<T, float>(q, b, h, false, w.q, i0, rows);  // the block's query rows [rows, D]
   w.s.resize(size_t(rows * kKeyTile));
   w.o.assign(size_t(rows * Dv), 0.0f);
   w.m.assign(size_t(rows), kNegInf);

@@ -14,10 +14,16 @@ Tensor broadcast_to_shape(const Tensor& t, const Shape& shape) {
   return as_strided(t, shape, st, t.offset());
 }
 
+// Only f32 has fast loops; other dtypes take the generic one.
+template <class T>
+bool unary_contiguous_fast(UnaryKind, const T*, T*, int64_t) {
+  return false;
+}
+
 // o[i] = f(x[i]) over n contiguous floats for the transcendental activations, through the
 // vectorisable exp of vec_math.h (a per-element switch over kinds and a libm call kept these
 // loops scalar: GELU ran at 1.8 GB/s). False for kinds left to the generic loop.
-bool unary_f32_contiguous(UnaryKind k, const float* x, float* o, int64_t n) {
+bool unary_contiguous_fast(UnaryKind k, const float* x, float* o, int64_t n) {
   constexpr float kSqrt2Inv = 0.70710678118654752440f;
   constexpr float kSqrt2OverPi = 0.79788456080286535588f;
   auto each = [&](auto f) {
@@ -36,15 +42,6 @@ bool unary_f32_contiguous(UnaryKind k, const float* x, float* o, int64_t n) {
       return each([=](float v) { return 0.5f * v * (1.0f + tanh_f32(kSqrt2OverPi * (v + 0.044715f * v * v * v))); });
     default: return false;
   }
-}
-
-// Only f32 has the fast loops; other dtypes take the generic one.
-template <class T>
-bool unary_contiguous_fast(UnaryKind, const T*, T*, int64_t) {
-  return false;
-}
-bool unary_contiguous_fast(UnaryKind k, const float* x, float* o, int64_t n) {
-  return unary_f32_contiguous(k, x, o, n);
 }
 
 }  // namespace
