@@ -1,8 +1,6 @@
 #include "runtime/allocator.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -42,102 +40,6 @@ AllocatorStats AllocCounters::snapshot() const {
 namespace {
 
 std::atomic<bool> g_poison{false};
-
-// Host memory. Blocks of 1 MiB and more are cached on free and handed out again for a request of the
-// same size class: glibc returns such blocks to the system (munmap) and maps fresh ones, so every UNet or
-// VAE step would page-fault and zero its activations anew (a third of a CPU run's time was system time).
-// The cache keeps at most what the last steps freed (kCacheLimit, or SD_CPU_CACHE_MB) and is emptied
-// when the system refuses memory. Smaller blocks go straight to malloc, whose bins already reuse them.
-class CpuAllocator final : public Allocator {
- public:
-  CpuAllocator() {
-    if (const char* v = std::getenv("SD_CPU_CACHE_MB")) {
-      char* end = nullptr;
-      const long long mb = std::strtoll(v, &end, 10);
-      if (end && *end == 0 && mb >= 0) limit_ = size_t(mb) << 20;
-    }
-  }
-  ~CpuAllocator() override { empty_cache(); }
-
-  void* allocate(size_t nbytes) override {
-    const size_t block = block_size(nbytes);
-    if (block >= kMinCached) {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(block);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
-        cached_ -= block;
-        counters_.on_alloc(int64_t(nbytes));
-        return p;
-      }
-      // A miss: cached blocks of other sizes make room first, largest first, so what this process holds
-      // stays near its live bytes (the cache serves loops that free and allocate the same sizes).
-      release_locked(block);
-    }
-    void* p = std::aligned_alloc(64, block);
-    if (!p) {  // the cache may be what is missing
-      empty_cache();
-      p = std::aligned_alloc(64, block);
-    }
-    if (!p) SD_FAIL("CPU out of memory: allocating ", nbytes, " bytes failed (", counters_.snapshot().str(), ")");
-    counters_.on_reserve(int64_t(block));
-    counters_.on_alloc(int64_t(nbytes));
-    return p;
-  }
-  void deallocate(void* p, size_t nbytes) override {
-    if (!p) return;
-    counters_.on_free(int64_t(nbytes));
-    const size_t block = block_size(nbytes);
-    if (block >= kMinCached) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cached_ + block <= limit_) {
-        free_[block].push_back(p);
-        cached_ += block;
-        return;
-      }
-    }
-    std::free(p);
-    counters_.on_release(int64_t(block));
-  }
-  void empty_cache() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    release_locked(cached_);
-  }
-  AllocatorStats stats() const override { return counters_.snapshot(); }
-  void reset_peak() override { counters_.reset_peak(); }
-
- private:
-  static constexpr size_t kMinCached = size_t(1) << 20;
-  static constexpr size_t kCacheLimit = size_t(2) << 30;
-  // 64-byte multiples below 1 MiB; above, eight classes per power of two (at most 12.5% slack), so a
-  // block freed by one step fits the same tensor of the next.
-  static size_t block_size(size_t nbytes) {
-    size_t b = std::max<size_t>(64, (nbytes + 63) / 64 * 64);
-    if (b < kMinCached) return b;
-    size_t pow = kMinCached;
-    while (pow * 2 <= b) pow *= 2;
-    const size_t step = pow / 8;
-    return (b + step - 1) / step * step;
-  }
-  // Frees cached blocks, largest first, until at least `bytes` went back to the system (or none is left).
-  void release_locked(size_t bytes) {
-    size_t released = 0;
-    for (auto it = free_.rbegin(); it != free_.rend() && released < bytes; ++it) {
-      while (!it->second.empty() && released < bytes) {
-        std::free(it->second.back());
-        it->second.pop_back();
-        cached_ -= it->first;
-        released += it->first;
-        counters_.on_release(int64_t(it->first));
-      }
-    }
-  }
-  std::mutex mu_;
-  std::map<size_t, std::vector<void*>> free_;  // block size -> cached blocks
-  size_t cached_ = 0, limit_ = kCacheLimit;
-  AllocCounters counters_;
-};
 
 // Device memory in power-of-two-ish size classes with free lists, so steady-state training
 // and sampling loops reuse blocks instead of calling cudaMalloc. (Stream-aware reuse comes
@@ -216,11 +118,6 @@ class CudaCachingAllocator final : public Allocator {
 };
 
 }  // namespace
-
-Allocator& cpu_allocator() {
-  static CpuAllocator a;
-  return a;
-}
 
 Allocator& cuda_allocator(int index) {
   static std::mutex mu;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "runtime/device.h"
@@ -29,8 +30,12 @@ class Allocator {
   virtual void empty_cache() {}
 };
 
-// 64-byte aligned host memory (a cache line; also what AVX-512 loads like).
+// 64-byte aligned host memory (a cache line; also what AVX-512 loads like); blocks of 1 MiB and more
+// are page-aligned pieces of cached segments (runtime/cpu_allocator.cpp).
 Allocator& cpu_allocator();
+// A separate host allocator keeping at most `cache_limit_bytes` free (tests use one so they see the
+// caching policy from a known start; the process-wide one reads SD_CPU_CACHE_MB).
+std::unique_ptr<Allocator> make_cpu_allocator(size_t cache_limit_bytes);
 // The device allocator of GPU `index` (raises sd::Error without CUDA).
 Allocator& cuda_allocator(int index);
 Allocator& allocator_for(Device d);

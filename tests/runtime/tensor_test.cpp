@@ -1,3 +1,7 @@
+#include <cstring>
+#include <memory>
+#include <random>
+
 #include <gtest/gtest.h>
 
 #include "ops/view.h"
@@ -119,28 +123,88 @@ TEST(Allocator, CpuStatisticsTrackCurrentAndPeak) {
   a.deallocate(p, 100);
 }
 
-// Blocks of 1 MiB and more come back for the next request of their size class without the system
-// (no fresh pages to fault in); a request of another size first hands cached blocks back, so what the
-// process holds stays near its live bytes.
-TEST(Allocator, CpuCachesLargeBlocksAndGivesThemBackOnAMiss) {
-  Allocator& a = cpu_allocator();
-  a.empty_cache();
-  const AllocatorStats s0 = a.stats();
-  void* p = a.allocate(3u << 20);
-  a.deallocate(p, 3u << 20);
-  const AllocatorStats s1 = a.stats();
-  EXPECT_EQ(s1.system_allocs, s0.system_allocs + 1);
-  EXPECT_GE(s1.reserved_bytes - s0.reserved_bytes, int64_t(3) << 20);  // kept
-  void* q = a.allocate((3u << 20) - 1000);  // the same size class
+// Blocks of 1 MiB and more are pieces of cached segments: a freed block serves the next request of
+// any size it can hold (split off, merged back on free) without the system, so a step's tensors reuse
+// the previous step's memory instead of faulting in fresh pages.
+TEST(Allocator, CpuLargeBlocksComeFromCachedSegmentsSplitAndMerged) {
+  constexpr size_t MiB = size_t(1) << 20;
+  std::unique_ptr<Allocator> a = make_cpu_allocator(size_t(1) << 40);
+  void* p = a->allocate(3 * MiB);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 4096, 0u);
+  EXPECT_EQ(a->stats().system_allocs, 1);
+  const int64_t segment = a->stats().reserved_bytes;
+  EXPECT_GE(segment, int64_t(64 * MiB));
+  a->deallocate(p, 3 * MiB);
+  EXPECT_EQ(a->stats().reserved_bytes, segment);  // kept
+  void* q = a->allocate(3 * MiB - 1000);          // the same block again
   EXPECT_EQ(q, p);
-  EXPECT_EQ(a.stats().system_allocs, s1.system_allocs);
-  a.deallocate(q, (3u << 20) - 1000);
-  void* r = a.allocate(8u << 20);  // a miss: the cached 3 MiB goes back first
-  EXPECT_EQ(a.stats().reserved_bytes - s0.reserved_bytes, int64_t(8) << 20);
-  a.deallocate(r, 8u << 20);
-  a.empty_cache();
-  EXPECT_EQ(a.stats().reserved_bytes, s0.reserved_bytes);
-  EXPECT_EQ(a.stats().current_bytes, s0.current_bytes);
+  void* r = a->allocate(8 * MiB);  // split off the same segment, after q
+  EXPECT_EQ(static_cast<char*>(r), static_cast<char*>(q) + 3 * MiB);
+  EXPECT_EQ(a->stats().system_allocs, 1);
+  a->deallocate(q, 3 * MiB - 1000);
+  a->deallocate(r, 8 * MiB);
+  void* whole = a->allocate(size_t(segment));  // both pieces merged back into the whole segment
+  EXPECT_EQ(whole, p);
+  EXPECT_EQ(a->stats().system_allocs, 1);
+  a->deallocate(whole, size_t(segment));
+  a->empty_cache();
+  EXPECT_EQ(a->stats().reserved_bytes, 0);
+  EXPECT_EQ(a->stats().current_bytes, 0);
+}
+
+// Before mapping a new segment, wholly free ones go back until what is held fits in the most ever
+// used at once plus one 64 MiB segment; free bytes above the cache limit go back on free.
+TEST(Allocator, CpuHoldsNoMoreThanItsHighWaterMarkPlusASegment) {
+  constexpr size_t MiB = size_t(1) << 20;
+  std::unique_ptr<Allocator> a = make_cpu_allocator(size_t(1) << 40);
+  a->deallocate(a->allocate(70 * MiB), 70 * MiB);  // a 70 MiB segment, cached
+  EXPECT_EQ(a->stats().reserved_bytes, int64_t(70 * MiB));
+  void* p = a->allocate(80 * MiB);  // 70 + 80 held would exceed 80 + 64: the free 70 goes back
+  EXPECT_EQ(a->stats().reserved_bytes, int64_t(80 * MiB));
+  EXPECT_EQ(a->stats().system_allocs, 2);
+  a->deallocate(p, 80 * MiB);
+
+  std::unique_ptr<Allocator> none = make_cpu_allocator(0);  // nothing kept
+  none->deallocate(none->allocate(5 * MiB), 5 * MiB);
+  EXPECT_EQ(none->stats().reserved_bytes, 0);
+}
+
+// Many live blocks of mixed sizes, freed in a shuffled order: each keeps its own bytes (no overlap
+// after splits and merges), and everything merges back into segments that empty_cache releases.
+TEST(Allocator, CpuBlocksNeverOverlapAcrossSplitsAndMerges) {
+  constexpr size_t MiB = size_t(1) << 20;
+  std::unique_ptr<Allocator> a = make_cpu_allocator(size_t(1) << 40);
+  std::mt19937 rng(7);
+  struct Live {
+    unsigned char* p;
+    size_t n;
+    unsigned char tag;
+  };
+  std::vector<Live> live;
+  auto check_and_free = [&](size_t i) {
+    const Live& l = live[i];
+    for (size_t k = 0; k < l.n; k += 4093) ASSERT_EQ(l.p[k], l.tag) << "block " << i << " byte " << k;
+    ASSERT_EQ(l.p[l.n - 1], l.tag);
+    a->deallocate(l.p, l.n);
+    live.erase(live.begin() + int64_t(i));
+  };
+  for (int round = 0; round < 400; ++round) {
+    if (live.size() > 12 || (!live.empty() && rng() % 3 == 0)) {
+      check_and_free(rng() % live.size());
+    } else {
+      const size_t n = MiB + rng() % (40 * MiB);
+      auto* p = static_cast<unsigned char*>(a->allocate(n));
+      const auto tag = static_cast<unsigned char>(round);
+      std::memset(p, tag, n);
+      live.push_back({p, n, tag});
+    }
+  }
+  while (!live.empty()) check_and_free(live.size() - 1);
+  EXPECT_EQ(a->stats().current_bytes, 0);
+  a->empty_cache();
+  EXPECT_EQ(a->stats().reserved_bytes, 0);
+  int x = 0;
+  EXPECT_THROW(a->deallocate(&x, 2 * MiB), Error);  // not one of its blocks
 }
 
 TEST(Device, ParsingAndCudaAvailability) {
