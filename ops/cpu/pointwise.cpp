@@ -1,6 +1,9 @@
 #include "ops/cpu/pointwise.h"
 
+#include <type_traits>
+
 #include "ops/cpu/vec_math.h"
+#include "runtime/parallel.h"
 #include "runtime/strided_loop.h"
 
 namespace sd::cpu {
@@ -90,6 +93,36 @@ Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
         o[i] = T(unary_apply<A>(k, A(*reinterpret_cast<const T*>(p[1] + i * s[1])), a0, a1));
     });
   });
+  return out;
+}
+
+Tensor geglu(const Tensor& x) {
+  SD_CHECK(x.is_contiguous() && (x.dtype() == DType::F32 || x.dtype() == DType::BF16),
+           "cpu::geglu: needs a contiguous f32 or bf16 tensor, got ", x.str());
+  const int64_t n = x.size(-1) / 2, rows = x.numel() / std::max<int64_t>(x.size(-1), 1);
+  Shape shape = x.shape();
+  shape.back() = n;
+  Tensor out = empty(shape, x.dtype(), x.device());
+  constexpr float kSqrt2Inv = 0.70710678118654752440f;
+  auto run = [&](auto* in, auto* o) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
+    parallel_for(rows, n * 24, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* h = in + r * 2 * n;
+        const T* g = h + n;
+        T* y = o + r * n;
+        // Plain loop: omp simd on bf16 stores stops the vectoriser (see vec_math.h).
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = float(g[i]);
+          y[i] = T(float(h[i]) * (0.5f * v * erfc_f32(-v * kSqrt2Inv)));
+        }
+      }
+    });
+  };
+  if (x.dtype() == DType::F32)
+    run(x.data<float>(), out.data<float>());
+  else
+    run(static_cast<const BFloat16*>(x.data_ptr()), static_cast<BFloat16*>(out.data_ptr()));
   return out;
 }
 

@@ -199,6 +199,35 @@ TEST(Elementwise, GegluSplitsHiddenAndGate) {
   EXPECT_THROW(geglu(zeros({2, 3})), Error);
 }
 
+// Inference on the CPU fuses the split, GELU and product into one pass (f32, bf16): it matches the
+// f64 formula, and the composite (which autograd records) where the input needs a gradient.
+TEST(Elementwise, GegluFusedOnTheCpuMatchesTheFormula) {
+  Tensor x64 = random_tensor({3, 5, 2 * 37}, DType::F64, 15, -6, 6);
+  std::vector<double> v = x64.to_vector(), ref;
+  for (int64_t r = 0; r < 15; ++r)
+    for (int64_t j = 0; j < 37; ++j) {
+      double h = v[r * 74 + j], g = v[r * 74 + 37 + j];
+      ref.push_back(h * 0.5 * g * (1 + std::erf(g / std::sqrt(2.0))));
+    }
+  Tensor x32 = copy_to(x64, DType::F32, Device::cpu());
+  Tensor fused = geglu(x32);
+  EXPECT_EQ(fused.shape(), (Shape{3, 5, 37}));
+  EXPECT_TRUE(test::all_close(fused, ref, 2e-6, 1e-6));
+  Tensor xbf = copy_to(x64, DType::BF16, Device::cpu());
+  std::vector<double> vb = xbf.to_vector(), refb;
+  for (int64_t r = 0; r < 15; ++r)
+    for (int64_t j = 0; j < 37; ++j) {
+      double h = vb[r * 74 + j], g = vb[r * 74 + 37 + j];
+      refb.push_back(h * 0.5 * g * (1 + std::erf(g / std::sqrt(2.0))));
+    }
+  EXPECT_TRUE(test::all_close(geglu(xbf), refb, 8e-3, 1e-3));  // one bf16 rounding of the product
+  Tensor xg = clone(x32);
+  xg.set_requires_grad(true);
+  Tensor composite = geglu(xg);
+  EXPECT_TRUE(composite.requires_grad());
+  EXPECT_TRUE(test::all_close(composite, fused, 0, 0));
+}
+
 TEST(GradElementwise, Geglu) {
   for (const Shape& s : {Shape{4, 6}, Shape{2, 3, 10}}) {
     EXPECT_TRUE(gradcheck([](const std::vector<Tensor>& in) { return geglu(in[0]); },
