@@ -115,9 +115,11 @@ struct Mapping {
   void* addr = nullptr;
   size_t len = 0;
   bool writable = false;  // PROT_WRITE (copy-on-write): views of it may be written to
-  Mapping(void* a, size_t n, bool w) : addr(a), len(n), writable(w) {}
+  int fd = -1;            // the open file, for converting reads that bypass the mapping
+  Mapping(void* a, size_t n, bool w, int f) : addr(a), len(n), writable(w), fd(f) {}
   ~Mapping() {
     if (addr) munmap(addr, len);
+    if (fd >= 0) ::close(fd);
   }
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
@@ -251,7 +253,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   if (addr == MAP_FAILED && errno == ENOMEM)  // strict overcommit may refuse a writable map: read-only still works
     addr = ::mmap(nullptr, size_t(file_len), PROT_READ, MAP_PRIVATE, f.fd, 0);
   if (addr == MAP_FAILED) I.fail(Kind::Io, errno_str("mmap"));
-  impl->map = std::make_shared<Mapping>(addr, size_t(file_len), writable);
+  impl->map = std::make_shared<Mapping>(addr, size_t(file_len), writable, f.fd);
+  f.fd = -1;  // the mapping owns it now
   const char* bytes = impl->map->bytes();
 
   // -- length prefix
@@ -440,8 +443,36 @@ Tensor SafetensorsFile::get(const std::string& name) const {
 }
 
 Tensor SafetensorsFile::get(const std::string& name, DType dtype, Device device) const {
-  // The view costs nothing; copy_to then reads exactly this tensor's bytes once.
-  return copy_to(get(name), dtype, device);
+  const TensorInfo& ti = info(name);
+  // Bool (normalised on the way) and dtypes sd lacks (an error) go through the view.
+  if (!ti.dtype || *ti.dtype == DType::Bool || impl_->map->fd < 0) return copy_to(get(name), dtype, device);
+  // The bytes are read with pread, not through the mapping: mapped pages, once touched, count in this
+  // process's resident memory for as long as the file stays open, so an f32 file loaded as bf16 (or
+  // onto a GPU) held the whole file besides the converted weights. They come in 8 MiB pieces through
+  // one staging buffer (still in cache when converted) rather than as a whole raw copy.
+  const DType file_dtype = *ti.dtype;
+  Tensor out = empty(ti.shape, dtype, device);
+  const int64_t n = out.numel(), es = int64_t(dtype_size(file_dtype));
+  const bool direct = dtype == file_dtype && device.is_cpu();
+  const int64_t piece = direct ? n : std::max<int64_t>(1, (int64_t(8) << 20) / es);
+  Tensor staging = direct ? Tensor() : empty({std::min(piece, n)}, file_dtype, Device::cpu());
+  Tensor flat = as_strided(out, {n}, {1}, 0);
+  for (int64_t i = 0; i < n; i += piece) {
+    const int64_t k = std::min(piece, n - i);
+    char* dst = direct ? static_cast<char*>(out.data_ptr()) : static_cast<char*>(staging.data_ptr());
+    const size_t nbytes = size_t(k * es);
+    const off_t at = off_t(impl_->data_start + ti.begin + size_t(i * es));
+    for (size_t done = 0; done < nbytes;) {
+      const ssize_t r = ::pread(impl_->map->fd, dst + done, nbytes - done, at + off_t(done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) impl_->fail(Kind::Io, "reading tensor " + in_quotes(name) + ": " + errno_str("pread"));
+      if (r == 0)
+        impl_->fail(Kind::Io, "reading tensor " + in_quotes(name) + ": the file ended early (it shrank after it was opened)");
+      done += size_t(r);
+    }
+    if (!direct) copy_(as_strided(flat, {k}, {1}, i), as_strided(staging, {k}, {1}, 0));
+  }
+  return out;
 }
 
 }  // namespace sd

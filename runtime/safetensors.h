@@ -86,7 +86,9 @@ class SafetensorsFile {
   // A dtype sd cannot represent raises SafetensorsError(UnsupportedDtype).
   Tensor get(const std::string& name) const;
   // A converted, contiguous copy on any device and dtype (e.g. an f16 file loaded as f32 on a
-  // GPU). Touches only this tensor's bytes of the mapping.
+  // GPU). Reads only this tensor's bytes, from the file rather than the mapping, so converted
+  // weights do not keep the file's pages resident as well. A file that shrank after open() raises
+  // SafetensorsError(Io) naming the tensor.
   Tensor get(const std::string& name, DType dtype, Device device) const;
 
   const std::string& path() const;

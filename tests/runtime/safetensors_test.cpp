@@ -322,6 +322,29 @@ TEST(SafetensorsRead, ConvertedGetCopiesToRequestedDtype) {
   EXPECT_NE(f.get("weight", DType::F32, Device::cpu()).data_ptr(), f.get("weight").data_ptr());
 }
 
+// Converted copies are read from the file, not through the mapping (whose touched pages would stay
+// resident beside the copies): a file cut short after open() gives an Io error naming the tensor
+// where a mapped read would die of SIGBUS.
+TEST(SafetensorsRead, ConvertedGetReadsTheFileAndNamesATensorCutOffAfterOpen) {
+  TempDir dir;
+  const std::string p = dir / "t.safetensors";
+  std::vector<double> big(1000);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = double(i) - 300.0;
+  save_safetensors(p, {{"a", from_vector({1, 2, 3, 4}, {4})}, {"b", from_vector(big, {1000})}});
+  SafetensorsFile f = SafetensorsFile::open(p);
+  EXPECT_EQ(f.get("b", DType::F64, Device::cpu()).to_vector(), big);
+  fs::resize_file(p, fs::file_size(p) - 100);  // the last 25 floats of "b" are gone
+  EXPECT_EQ(f.get("a", DType::BF16, Device::cpu()).to_vector(), (std::vector<double>{1, 2, 3, 4}));
+  try {
+    f.get("b", DType::F64, Device::cpu());
+    FAIL() << "a truncated tensor was read";
+  } catch (const SafetensorsError& e) {
+    EXPECT_EQ(e.kind(), Kind::Io);
+    EXPECT_NE(std::string(e.what()).find("\"b\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("shrank"), std::string::npos) << e.what();
+  }
+}
+
 TEST(SafetensorsRead, GetToGpuWhenPresent) {
   SD_REQUIRE_CUDA();
   SafetensorsFile f = SafetensorsFile::open(kDataDir + "/python_written.safetensors");
