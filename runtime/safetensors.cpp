@@ -445,7 +445,7 @@ Tensor SafetensorsFile::get(const std::string& name) const {
 Tensor SafetensorsFile::get(const std::string& name, DType dtype, Device device) const {
   const TensorInfo& ti = info(name);
   // Bool (normalised on the way) and dtypes sd lacks (an error) go through the view.
-  if (!ti.dtype || *ti.dtype == DType::Bool || impl_->map->fd < 0) return copy_to(get(name), dtype, device);
+  if (!ti.dtype || *ti.dtype == DType::Bool) return copy_to(get(name), dtype, device);
   // The bytes are read with pread, not through the mapping: mapped pages, once touched, count in this
   // process's resident memory for as long as the file stays open, so an f32 file loaded as bf16 (or
   // onto a GPU) held the whole file besides the converted weights. They come in 8 MiB pieces through
@@ -459,7 +459,7 @@ Tensor SafetensorsFile::get(const std::string& name, DType dtype, Device device)
   Tensor flat = as_strided(out, {n}, {1}, 0);
   for (int64_t i = 0; i < n; i += piece) {
     const int64_t k = std::min(piece, n - i);
-    char* dst = direct ? static_cast<char*>(out.data_ptr()) : static_cast<char*>(staging.data_ptr());
+    char* dst = direct ? static_cast<char*>(out.data_ptr()) + i * es : static_cast<char*>(staging.data_ptr());
     const size_t nbytes = size_t(k * es);
     const off_t at = off_t(impl_->data_start + ti.begin + size_t(i * es));
     for (size_t done = 0; done < nbytes;) {

@@ -77,7 +77,8 @@ void batched(const Operand& a, const Operand& b, Tensor& out, int64_t Bn, int64_
 #ifdef SD_WITH_BLAS
 #ifdef SD_WITH_DNNL
 namespace {
-// Columns [n0, n1) of C on the calling thread: oneDNN, OpenBLAS where oneDNN refuses the arguments.
+// Columns [n0, n1) of C (all of them: 0, N) through oneDNN's sgemm, OpenBLAS where oneDNN refuses the
+// arguments. Inside an OpenMP region it runs on the calling thread.
 void gemm_columns(bool ta, bool tb, int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const float* A,
                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const float* Bc = B + (tb ? n0 * ldb : n0);
@@ -109,10 +110,10 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
         const int64_t n0 = t == 0 ? 0 : N * t / nt / 16 * 16, n1 = t + 1 == nt ? N : N * (t + 1) / nt / 16 * 16;
         if (n1 > n0) gemm_columns(ta, tb, M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
       }
-      return;
+    } else {
+      gemm_columns(ta, tb, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     }
-    if (dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == dnnl_success)
-      return;
+    return;
   }
 #endif
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),

@@ -27,7 +27,6 @@ bool unary_contiguous_fast(UnaryKind, const T*, T*, int64_t) {
 // vectorisable exp of vec_math.h (a per-element switch over kinds and a libm call kept these
 // loops scalar: GELU ran at 1.8 GB/s). False for kinds left to the generic loop.
 bool unary_contiguous_fast(UnaryKind k, const float* x, float* o, int64_t n) {
-  constexpr float kSqrt2Inv = 0.70710678118654752440f;
   constexpr float kSqrt2OverPi = 0.79788456080286535588f;
   auto each = [&](auto f) {
     for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
@@ -39,8 +38,7 @@ bool unary_contiguous_fast(UnaryKind k, const float* x, float* o, int64_t n) {
     case UnaryKind::Tanh: return each([](float v) { return tanh_f32(v); });
     case UnaryKind::Silu: return each([](float v) { return silu_of(v); });
     case UnaryKind::QuickGelu: return each([](float v) { return v / (1.0f + exp_f32(-1.702f * v)); });
-    // 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)
-    case UnaryKind::GeluErf: return each([=](float v) { return 0.5f * v * erfc_f32(-v * kSqrt2Inv); });
+    case UnaryKind::GeluErf: return each([](float v) { return gelu_erf_f32(v); });
     case UnaryKind::GeluTanh:
       return each([=](float v) { return 0.5f * v * (1.0f + tanh_f32(kSqrt2OverPi * (v + 0.044715f * v * v * v))); });
     default: return false;
@@ -103,7 +101,6 @@ Tensor geglu(const Tensor& x) {
   Shape shape = x.shape();
   shape.back() = n;
   Tensor out = empty(shape, x.dtype(), x.device());
-  constexpr float kSqrt2Inv = 0.70710678118654752440f;
   auto run = [&](auto* in, auto* o) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
     parallel_for(rows, n * 24, [&](int64_t r0, int64_t r1) {
@@ -112,10 +109,7 @@ Tensor geglu(const Tensor& x) {
         const T* g = h + n;
         T* y = o + r * n;
         // Plain loop: omp simd on bf16 stores stops the vectoriser (see vec_math.h).
-        for (int64_t i = 0; i < n; ++i) {
-          const float v = float(g[i]);
-          y[i] = T(float(h[i]) * (0.5f * v * erfc_f32(-v * kSqrt2Inv)));
-        }
+        for (int64_t i = 0; i < n; ++i) y[i] = T(float(h[i]) * gelu_erf_f32(float(g[i])));
       }
     });
   };

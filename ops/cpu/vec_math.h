@@ -65,6 +65,10 @@ inline float erfc_f32(float z) {
   return z < 0.0f ? 2.0f - r : r;
 }
 
+// GELU (erf form) 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2): the unary kernel and the
+// fused GEGLU use this one expression, so the fused path gives the composite's bits.
+inline float gelu_erf_f32(float x) { return 0.5f * x * erfc_f32(-x * 0.70710678118654752440f); }
+
 inline double exp_any(double x) { return std::exp(x); }
 inline float exp_any(float x) { return exp_f32(x); }
 
