@@ -137,24 +137,25 @@ class CpuAllocator final : public Allocator {
 
   // Merges a freed block with free neighbours; returns the merged block (others deleted).
   Block* coalesce(Block* b) {
-    if (b->prev && b->prev->free) {
-      Block* p = b->prev;
-      free_.erase({p->size, p});
-      p->size += b->size;
-      p->next = b->next;
-      if (b->next) b->next->prev = p;
-      delete b;
-      b = p;
-    }
     if (b->next && b->next->free) {
-      Block* n = b->next;
-      free_.erase({n->size, n});
-      b->size += n->size;
-      b->next = n->next;
-      if (n->next) n->next->prev = b;
-      delete n;
+      free_.erase({b->next->size, b->next});
+      absorb_next(b);
+    }
+    if (b->prev && b->prev->free) {
+      b = b->prev;
+      free_.erase({b->size, b});
+      absorb_next(b);
     }
     return b;
+  }
+
+  // Extends `b` over the block after it, which is deleted.
+  static void absorb_next(Block* b) {
+    Block* n = b->next;
+    b->size += n->size;
+    b->next = n->next;
+    if (n->next) n->next->prev = b;
+    delete n;
   }
 
   // A new segment for a request of `need` bytes, after giving back free segments so that what is
