@@ -5,6 +5,7 @@
 #include "autograd/node.h"
 #include "ops/op_common.h"
 #include "ops/view.h"
+#include "runtime/image_layout.h"
 
 namespace sd {
 
@@ -24,9 +25,17 @@ Tensor cat(const std::vector<Tensor>& ts, int64_t dim) {
     shape[d] += t.size(d);
   }
 
+  // Channels-last images concatenate into a channels-last image (the UNet's skip connections),
+  // so a model run in that layout keeps it.
+  bool channels_last = shape.size() == 4;
+  bool any_cl = false;
+  for (const Tensor& t : ts) {
+    channels_last = channels_last && is_channels_last_dense(t);
+    any_cl = any_cl || prefers_channels_last(t);
+  }
   // Each input is copied into its slab of the output: a strided view, so this runs on any
   // device through copy_.
-  Tensor out = empty(shape, first.dtype(), first.device());
+  Tensor out = empty_image(shape, first.dtype(), first.device(), channels_last && any_cl);
   std::vector<int64_t> sizes;
   int64_t at = 0;
   for (const Tensor& t : ts) {

@@ -42,6 +42,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::ar
     const Shape x_shape = x.shape(), w_shape = weight.shape();
     // On the GPU, grad_x takes x's layout (channels-last or NCHW), like the forward output.
     [[maybe_unused]] const bool x_channels_last = cuda::prefers_channels_last(x);
+    // and grad_weight the weight's layout (a channels-last model keeps its 3x3 weights so).
+    [[maybe_unused]] const bool w_channels_last = cuda::prefers_channels_last(weight);
     node->backward = [=](Node& n, const std::vector<Tensor>& go) {
       const Tensor& gy = go[0];
       Tensor gx, gw, gb;
@@ -50,7 +52,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::ar
                                 cuda::conv2d_grad_input(gy, n.saved[1], x_shape, g, x_channels_last));
       if (need_w)
         gw = SD_DISPATCH_DEVICE(gy, cpu::conv2d_grad_weight(gy, n.saved[0], w_shape, g),
-                                cuda::conv2d_grad_weight(gy, n.saved[0], w_shape, g));
+                                cuda::conv2d_grad_weight(gy, n.saved[0], w_shape, g, w_channels_last));
       if (need_b) gb = sum(gy, {0, 2, 3});
       return std::vector<Tensor>{gx, gw, gb};
     };

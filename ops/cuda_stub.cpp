@@ -90,7 +90,7 @@ Tensor conv2d(const Tensor&, const Tensor&, const Tensor&, const cpu::Conv2dGeom
 Tensor conv2d_grad_input(const Tensor&, const Tensor&, const Shape&, const cpu::Conv2dGeom&, bool) {
   no_cuda("conv2d backward");
 }
-Tensor conv2d_grad_weight(const Tensor&, const Tensor&, const Shape&, const cpu::Conv2dGeom&) {
+Tensor conv2d_grad_weight(const Tensor&, const Tensor&, const Shape&, const cpu::Conv2dGeom&, bool) {
   no_cuda("conv2d backward");
 }
 void set_conv_backend(ConvBackend) {}

@@ -5,6 +5,7 @@
 #include "autograd/node.h"
 #include "ops/op_common.h"
 #include "ops/reduce.h"
+#include "runtime/image_layout.h"
 
 namespace sd {
 
@@ -177,6 +178,13 @@ Tensor expand(const Tensor& x, const Shape& shape_in) {
 Tensor contiguous(const Tensor& x) {
   if (x.is_contiguous()) return x;
   return with_grad("contiguous", x, copy_to(x, x.dtype(), x.device()), [](const Tensor& g) { return g; });
+}
+
+Tensor to_channels_last(const Tensor& x) {
+  SD_CHECK(x.defined() && x.dim() == 4, "to_channels_last: needs an image [N, C, H, W], got ",
+           x.defined() ? x.str() : std::string("an undefined tensor"));
+  if (is_channels_last_dense(x)) return x;
+  return with_grad("to_channels_last", x, channels_last_raw(x), [](const Tensor& g) { return g; });
 }
 
 Tensor clone(const Tensor& x) {

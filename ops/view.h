@@ -19,6 +19,9 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 Tensor select(const Tensor& x, int64_t dim, int64_t index);  // drops dim
 Tensor expand(const Tensor& x, const Shape& shape);           // -1 keeps a dim
 Tensor contiguous(const Tensor& x);
+// x [N, C, H, W] with channels-last memory (a copy unless it already is; gradients pass through
+// in whatever layout they come): the entry of a model run channels-last.
+Tensor to_channels_last(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor to(const Tensor& x, DType dtype);
 Tensor to(const Tensor& x, Device device);

@@ -1,9 +1,11 @@
 #include "runtime/tensor.h"
 
+#include <atomic>
 #include <cstring>
 #include <sstream>
 
 #include "runtime/allocator.h"
+#include "runtime/image_layout.h"
 #include "runtime/cuda_api.h"
 #include "runtime/error.h"
 #include "runtime/strided_loop.h"
@@ -217,11 +219,23 @@ void copy_cpu(const Tensor& dst, const Tensor& src_b) {
   });
 }
 
+std::atomic<int64_t> g_layout_conversions{0};
+
+// A same-shape copy between the two dense image layouts (either way) is a layout conversion.
+void count_layout_conversion(const Tensor& dst, const Tensor& src) {
+  if (dst.dim() != 4 || src.shape() != dst.shape()) return;
+  const bool dst_cl = prefers_channels_last(dst), src_cl = prefers_channels_last(src);
+  if ((dst_cl && src.is_contiguous()) || (src_cl && dst.is_contiguous())) g_layout_conversions.fetch_add(1);
+}
+
 }  // namespace
+
+int64_t layout_conversions() { return g_layout_conversions.load(); }
 
 void copy_(const Tensor& dst, const Tensor& src) {
   SD_CHECK(dst.defined() && src.defined(), "copy_: undefined tensor");
   if (dst.numel() == 0) return;
+  count_layout_conversion(dst, src);
   Tensor s = broadcast_view(src, dst.shape());
   if (dst.is_cpu() && s.is_cpu()) return copy_cpu(dst, s);
   // A GPU tensor exists only where the CUDA backend is linked (the CPU-only backend's kernels raise).

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "autograd/node.h"
+#include "runtime/image_layout.h"
 #include "runtime/rng.h"
 
 namespace sd::nn {
@@ -136,6 +137,19 @@ void Module::to(DType dtype, Device device) {
     *p->slot = copy_to(*p->slot, dtype, device);
     p->slot->set_name(name);
     if (grad) p->slot->set_requires_grad(true);
+  }
+}
+
+void Module::set_conv_weights_channels_last(bool on) {
+  for (auto& [name, p] : named_parameters()) {
+    Tensor& w = *p->slot;
+    if (!w.defined() || w.dim() != 4 || w.size(2) * w.size(3) == 1) continue;
+    const bool grad = w.requires_grad();
+    Tensor moved = on ? channels_last_raw(w) : contiguous_raw(w);
+    if (moved.same(w)) continue;
+    w = moved;
+    w.set_name(name);
+    if (grad) w.set_requires_grad(true);
   }
 }
 

@@ -58,6 +58,10 @@ class Module {
   void init_parameters(uint64_t seed, DType dtype = DType::F32, Device device = Device::cpu());
   void to(DType dtype, Device device);
   void set_requires_grad(bool on);
+  // Every 4-d parameter with a spatial kernel (3x3 convolution weights) stored channels-last
+  // ([O, kh, kw, C] in memory) or back to contiguous: what channels-last convolutions read, so
+  // they do not transpose the weight on every call. Values, names and requires_grad are kept.
+  void set_conv_weights_channels_last(bool on);
   int64_t num_parameters();
   std::shared_ptr<Module> child(const std::string& name) const;
 

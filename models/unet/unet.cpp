@@ -167,6 +167,7 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timeste
   ctx.checkpoint = gradient_checkpointing && autograd::grad_enabled();
 
   Tensor h = sd::to(sample, dtype);
+  if (channels_last_) h = to_channels_last(h);
   if (config_.center_input_sample) h = h * 2.0 - 1.0;
   h = conv_in->forward(h);
 
@@ -187,7 +188,13 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timeste
     h = b->forward(h, ctx, skips, size);
   }
   SD_CHECK(skips.empty(), "UNet2DConditionModel: ", skips.size(), " skip connections left unused");
-  return conv_out->forward(conv_norm_out->forward(h, /*fuse_silu=*/true));
+  Tensor out = conv_out->forward(conv_norm_out->forward(h, /*fuse_silu=*/true));
+  return channels_last_ ? contiguous(out) : out;
+}
+
+void UNet2DConditionModel::set_channels_last(bool on) {
+  channels_last_ = on;
+  set_conv_weights_channels_last(on);
 }
 
 Tensor UNet2DConditionModel::forward(const Tensor& sample, double timestep, const Tensor& encoder_hidden_states,

@@ -55,6 +55,14 @@ class UNet2DConditionModel : public Module {
   // training; same gradients). Applies only while autograd records.
   bool gradient_checkpointing = false;
 
+  // Run channels-last (NHWC activations and 3x3 weights, runtime/image_layout.h): forward converts
+  // the sample once, every layer keeps the layout, and the prediction comes back contiguous. The
+  // same numbers as NCHW on the CPU (tested); on the GPU it is the layout cuDNN's NHWC kernels and
+  // the channels-last GroupNorm take. Call after the weights are loaded and placed (Module::to and
+  // load give contiguous weights again, which stays correct but converts them on every call).
+  void set_channels_last(bool on);
+  bool channels_last() const { return channels_last_; }
+
   const UNetConfig& config() const { return config_; }
 
   std::shared_ptr<Conv2d> conv_in, conv_out;
@@ -69,6 +77,7 @@ class UNet2DConditionModel : public Module {
   Tensor time_embed(const Tensor& timestep, int64_t batch, const UNetAddedCond& added, const Tensor& timestep_cond,
                     DType dtype, Device device) const;
   UNetConfig config_;
+  bool channels_last_ = false;
 };
 
 // diffusers' weight file for a model folder: <dir>/<base>[.variant].safetensors, else the shard

@@ -90,10 +90,11 @@ Tensor VaeEncoder::forward(const Tensor& x) const {
   SD_NVTX_RANGE(trace_name("VaeEncoder"));
   SD_CHECK(x.dim() == 4 && x.size(1) == conv_in->in_channels, "VaeEncoder: input ", x.str(), " is not [N, ",
            conv_in->in_channels, ", H, W]");
-  Tensor h = conv_in->forward(x);
+  Tensor h = conv_in->forward(channels_last ? to_channels_last(x) : x);
   for (const auto& b : down_blocks) h = b->forward(h);
   h = mid_block->forward(h, BlockContext{});
-  return conv_out->forward(conv_norm_out->forward(h, /*fuse_silu=*/true));
+  Tensor out = conv_out->forward(conv_norm_out->forward(h, /*fuse_silu=*/true));
+  return channels_last ? contiguous(out) : out;
 }
 
 VaeDecoder::VaeDecoder(const VaeConfig& c) {
@@ -116,10 +117,11 @@ Tensor VaeDecoder::forward(const Tensor& z) const {
   SD_NVTX_RANGE(trace_name("VaeDecoder"));
   SD_CHECK(z.dim() == 4 && z.size(1) == conv_in->in_channels, "VaeDecoder: latent ", z.str(), " is not [N, ",
            conv_in->in_channels, ", h, w]");
-  Tensor h = conv_in->forward(z);
+  Tensor h = conv_in->forward(channels_last ? to_channels_last(z) : z);
   h = mid_block->forward(h, BlockContext{});
   for (const auto& b : up_blocks) h = b->forward(h);
-  return conv_out->forward(conv_norm_out->forward(h, /*fuse_silu=*/true));
+  Tensor out = conv_out->forward(conv_norm_out->forward(h, /*fuse_silu=*/true));
+  return channels_last ? contiguous(out) : out;
 }
 
 // ---- posterior ------------------------------------------------------------------------------
@@ -162,8 +164,16 @@ void AutoencoderKL::place(DType dtype, Device device) {
 
 void AutoencoderKL::set_upcast(bool on) {
   upcast_ = on;
-  if (io_dtype_ && encoder->conv_in->weight.defined())
+  if (io_dtype_ && encoder->conv_in->weight.defined()) {
     Module::to(param_dtype_for(*io_dtype_), encoder->conv_in->weight.device());
+    if (channels_last()) set_conv_weights_channels_last(true);
+  }
+}
+
+void AutoencoderKL::set_channels_last(bool on) {
+  encoder->channels_last = on;
+  decoder->channels_last = on;
+  set_conv_weights_channels_last(on);
 }
 
 Tensor AutoencoderKL::moments(const Tensor& x) const {

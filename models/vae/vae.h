@@ -53,6 +53,7 @@ class VaeEncoder : public Module {
  public:
   explicit VaeEncoder(const VaeConfig& c);
   Tensor forward(const Tensor& x) const;  // [N, in_channels, H, W] -> [N, 2L, h, w] (before quant_conv)
+  bool channels_last = false;             // run channels-last inside (AutoencoderKL::set_channels_last)
   std::shared_ptr<Conv2d> conv_in, conv_out;
   std::vector<std::shared_ptr<DownEncoderBlock2D>> down_blocks;
   std::shared_ptr<UNetMidBlock2D> mid_block;
@@ -63,6 +64,7 @@ class VaeDecoder : public Module {
  public:
   explicit VaeDecoder(const VaeConfig& c);
   Tensor forward(const Tensor& z) const;  // [N, L, h, w] (after post_quant_conv) -> [N, out_channels, s h, s w]
+  bool channels_last = false;             // run channels-last inside (AutoencoderKL::set_channels_last)
   std::shared_ptr<Conv2d> conv_in, conv_out;
   std::shared_ptr<UNetMidBlock2D> mid_block;
   std::vector<std::shared_ptr<UpDecoderBlock2D>> up_blocks;
@@ -132,6 +134,11 @@ class AutoencoderKL : public Module {
   void set_upcast(bool on);
   // Move/convert the parameters for callers working in `dtype` (honouring upcast).
   void place(DType dtype, Device device);
+  // Run the encoder and decoder channels-last (see UNet2DConditionModel::set_channels_last):
+  // inputs converted once, outputs contiguous, 3x3 weights stored channels-last (kept so by
+  // set_upcast; call after place).
+  void set_channels_last(bool on);
+  bool channels_last() const { return decoder->channels_last; }
 
   int64_t downscale() const { return config_.downscale(); }
   const VaeConfig& config() const { return config_; }

@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "ops/cpu/vec_math.h"
+#include "runtime/image_layout.h"
 #include "runtime/parallel.h"
 #include "runtime/strided_loop.h"
 
@@ -48,16 +49,23 @@ bool unary_contiguous_fast(UnaryKind k, const float* x, float* o, int64_t n) {
 }  // namespace
 
 Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
-  const Shape shape = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
-  Tensor out = empty(shape, a.dtype(), a.device());
-  Tensor ab = broadcast_to_shape(a, shape), bb = broadcast_to_shape(b, shape);
+  const Shape full = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
+  const bool cl = channels_last_result(full, {&a, &b});
+  Tensor out = empty_image(full, a.dtype(), a.device(), cl);
+  Tensor ab = broadcast_to_shape(a, full), bb = broadcast_to_shape(b, full), o = out;
+  if (cl) {  // loop in memory order, where the operands are dense
+    ab = nhwc_order_view(ab);
+    bb = nhwc_order_view(bb);
+    o = nhwc_order_view(out);
+  }
+  const Shape& shape = o.shape();
   SD_DISPATCH_FLOAT(a.dtype(), binary_name(k), [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const int64_t es = sizeof(T);
-    StridedOperands<3> ops{{static_cast<char*>(out.data_ptr()), static_cast<char*>(ab.data_ptr()),
+    StridedOperands<3> ops{{static_cast<char*>(o.data_ptr()), static_cast<char*>(ab.data_ptr()),
                             static_cast<char*>(bb.data_ptr())},
-                           {out.strides().data(), ab.strides().data(), bb.strides().data()},
+                           {o.strides().data(), ab.strides().data(), bb.strides().data()},
                            {es, es, es}};
     strided_loop<3>(shape, ops, [k](std::array<char*, 3> p, const std::array<int64_t, 3>& s, int64_t n) {
       T* o = reinterpret_cast<T*>(p[0]);
@@ -73,14 +81,16 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
-  Tensor out = empty(x.shape(), x.dtype(), x.device());
+Tensor unary(UnaryKind k, const Tensor& x_in, double p0, double p1) {
+  const bool cl = channels_last_result(x_in.shape(), {&x_in});
+  Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
+  const Tensor x = cl ? nhwc_order_view(x_in) : x_in, o_view = cl ? nhwc_order_view(out) : out;
   SD_DISPATCH_FLOAT(x.dtype(), unary_name(k), [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const A a0 = A(p0), a1 = A(p1);
-    StridedOperands<2> ops{{static_cast<char*>(out.data_ptr()), static_cast<char*>(x.data_ptr())},
-                           {out.strides().data(), x.strides().data()},
+    StridedOperands<2> ops{{static_cast<char*>(o_view.data_ptr()), static_cast<char*>(x.data_ptr())},
+                           {o_view.strides().data(), x.strides().data()},
                            {int64_t(sizeof(T)), int64_t(sizeof(T))}};
     strided_loop<2>(x.shape(), ops, [&](std::array<char*, 2> p, const std::array<int64_t, 2>& s, int64_t n) {
       T* o = reinterpret_cast<T*>(p[0]);
@@ -120,8 +130,11 @@ Tensor geglu(const Tensor& x) {
   return out;
 }
 
-Tensor unary_backward(UnaryKind k, const Tensor& grad, const Tensor& x, double p0, double p1) {
-  Tensor out = empty(x.shape(), x.dtype(), x.device());
+Tensor unary_backward(UnaryKind k, const Tensor& grad_in, const Tensor& x_in, double p0, double p1) {
+  const bool cl = channels_last_result(x_in.shape(), {&grad_in, &x_in});
+  Tensor result = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
+  const Tensor grad = cl ? nhwc_order_view(grad_in) : grad_in, x = cl ? nhwc_order_view(x_in) : x_in;
+  const Tensor out = cl ? nhwc_order_view(result) : result;
   SD_DISPATCH_FLOAT(x.dtype(), unary_name(k), [&] {
     using T = scalar_t;
     using A = acc_t<T>;
@@ -140,7 +153,7 @@ Tensor unary_backward(UnaryKind k, const Tensor& grad, const Tensor& x, double p
       }
     });
   });
-  return out;
+  return result;
 }
 
 }  // namespace sd::cpu

@@ -86,11 +86,16 @@ Tensor in_layout(const Tensor& t, bool channels_last) {
   return c;
 }
 
-// The weight as a contiguous [O, C, kh, kw], aligned.
-Tensor dense_weight(const Tensor& w) {
+// The weight dense and aligned: a contiguous [O, C, kh, kw], or for channels-last problems also
+// a channels-last one as it is (cuDNN's NHWC filter layout).
+Tensor dense_weight(const Tensor& w, bool channels_last) {
   const bool aligned = reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0;
-  return w.is_contiguous() && aligned ? w : copy_to(w, w.dtype(), w.device());
+  const bool dense = w.is_contiguous() || (channels_last && is_channels_last_dense(w));
+  return dense && aligned ? w : copy_to(w, w.dtype(), w.device());
 }
+
+// The im2col kernels read the weight as a row-major [O, C*kh*kw] matrix.
+Tensor contiguous_weight(const Tensor& w) { return w.is_contiguous() ? w : copy_to(w, w.dtype(), w.device()); }
 
 }  // namespace
 
@@ -107,8 +112,9 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const 
   const Problem p = conv_detail::make_problem(x_in.shape(), w_in.shape(), g, cl, x_in.dtype(), x_in.device().index);
   Tensor y = empty_image({p.N, p.O, p.Ho, p.Wo}, p.dtype, x_in.device(), cl);
   if (y.numel() == 0) return y;
-  const Tensor x = in_layout(x_in, cl), w = dense_weight(w_in);
-  if (!(use_cudnn() && conv_detail::cudnn_forward(p, x, w, y))) conv_detail::im2col_forward(p, x, w, y);
+  const Tensor x = in_layout(x_in, cl), w = dense_weight(w_in, cl);
+  if (!(use_cudnn() && conv_detail::cudnn_forward(p, x, w, y)))
+    conv_detail::im2col_forward(p, x, contiguous_weight(w), y);
   if (bias.defined()) conv_detail::add_bias(p, y, bias);
   return y;
 }
@@ -124,25 +130,33 @@ Tensor conv2d_grad_input(const Tensor& grad_out, const Tensor& w_in, const Shape
     fill_(dx, 0.0);
     return dx;
   }
-  const Tensor dy = in_layout(grad_out, channels_last), w = dense_weight(w_in);
-  if (!(use_cudnn() && conv_detail::cudnn_grad_input(p, dy, w, dx))) conv_detail::im2col_grad_input(p, dy, w, dx);
+  const Tensor dy = in_layout(grad_out, channels_last), w = dense_weight(w_in, channels_last);
+  if (!(use_cudnn() && conv_detail::cudnn_grad_input(p, dy, w, dx)))
+    conv_detail::im2col_grad_input(p, dy, contiguous_weight(w), dx);
   return dx;
 }
 
 Tensor conv2d_grad_weight(const Tensor& grad_out, const Tensor& x_in, const Shape& w_shape,
-                          const cpu::Conv2dGeom& g) {
+                          const cpu::Conv2dGeom& g, bool weight_channels_last) {
   set_device_of(grad_out);
   // The layout of the forward pass: x decides it, and grad_out follows.
   const bool cl = prefers_channels_last(x_in);
   const Problem p = conv_detail::make_problem(x_in.shape(), w_shape, g, cl, grad_out.dtype(), grad_out.device().index);
-  Tensor dw = empty(w_shape, p.dtype, grad_out.device());
+  Tensor dw = empty_image(w_shape, p.dtype, grad_out.device(), cl && weight_channels_last);
   if (dw.numel() == 0) return dw;
   if (grad_out.numel() == 0) {  // an empty batch adds nothing
     fill_(dw, 0.0);
     return dw;
   }
   const Tensor x = in_layout(x_in, cl), dy = in_layout(grad_out, cl);
-  if (!(use_cudnn() && conv_detail::cudnn_grad_weight(p, dy, x, dw))) conv_detail::im2col_grad_weight(p, dy, x, dw);
+  if (use_cudnn() && conv_detail::cudnn_grad_weight(p, dy, x, dw)) return dw;
+  if (dw.is_contiguous()) {
+    conv_detail::im2col_grad_weight(p, dy, x, dw);
+  } else {  // im2col writes a row-major [O, C*kh*kw]
+    Tensor rows = empty(w_shape, p.dtype, grad_out.device());
+    conv_detail::im2col_grad_weight(p, dy, x, rows);
+    copy_(dw, rows);
+  }
   return dw;
 }
 

@@ -10,7 +10,10 @@
 //
 // Layout: the output (and grad_input) is channels-last when the input x is a channels-last
 // view (see ops/cuda/layout.h), NCHW otherwise; inputs in any other strides are copied to
-// NCHW first. grad_weight is always a contiguous [O, C, kh, kw], like the weight.
+// NCHW first. The weight may be a contiguous [O, C, kh, kw] or, for channels-last problems, a
+// channels-last one ([O, kh, kw, C] in memory, what cuDNN's NHWC kernels read: a model run
+// channels-last stores its 3x3 weights so, and no call transposes them); grad_weight is
+// contiguous, or channels-last when asked (the layout of a channels-last weight).
 #pragma once
 #include <cstdint>
 
@@ -24,8 +27,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const c
 // dL/dx [N, C, H, W] (channels-last when `channels_last`, the layout x had) from grad_out.
 Tensor conv2d_grad_input(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                          const cpu::Conv2dGeom& g, bool channels_last);
-// dL/dW [O, C, kh, kw], contiguous.
-Tensor conv2d_grad_weight(const Tensor& grad_out, const Tensor& x, const Shape& w_shape, const cpu::Conv2dGeom& g);
+// dL/dW [O, C, kh, kw], contiguous, or channels-last when `weight_channels_last` and x is.
+Tensor conv2d_grad_weight(const Tensor& grad_out, const Tensor& x, const Shape& w_shape, const cpu::Conv2dGeom& g,
+                          bool weight_channels_last = false);
 
 // ---- backend controls (tests and benchmarks) ----
 enum class ConvBackend {

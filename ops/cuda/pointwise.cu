@@ -1,6 +1,7 @@
 #include "ops/cuda/cuda_common.cuh"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/pointwise.h"
+#include "runtime/image_layout.h"
 
 namespace sd::cuda {
 
@@ -54,19 +55,27 @@ __global__ void unary_backward_kernel(UnaryKind k, T* out, const T* g, const T* 
 }  // namespace
 
 Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
-  const Shape shape = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
-  Tensor out = empty(shape, a.dtype(), a.device());
+  const Shape full = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
+  // A channels-last result when the full-shape operands are channels-last (runtime/image_layout.h);
+  // the kernels then walk every operand in [N, H, W, C] order, where the result is contiguous.
+  const bool cl = channels_last_result(full, {&a, &b});
+  Tensor out = empty_image(full, a.dtype(), a.device(), cl);
   const int64_t n = out.numel();
   if (n == 0) return out;
   set_device_of(a);
+  Tensor ab = broadcast_to_shape(a, full), bb = broadcast_to_shape(b, full);
+  if (cl) {
+    ab = nhwc_order_view(ab);
+    bb = nhwc_order_view(bb);
+  }
+  const Shape shape = cl ? nhwc_order_view(out).shape() : full;
   dispatch_float(a.dtype(), binary_name(k), [&]<class T>() {
     const T* pa = static_cast<const T*>(a.data_ptr());
     const T* pb = static_cast<const T*>(b.data_ptr());
     T* po = static_cast<T*>(out.data_ptr());
-    if (a.shape() == shape && b.shape() == shape && a.is_contiguous() && b.is_contiguous()) {
+    if (ab.is_contiguous() && bb.is_contiguous()) {  // same shape, same dense layout as the result
       binary_contiguous_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(k, po, pa, pb, n);
     } else {
-      Tensor ab = broadcast_to_shape(a, shape), bb = broadcast_to_shape(b, shape);
       const Tensor* views[2] = {&ab, &bb};
       binary_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(k, po, pa, pb, make_indexer<2>(shape, views), n);
     }
@@ -75,8 +84,10 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
-  Tensor out = empty(x.shape(), x.dtype(), x.device());
+Tensor unary(UnaryKind k, const Tensor& x_in, double p0, double p1) {
+  const bool cl = channels_last_result(x_in.shape(), {&x_in});
+  Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
+  const Tensor x = cl ? nhwc_order_view(x_in) : x_in;
   const int64_t n = out.numel();
   if (n == 0) return out;
   set_device_of(x);
@@ -89,8 +100,10 @@ Tensor unary(UnaryKind k, const Tensor& x, double p0, double p1) {
   return out;
 }
 
-Tensor unary_backward(UnaryKind k, const Tensor& grad, const Tensor& x, double p0, double p1) {
-  Tensor out = empty(x.shape(), x.dtype(), x.device());
+Tensor unary_backward(UnaryKind k, const Tensor& grad_in, const Tensor& x_in, double p0, double p1) {
+  const bool cl = channels_last_result(x_in.shape(), {&grad_in, &x_in});
+  Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
+  const Tensor grad = cl ? nhwc_order_view(grad_in) : grad_in, x = cl ? nhwc_order_view(x_in) : x_in;
   const int64_t n = out.numel();
   if (n == 0) return out;
   set_device_of(x);
