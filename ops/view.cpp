@@ -177,7 +177,11 @@ Tensor expand(const Tensor& x, const Shape& shape_in) {
 
 Tensor contiguous(const Tensor& x) {
   if (x.is_contiguous()) return x;
-  return with_grad("contiguous", x, copy_to(x, x.dtype(), x.device()), [](const Tensor& g) { return g; });
+  // The gradient goes back in x's layout when that was channels-last (a channels-last model's
+  // exit), so the layers before see one conversion here instead of one per use.
+  const bool channels_last = prefers_channels_last(x);
+  return with_grad("contiguous", x, copy_to(x, x.dtype(), x.device()),
+                   [channels_last](const Tensor& g) { return channels_last ? channels_last_raw(g) : g; });
 }
 
 Tensor to_channels_last(const Tensor& x) {
