@@ -466,6 +466,10 @@ std::shared_ptr<Pipeline> Pipeline::load(const std::string& model, const Pipelin
     load_file(*p, model, options);
   }
   if (p->text_encoder_2) p->text_encoder_2->name_for_tracing("text_encoder_2");
+  if (options.channels_last) {
+    p->unet->set_channels_last(true);
+    if (p->vae) p->vae->set_channels_last(true);
+  }
   const int64_t size = p->unet->config().sample_size[0] * p->vae_scale_factor();
   p->turbo = p->is_sdxl() && p->scheduler_config.timestep_spacing == "trailing" && size <= 512;
   return p;

@@ -50,6 +50,9 @@ struct PipelineOptions {
   // from_single_file(config=DIR): for fine-tunes whose settings differ from the family's (GroupNorm
   // groups, head counts), which the weights do not record. Components it lacks use the preset.
   std::string model_config;
+  // Run the UNet and the VAE channels-last (NHWC: UNet2DConditionModel::set_channels_last), the
+  // layout of cuDNN's fastest convolutions. Same images; off by default until measured on a GPU.
+  bool channels_last = false;
 };
 
 // Good-image defaults of a pipeline when the user gives none (diffusers' call defaults, and the

@@ -237,7 +237,7 @@ struct Options {
   std::string rng = "philox", latents_file, init_image, timestep_spacing;
   std::string device, dtype;  // "" = chosen by infer::choose_device (GPU fp16 when present, else CPU fp32)
   std::string device_choice;   // what was picked and why
-  bool vae_tiling = false, no_vae_upcast = false, quiet = false, json = false;
+  bool vae_tiling = false, no_vae_upcast = false, channels_last = false, quiet = false, json = false;
   std::string output_dir = "outputs";
   bool strength_given = false;
 };
@@ -361,6 +361,8 @@ bool parse_args(int argc, char** argv, Options& o) {
          "the model's config asks (force_upcast, SDXL)", R, text(o.dtype)});
   p.add({"vae_tiling", "", "", "decode (and encode) in tiles: large images in little memory", R, on(o.vae_tiling)});
   p.add({"no_vae_upcast", "", "", "run an fp16 VAE in fp16 (fp16-safe VAEs only)", R, on(o.no_vae_upcast)});
+  p.add({"channels_last", "", "", "run the UNet and VAE channels-last (NHWC), as diffusers' "
+         "to(memory_format=torch.channels_last); same images", R, on(o.channels_last)});
 
   p.add({"output_dir", "DIR", "outputs", "created when missing and checked writable before the model loads", O,
          text(o.output_dir), {"o"}});
@@ -766,6 +768,7 @@ int run(Options& o) {
   if (!o.family.empty()) po.family = nn::parse_family(o.family);
   if (!o.prediction.empty()) po.prediction = nn::parse_prediction(o.prediction);
   if (o.no_vae_upcast) po.vae_upcast = false;
+  po.channels_last = o.channels_last;
   po.tokenizer_dir = o.tokenizer;
   po.model_config = o.model_config;
   // Inputs first: a bad image or latents file fails before minutes of loading.

@@ -279,6 +279,29 @@ TEST_F(E2ESdInfer, LoraInBothLayoutsChangesTheImageTheSameWay) {
   EXPECT_NE(read_png_text(files[1].string())["parameters"].find("a red cartoon cat"), std::string::npos);
 }
 
+// --channels_last runs the UNet and VAE in NHWC: the same pixels, with or without a LoRA (which
+// the CPU's NCHW kernels and the adapters see through the layout).
+TEST_F(E2ESdInfer, ChannelsLastGivesTheSameImage) {
+  const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a red cartoon cat", "--steps", "3",
+                                         "--scheduler", "euler", "--seed", "11", "--output_dir", out_.string()};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const std::string lora = kData + "/lora/sd1_kohya.safetensors:0.7";
+  for (const auto& args : {base, with({"--channels_last"}), with({"--lora", lora}),
+                           with({"--lora", lora, "--channels_last"})}) {
+    const RunResult r = run(args);
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  const auto files = pngs();
+  ASSERT_EQ(files.size(), 4u);
+  EXPECT_EQ(load_image_u8(files[1].string()).to_vector(), load_image_u8(files[0].string()).to_vector());
+  EXPECT_EQ(load_image_u8(files[3].string()).to_vector(), load_image_u8(files[2].string()).to_vector());
+  EXPECT_GT(mean_abs_diff(files[0], files[2]), 1.0);  // the LoRA did change the image
+}
+
 TEST_F(E2ESdInfer, LoraForAnotherFamilyIsAClearError) {
   expect_error({"--model", kSd1, "--prompt", "a cat", "--lora", kData + "/lora/sdxl_kohya.safetensors"},
                "sdxl_kohya.safetensors");
