@@ -71,6 +71,9 @@ cpu::NormGrads group_norm_backward(const Tensor&, const Tensor&, const Tensor&, 
                                    const Tensor&, int64_t, bool, bool, bool, bool) {
   no_cuda("group_norm backward");
 }
+void set_group_norm_one_kernel(bool) {}  // a setting only: nothing runs without CUDA
+bool group_norm_one_kernel() { return false; }
+int64_t group_norm_one_kernel_calls() { return 0; }
 cpu::NormForward layer_norm_forward(const Tensor&, const Tensor&, const Tensor&, double) { no_cuda("layer_norm"); }
 cpu::NormGrads layer_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
                                    bool, bool) {

@@ -16,6 +16,9 @@
 // Statistics are f32 (f64 for f64 inputs). Accesses are 16 bytes wide where the contiguous
 // extent (S in NCHW, C in channels-last) is a multiple of the vector and pointers align.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "ops/cuda/norm.h"
 #include "ops/cuda/vec_reduce.cuh"
@@ -220,6 +223,82 @@ __global__ void gn_apply(const T* __restrict__ x, T* __restrict__ y, const Coef<
       v[k] = activate((v[k] - cf.mean) * cf.scale + cf.shift, silu);
     }
     store_vec<T, V>(y + i, v);
+  }
+}
+
+// ---------------------------------------------------------------------------- one-kernel forward
+
+// The whole forward of group (n, g) in one block, the group staged in shared memory: x is read
+// from memory once and y written once, with exact two-pass statistics (sum, then the squared
+// deviations from the mean) computed from the staged copy. The group's elements sit in the tile
+// as [Cg][S] for NCHW (one contiguous run of x) and [S][Cg] for channels-last (Cg adjacent
+// channels at each position). Used when the tile fits in a block's shared memory and the
+// switch is on (group_norm_one_kernel); mean/rstd/y mean the same as the three-kernel path's.
+constexpr int kOneKernelThreads = 1024;
+
+template <class T, bool CL, int V>
+__global__ void __launch_bounds__(kOneKernelThreads)
+    gn_one_kernel(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ b,
+                  acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out, uint32_t C, uint32_t S,
+                  uint32_t G, uint32_t Cg, double eps, bool silu) {
+  using A = acc_t<T>;
+  extern __shared__ __align__(16) unsigned char gn_tile_raw[];
+  T* tile = reinterpret_cast<T*>(gn_tile_raw);
+  __shared__ A scratch[kOneKernelThreads / 32];
+  const uint32_t grp = blockIdx.x, n = grp / G, g = grp % G;
+  const uint32_t M = Cg * S;
+  // Where element i of the tile lives in x (and y).
+  auto at = [&](uint32_t i) -> int64_t {
+    if (!CL) return (int64_t(n) * C + int64_t(g) * Cg) * S + i;
+    return (int64_t(n) * S + i / Cg) * C + int64_t(g) * Cg + i % Cg;
+  };
+  A sum = A(0);
+  if (!CL && V > 1) {  // one contiguous run, 16-byte vectors (M and the run's start are multiples of V)
+    const T* src = x + at(0);
+    for (uint32_t i = threadIdx.x * V; i < M; i += blockDim.x * V) {
+      const VecT<T, V> raw = *reinterpret_cast<const VecT<T, V>*>(src + i);
+      *reinterpret_cast<VecT<T, V>*>(tile + i) = raw;
+#pragma unroll
+      for (int k = 0; k < V; ++k) sum += to_acc(raw.v[k]);
+    }
+  } else {
+    for (uint32_t i = threadIdx.x; i < M; i += blockDim.x) {
+      const T v = x[at(i)];
+      tile[i] = v;
+      sum += to_acc(v);
+    }
+  }
+  const A mu = group_sum<kOneKernelThreads>(sum, scratch) / A(M);
+  A sq = A(0);
+  for (uint32_t i = threadIdx.x; i < M; i += blockDim.x) {
+    const A d = to_acc(tile[i]) - mu;
+    sq += d * d;
+  }
+  const A var = group_sum<kOneKernelThreads>(sq, scratch) / A(M);
+  const A rs = dev_rsqrt_exact(var + A(eps));
+  if (threadIdx.x == 0) {
+    mean_out[grp] = mu;
+    rstd_out[grp] = rs;
+  }
+  const uint32_t c_base = g * Cg;
+  if (!CL && V > 1) {
+    T* dst = y + at(0);
+    for (uint32_t i = threadIdx.x * V; i < M; i += blockDim.x * V) {
+      const VecT<T, V> raw = *reinterpret_cast<const VecT<T, V>*>(tile + i);
+      A v[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const uint32_t c = c_base + (i + k) / S;
+        v[k] = activate((to_acc(raw.v[k]) - mu) * (rs * param_or(w, c, A(1))) + param_or(b, c, A(0)), silu);
+      }
+      store_vec<T, V>(dst + i, v);
+    }
+  } else {
+    for (uint32_t i = threadIdx.x; i < M; i += blockDim.x) {
+      const uint32_t c = c_base + (CL ? i % Cg : i / S);
+      y[at(i)] = from_acc<T>(
+          activate((to_acc(tile[i]) - mu) * (rs * param_or(w, c, A(1))) + param_or(b, c, A(0)), silu));
+    }
   }
 }
 
@@ -602,6 +681,54 @@ void dispatch_vec(int vec, F&& f) {
 
 Tensor param(const Tensor& p) { return p.defined() ? contiguous_raw(p) : Tensor(); }
 
+bool one_kernel_from_env() {
+  const char* e = std::getenv("SD_GN_ONE_KERNEL");
+  return e && std::strcmp(e, "1") == 0;
+}
+
+std::atomic<bool>& one_kernel_setting() {
+  static std::atomic<bool> on{one_kernel_from_env()};
+  return on;
+}
+
+std::atomic<int64_t> g_one_kernel_calls{0};
+
+// Shared memory a block may opt into on the current device (227 KiB on sm_90, 163 on sm_80).
+int64_t max_block_smem() {
+  int dev = 0, bytes = 0;
+  SD_CUDA_CHECK(cudaGetDevice(&dev));
+  SD_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes;
+}
+
+// The one-kernel forward when the switch is on and the group's tile fits; false otherwise (the
+// caller runs the three-kernel path).
+template <class T>
+bool try_one_kernel(const Tensor& x, bool cl, int64_t groups, const Tensor& w, const Tensor& b, double eps,
+                    bool silu, cpu::NormForward& r) {
+  using A = acc_t<T>;
+  if (!one_kernel_setting().load() || x.numel() == 0) return false;
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1), Cg = C / groups;
+  const int64_t tile_bytes = Cg * S * int64_t(sizeof(T));
+  // Room for the kernel's static scratch; the tile's indices are 32-bit.
+  if (tile_bytes + 1024 > max_block_smem() || N * groups > (int64_t(1) << 31) - 1 || C * S >= (int64_t(1) << 31))
+    return false;
+  const bool vec = !cl && (Cg * S) % kVec<T> == 0 && aligned16(x.data_ptr()) && aligned16(r.y.data_ptr());
+  auto launch = [&]<bool CL, int V>() {
+    auto kernel = gn_one_kernel<T, CL, V>;
+    SD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tile_bytes)));
+    kernel<<<unsigned(N * groups), kOneKernelThreads, size_t(tile_bytes)>>>(
+        static_cast<const T*>(x.data_ptr()), static_cast<T*>(r.y.data_ptr()), opt_ptr<T>(w), opt_ptr<T>(b),
+        ptr<A>(r.mean), ptr<A>(r.rstd), uint32_t(C), uint32_t(S), uint32_t(groups), uint32_t(Cg), eps, silu);
+    SD_CUDA_CHECK_LAUNCH("gn_one_kernel");
+  };
+  if (cl) launch.template operator()<true, 1>();
+  else if (vec) launch.template operator()<false, kVec<T>>();
+  else launch.template operator()<false, 1>();
+  g_one_kernel_calls.fetch_add(1);
+  return true;
+}
+
 }  // namespace
 
 cpu::NormForward group_norm_forward(const Tensor& x_in, int64_t groups, const Tensor& weight, const Tensor& bias,
@@ -618,6 +745,7 @@ cpu::NormForward group_norm_forward(const Tensor& x_in, int64_t groups, const Te
   const Tensor w = param(weight), b = param(bias);
   dispatch_float(x.dtype(), "group_norm", [&]<class T>() {
     using A = acc_t<T>;
+    if (try_one_kernel<T>(x, cl, groups, w, b, eps, fuse_silu, r)) return;
     const bool vec_ok = aligned16(x.data_ptr()) && aligned16(r.y.data_ptr());
     const Plan p = make_plan(x, cl, groups, kVec<T>, vec_ok);
     Tensor coef = scratch<Coef<A>>(p.N * p.C, x.device());
@@ -691,5 +819,9 @@ cpu::NormGrads group_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
   });
   return r;
 }
+
+void set_group_norm_one_kernel(bool on) { one_kernel_setting().store(on); }
+bool group_norm_one_kernel() { return one_kernel_setting().load(); }
+int64_t group_norm_one_kernel_calls() { return g_one_kernel_calls.load(); }
 
 }  // namespace sd::cuda

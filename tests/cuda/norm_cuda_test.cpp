@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -206,6 +207,79 @@ TEST(CudaNorm, GroupNormChannelsLastOutputAndStatistics) {
     EXPECT_TRUE(test::all_close(got.mean, ref.mean, 1e-5, 1e-6));
     EXPECT_TRUE(test::all_close(got.rstd, ref.rstd, 1e-5, 1e-6));
   }
+#endif
+}
+
+#ifdef SD_WITH_CUDA
+// Turns the one-kernel GroupNorm forward on for a scope.
+struct OneKernelGroupNorm {
+  bool was = cuda::group_norm_one_kernel();
+  OneKernelGroupNorm() { cuda::set_group_norm_one_kernel(true); }
+  ~OneKernelGroupNorm() { cuda::set_group_norm_one_kernel(was); }
+};
+#endif
+
+// The one-kernel forward (ops/cuda/norm.h set_group_norm_one_kernel: a group staged in shared
+// memory) against the CPU, forward and backward (the backward reads its saved statistics), on
+// the UNet's and VAE's shapes in both layouts, odd shapes (scalar paths), offset values (its
+// two-pass statistics), f64, and groups too large for it (the three-kernel path takes over).
+TEST(CudaNorm, GroupNormOneKernelPath) {
+  SD_REQUIRE_CUDA();
+#ifdef SD_WITH_CUDA
+  OneKernelGroupNorm on;
+  const int64_t calls0 = cuda::group_norm_one_kernel_calls();
+  int i = 0;
+  for (const auto& [C, hw] : std::vector<std::pair<int64_t, int64_t>>{{320, 64}, {640, 32}, {1280, 16}, {2560, 8},
+                                                                       {960, 64}, {1920, 32}})
+    for (bool cl : {false, true})
+      for (DType dt : kDtypes) {
+        GnCase c;
+        c.x = {2, C, hw, hw};
+        c.channels_last = cl;
+        expect_gn(c, dt, uint64_t(700 + i++));
+      }
+  const int64_t unet_calls = cuda::group_norm_one_kernel_calls() - calls0;
+  // Groups of up to ~226 KiB fit (sm_90): all but 960 channels at 64x64 (240 KiB in f16) and the
+  // f32 1920 x 32x32 ones: 28 of the 36 cases.
+  EXPECT_GE(unet_calls, 28) << "the UNet shapes that fit a block's shared memory";
+  for (const auto& [shape, G] : std::vector<std::pair<Shape, int64_t>>{
+           {{2, 6, 7, 5}, 3}, {{3, 6, 11}, 3}, {{1, 4, 3, 3}, 4}, {{2, 24, 5, 3, 2}, 6}, {{2, 64, 9, 9}, 32}})
+    for (int variant = 0; variant < 8; ++variant)
+      for (DType dt : kDtypes) {
+        GnCase c;
+        c.x = shape;
+        c.groups = G;
+        c.silu = variant & 1;
+        c.affine = variant & 2;
+        c.channels_last = (variant & 4) && shape.size() > 2;
+        expect_gn(c, dt, uint64_t(800 + i++));
+      }
+  for (bool cl : {false, true}) {
+    GnCase c;
+    c.x = {2, 64, 32, 32};
+    c.channels_last = cl;
+    test::CudaCheckOptions opt;
+    opt.tol = 1e-4;  // as GroupNormLargeGroupsSplitStatistics: the f32 CPU reference's own error
+    EXPECT_TRUE(matches_cpu(c.str() + " offset", gn_fn(c), gn_inputs(c, 900, 20.0, 21.0), DType::F32, opt));
+    c.x = {2, 64, 9, 16};
+    expect_gn(c, DType::F64, 901);
+  }
+  // Too large for one block (a VAE layer: 4 channels x 256 x 256 per group): the other path.
+  const int64_t before_big = cuda::group_norm_one_kernel_calls();
+  GnCase big;
+  big.x = {1, 128, 256, 256};
+  big.eps = 1e-6;
+  expect_gn(big, DType::F16, 902);
+  EXPECT_EQ(cuda::group_norm_one_kernel_calls(), before_big);
+  // Saved statistics equal the CPU's.
+  const Tensor x = random_tensor({2, 320, 16, 16}, DType::F32, 903, -1, 2);
+  const cpu::NormForward ref = cpu::group_norm_forward(x, 32, Tensor(), Tensor(), 1e-5, false);
+  const cpu::NormForward got = cuda::group_norm_forward(copy_to(x, DType::F32, Device::cuda()), 32, Tensor(), Tensor(),
+                                                        1e-5, false);
+  EXPECT_TRUE(test::all_close(got.mean, ref.mean, 1e-5, 1e-6));
+  EXPECT_TRUE(test::all_close(got.rstd, ref.rstd, 1e-5, 1e-6));
+  std::printf("[ CudaNorm ] one-kernel GroupNorm took %lld of the calls\n",
+              static_cast<long long>(cuda::group_norm_one_kernel_calls() - calls0));
 #endif
 }
 
