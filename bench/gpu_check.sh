@@ -46,6 +46,9 @@ for sel in "-L ^cuda$" "-LE ^cuda$"; do
   # The training tests' measured errors (GPU vs CPU), from ctest's full log of this run.
   [ "$name" = cuda ] && grep -hE "^\[ Cuda(TrainStep|SdTrain) \]" "$BUILD/Testing/Temporary/LastTest.log" \
     > "$LOG/train_cuda_errors.txt" 2>/dev/null
+  # Channels-last models (layout conversions per forward) and the one-kernel GroupNorm's share of calls.
+  [ "$name" = cuda ] && grep -hE "^\[ Cuda(ChannelsLast|Norm) \]" "$BUILD/Testing/Temporary/LastTest.log" \
+    > "$LOG/layout_cuda.txt" 2>/dev/null
 done
 
 # Python wheels carried in .whl/ (diffusers, for the UNet-step baseline), installed aside.
@@ -60,6 +63,20 @@ t1=$(date +%s)
 python3 bench/pytorch/ops.py --cases bench/gpu/cases.txt > "$LOG/torch.csv" 2> "$LOG/torch.err"
 python3 bench/compare.py "$LOG/ours.csv" "$LOG/torch.csv" > "$LOG/compare.txt" 2>&1
 row "benchmarks" "$(( $(date +%s) - t1 )) s ($(grep -c . "$LOG/ours.err") error lines from ours)"
+
+# Whole-UNet steps that take longer (torch.compile modes, SDXL at 1024 px; bench/gpu/model_cases.txt),
+# bounded so this part stays under about 6 minutes; SD_GPU_MODEL_CASES=none skips it, or names another file.
+model_cases=${SD_GPU_MODEL_CASES:-bench/gpu/model_cases.txt}
+: > "$LOG/compare_models.txt"
+if [ "$model_cases" != none ]; then
+  t4=$(date +%s)
+  timeout 120 "$BUILD/bench/sd_bench_gpu" --cases "$model_cases" > "$LOG/ours_models.csv" 2> "$LOG/ours_models.err" \
+    || echo "# sd_bench_gpu (model cases) exited with status $? (124: timed out after 120 s)" >> "$LOG/ours_models.csv"
+  timeout 240 python3 bench/pytorch/ops.py --cases "$model_cases" > "$LOG/torch_models.csv" 2> "$LOG/torch_models.err" \
+    || echo "# ops.py (model cases) exited with status $? (124: timed out after 240 s)" >> "$LOG/torch_models.csv"
+  python3 bench/compare.py "$LOG/ours_models.csv" "$LOG/torch_models.csv" > "$LOG/compare_models.txt" 2>&1
+  row "model-step benchmarks" "$(( $(date +%s) - t4 )) s ($(grep -c . "$LOG/ours_models.err") error lines from ours)"
+fi
 
 # Training steps at SD1.5 size (bench/NOTES.md "Training step"): sd_train's step (sd_bench_train) and
 # diffusers' scripts' step (train_step.py, eager; then torch.compile on one case, SD_TRAIN_COMPILE_CASES,
@@ -115,8 +132,12 @@ grep -v "kept in float32" "$LOG/train_diffusers.err" 2>/dev/null | grep -m 5 -iE
 cat "$LOG/table.txt"
 echo
 grep -E "trainable tensors|bounds|LoRA file|learned_embeds|token table|fp16 (overflowing|clean)" "$LOG/train_cuda_errors.txt" 2>/dev/null | cut -c1-400
+grep -E "layout conversions|one-kernel" "$LOG/layout_cuda.txt" 2>/dev/null | cut -c1-200
 echo
 cat "$LOG/compare.txt" 2>/dev/null
+echo
+grep -E "^unet" "$LOG/compare_models.txt" 2>/dev/null
+grep -h "^#" "$LOG/ours_models.csv" "$LOG/torch_models.csv" 2>/dev/null | head -8
 echo
 cat "$LOG/compare_train.txt" 2>/dev/null
 echo

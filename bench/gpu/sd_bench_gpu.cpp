@@ -19,6 +19,7 @@
 #include "ops/attention.h"
 #include "ops/conv.h"
 #include "ops/linear.h"
+#include "ops/cuda/norm.h"
 #include "ops/norm.h"
 #include "ops/softmax.h"
 #include "ops/view.h"
@@ -40,6 +41,10 @@ struct Case {
     auto it = p.find(k);
     SD_CHECK(it != p.end(), "bench case ", op, " ", params, ": missing ", k);
     return it->second;
+  }
+  int64_t get_or(const char* k, int64_t fallback) const {
+    auto it = p.find(k);
+    return it == p.end() ? fallback : it->second;
   }
 };
 
@@ -134,28 +139,35 @@ Workload make(const Case& c) {
     w.flop = 4.0 * B * H * Lq * Lk * D * (bwd ? 3.5 : 1.0);  // backward = 2.5x forward (FlashAttention convention)
     w.bytes = (2 * B * H * Lq * D + 2 * B * H * Lk * D) * es * (bwd ? 2 : 1);
   } else if (c.op == "group_norm_silu") {
+    // cl=1: a channels-last input (read in place); onek=1: the one-kernel forward
+    // (cuda::set_group_norm_one_kernel), where the group fits a block's shared memory.
     const int64_t N = c.get("N"), C = c.get("C"), H = c.get("H"), W = c.get("W");
+    const bool cl = c.get_or("cl", 0) != 0, one_kernel = c.get_or("onek", 0) != 0;
     w.sets = sets_for(N * C * H * W * es);
     auto xs = std::make_shared<std::vector<Tensor>>();
-    for (int i = 0; i < w.sets; ++i) xs->push_back(rnd({N, C, H, W}, dt, 70 + i));
+    for (int i = 0; i < w.sets; ++i) xs->push_back(cl ? rnd_nhwc(N, C, H, W, dt, 70 + i) : rnd({N, C, H, W}, dt, 70 + i));
     auto g = std::make_shared<Tensor>(rnd({C}, dt, 7)), b = std::make_shared<Tensor>(rnd({C}, dt, 8));
-    w.run = [xs, g, b](int i) {
+    w.run = [xs, g, b, one_kernel](int i) {
       autograd::NoGrad ng;
+      cuda::set_group_norm_one_kernel(one_kernel);
       group_norm((*xs)[i], 32, *g, *b, 1e-5, true);
+      cuda::set_group_norm_one_kernel(false);
     };
     w.bytes = 2.0 * N * C * H * W * es;
   } else if (c.op == "conv3x3") {
+    // Channels-last input and weight, padding 1, stride s (2: the downsamplers).
     const int64_t N = c.get("N"), C = c.get("C"), H = c.get("H"), W = c.get("W"), O = c.get("O");
+    const int64_t st = c.get_or("s", 1), Ho = (H - 1) / st + 1, Wo = (W - 1) / st + 1;
     w.sets = sets_for(N * C * H * W * es);
     auto xs = std::make_shared<std::vector<Tensor>>();
     for (int i = 0; i < w.sets; ++i) xs->push_back(rnd_nhwc(N, C, H, W, dt, 80 + i));
     auto wt = std::make_shared<Tensor>(rnd_nhwc(O, C, 3, 3, dt, 9)), bias = std::make_shared<Tensor>(rnd({O}, dt, 10));
-    w.run = [xs, wt, bias](int i) {
+    w.run = [xs, wt, bias, st](int i) {
       autograd::NoGrad ng;
-      conv2d((*xs)[i], *wt, *bias, {1, 1}, {1, 1});
+      conv2d((*xs)[i], *wt, *bias, {st, st}, {1, 1});
     };
-    w.flop = 2.0 * N * O * H * W * C * 9;
-    w.bytes = (N * C * H * W + N * O * H * W + O * C * 9) * es;
+    w.flop = 2.0 * N * O * Ho * Wo * C * 9;
+    w.bytes = (N * C * H * W + N * O * Ho * Wo + O * C * 9) * es;
   } else if (c.op == "layer_norm" || c.op == "softmax") {
     const int64_t R = c.get("rows"), D = c.get("D");
     w.sets = sets_for(R * D * es);
@@ -172,21 +184,26 @@ Workload make(const Case& c) {
   } else if (c.op == "unet_fwd" || c.op == "unet_fwdbwd") {
     // A full-size SD1.5 UNet with random weights: one denoising step (batch 2 = CFG), or one
     // training step's forward + backward (no optimizer).
+    // xl=1: SDXL's UNet (text_time conditioning); cl=1: run channels-last (set_channels_last);
+    // compile=N is PyTorch's (torch.compile modes) and runs the same step here.
     const int64_t B = c.get("B"), H = c.get("H"), W = c.get("W");
-    const bool bwd = c.op == "unet_fwdbwd";
-    auto model = std::make_shared<nn::UNet2DConditionModel>(nn::UNetConfig::sd15());
+    const bool bwd = c.op == "unet_fwdbwd", xl = c.get_or("xl", 0) != 0;
+    auto model = std::make_shared<nn::UNet2DConditionModel>(xl ? nn::UNetConfig::sdxl_base() : nn::UNetConfig::sd15());
     model->init_parameters(1, dt, gpu());
+    if (c.get_or("cl", 0)) model->set_channels_last(true);
     if (bwd) model->set_requires_grad(true);
     auto x = std::make_shared<Tensor>(rnd({B, 4, H, W}, dt, 100));
-    auto ctx = std::make_shared<Tensor>(rnd({B, 77, 768}, dt, 101));
+    auto ctx = std::make_shared<Tensor>(rnd({B, 77, xl ? 2048 : 768}, dt, 101));
     auto t = std::make_shared<Tensor>(full({B}, 500.0, DType::F32, gpu()));
-    w.run = [model, x, ctx, t, bwd](int) {
+    auto added = std::make_shared<nn::UNetAddedCond>();
+    if (xl) *added = {rnd({B, 1280}, dt, 102), full({B, 6}, 1024.0, dt, gpu())};
+    w.run = [model, x, ctx, t, added, bwd](int) {
       if (!bwd) {
         autograd::NoGrad ng;
-        model->forward(*x, *t, *ctx);
+        model->forward(*x, *t, *ctx, *added);
         return;
       }
-      Tensor out = model->forward(*x, *t, *ctx);
+      Tensor out = model->forward(*x, *t, *ctx, *added);
       autograd::backward(out, *x);
     };
     w.reps = 10;

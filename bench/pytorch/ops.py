@@ -63,17 +63,22 @@ def make(op, dt, p):
     if op == "group_norm_silu":
         N, C, H, W = p["N"], p["C"], p["H"], p["W"]
         n = sets_for(N * C * H * W * es)
-        xs = [rnd((N, C, H, W), dt) for _ in range(n)]
+        fmt = torch.channels_last if p.get("cl") else torch.contiguous_format  # onek=1 is sd's switch only
+        xs = [rnd((N, C, H, W), dt).to(memory_format=fmt) for _ in range(n)]
         g, b = rnd((C,), dt), rnd((C,), dt)
         return (lambda i: F.silu(F.group_norm(xs[i], 32, g, b, 1e-5))), n, 0, 2 * N * C * H * W * es
     if op == "conv3x3":
-        N, C, H, W, O = p["N"], p["C"], p["H"], p["W"], p["O"]
+        N, C, H, W, O, s = p["N"], p["C"], p["H"], p["W"], p["O"], p.get("s", 1)
+        Ho, Wo = (H - 1) // s + 1, (W - 1) // s + 1
         n = sets_for(N * C * H * W * es)
         xs = [rnd((N, C, H, W), dt).to(memory_format=torch.channels_last) for _ in range(n)]
         w = rnd((O, C, 3, 3), dt).to(memory_format=torch.channels_last)
         b = rnd((O,), dt)
-        return ((lambda i: F.conv2d(xs[i], w, b, padding=1)), n, 2 * N * O * H * W * C * 9,
-                (N * C * H * W + N * O * H * W + O * C * 9) * es)
+
+        def run(i):
+            with torch.no_grad():
+                F.conv2d(xs[i], w, b, stride=s, padding=1)
+        return run, n, 2 * N * O * Ho * Wo * C * 9, (N * C * H * W + N * O * Ho * Wo + O * C * 9) * es
     if op in ("layer_norm", "softmax"):
         R, D = p["rows"], p["D"]
         n = sets_for(R * D * es)
@@ -83,24 +88,43 @@ def make(op, dt, p):
             return (lambda i: F.layer_norm(xs[i], (D,), g, b, 1e-5)), n, 0, 2 * R * D * es
         return (lambda i: torch.softmax(xs[i], -1)), n, 0, 2 * R * D * es
     if op in ("unet_fwd", "unet_fwdbwd"):
-        # diffusers' UNet2DConditionModel with SD1.5's config and random weights (needs the
-        # diffusers wheel; gpu_check carries it when present).
+        # diffusers' UNet2DConditionModel with SD1.5's (or, xl=1, SDXL base's) config and random
+        # weights, SDPA attention (diffusers' default processor on PyTorch 2); cl=1: channels_last
+        # model and input; compile=1: torch.compile (default mode), compile=2: mode
+        # "max-autotune-no-cudagraphs" (compile time falls in the warm-up). Needs the diffusers wheel.
         from diffusers import UNet2DConditionModel
-        cfg = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                   block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        xl = bool(p.get("xl"))
+        if xl:
+            cfg = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                       block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=[5, 10, 20],
+                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                       transformer_layers_per_block=[1, 2, 10], addition_embed_type="text_time",
+                       addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+                       use_linear_projection=True)
+        else:
+            cfg = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                       block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                       down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                       up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
         model = UNet2DConditionModel(**cfg).to("cuda", dt)
         B, H, W = p["B"], p["H"], p["W"]
-        x, ctx = rnd((B, 4, H, W), dt), rnd((B, 77, 768), dt)
+        x, ctx = rnd((B, 4, H, W), dt), rnd((B, 77, 2048 if xl else 768), dt)
+        if p.get("cl"):
+            model = model.to(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last)
+        added = {"text_embeds": rnd((B, 1280), dt), "time_ids": torch.full((B, 6), 1024.0, device="cuda", dtype=dt)} if xl else None
         t = torch.full((B,), 500.0, device="cuda")
+        fwd = model
+        if p.get("compile"):
+            fwd = torch.compile(model, mode=None if p["compile"] == 1 else "max-autotune-no-cudagraphs")
         if op == "unet_fwd":
             def run(i):
                 with torch.no_grad():
-                    model(x, t, ctx)
+                    fwd(x, t, ctx, added_cond_kwargs=added)
         else:
             def run(i):
-                out = model(x, t, ctx).sample
+                out = fwd(x, t, ctx, added_cond_kwargs=added).sample
                 out.backward(x)
                 model.zero_grad(set_to_none=True)
         return run, 1, 0, 0
