@@ -99,6 +99,7 @@ Tensor conv2d_grad_weight(const Tensor&, const Tensor&, const Shape&, const cpu:
 void set_conv_backend(ConvBackend) {}
 ConvBackend conv_backend() { return ConvBackend::Auto; }
 bool cudnn_available() { return false; }
+int64_t cudnn_graph_runs() { return 0; }
 void set_conv_benchmark(bool) {}
 void clear_conv_algo_cache() {}
 void set_conv_im2col_budget(int64_t) {}

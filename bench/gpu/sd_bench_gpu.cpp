@@ -18,6 +18,7 @@
 #include "autograd/node.h"
 #include "ops/attention.h"
 #include "ops/conv.h"
+#include "ops/cuda/conv.h"
 #include "ops/linear.h"
 #include "ops/cuda/norm.h"
 #include "ops/norm.h"
@@ -155,16 +156,20 @@ Workload make(const Case& c) {
     };
     w.bytes = 2.0 * N * C * H * W * es;
   } else if (c.op == "conv3x3") {
-    // Channels-last input and weight, padding 1, stride s (2: the downsamplers).
+    // Channels-last input and weight, padding 1, stride s (2: the downsamplers); graph=1: cuDNN's
+    // graph API with the bias fused (cuda::ConvBackend::CudnnGraph), else the default backend.
     const int64_t N = c.get("N"), C = c.get("C"), H = c.get("H"), W = c.get("W"), O = c.get("O");
     const int64_t st = c.get_or("s", 1), Ho = (H - 1) / st + 1, Wo = (W - 1) / st + 1;
+    const cuda::ConvBackend backend = c.get_or("graph", 0) ? cuda::ConvBackend::CudnnGraph : cuda::ConvBackend::Auto;
     w.sets = sets_for(N * C * H * W * es);
     auto xs = std::make_shared<std::vector<Tensor>>();
     for (int i = 0; i < w.sets; ++i) xs->push_back(rnd_nhwc(N, C, H, W, dt, 80 + i));
     auto wt = std::make_shared<Tensor>(rnd_nhwc(O, C, 3, 3, dt, 9)), bias = std::make_shared<Tensor>(rnd({O}, dt, 10));
-    w.run = [xs, wt, bias, st](int i) {
+    w.run = [xs, wt, bias, st, backend](int i) {
       autograd::NoGrad ng;
+      cuda::set_conv_backend(backend);
       conv2d((*xs)[i], *wt, *bias, {st, st}, {1, 1});
+      cuda::set_conv_backend(cuda::ConvBackend::Auto);
     };
     w.flop = 2.0 * N * O * Ho * Wo * C * 9;
     w.bytes = (N * C * H * W + N * O * Ho * Wo + O * C * 9) * es;
@@ -185,8 +190,10 @@ Workload make(const Case& c) {
     // A full-size SD1.5 UNet with random weights: one denoising step (batch 2 = CFG), or one
     // training step's forward + backward (no optimizer).
     // xl=1: SDXL's UNet (text_time conditioning); cl=1: run channels-last (set_channels_last);
-    // compile=N is PyTorch's (torch.compile modes) and runs the same step here.
+    // graph=1: convolutions through cuDNN's graph API; compile=N is PyTorch's (torch.compile
+    // modes) and runs the same step here.
     const int64_t B = c.get("B"), H = c.get("H"), W = c.get("W");
+    const cuda::ConvBackend backend = c.get_or("graph", 0) ? cuda::ConvBackend::CudnnGraph : cuda::ConvBackend::Auto;
     const bool bwd = c.op == "unet_fwdbwd", xl = c.get_or("xl", 0) != 0;
     auto model = std::make_shared<nn::UNet2DConditionModel>(xl ? nn::UNetConfig::sdxl_base() : nn::UNetConfig::sd15());
     model->init_parameters(1, dt, gpu());
@@ -197,14 +204,16 @@ Workload make(const Case& c) {
     auto t = std::make_shared<Tensor>(full({B}, 500.0, DType::F32, gpu()));
     auto added = std::make_shared<nn::UNetAddedCond>();
     if (xl) *added = {rnd({B, 1280}, dt, 102), full({B, 6}, 1024.0, dt, gpu())};
-    w.run = [model, x, ctx, t, added, bwd](int) {
+    w.run = [model, x, ctx, t, added, bwd, backend](int) {
+      cuda::set_conv_backend(backend);
       if (!bwd) {
         autograd::NoGrad ng;
         model->forward(*x, *t, *ctx, *added);
-        return;
+      } else {
+        Tensor out = model->forward(*x, *t, *ctx, *added);
+        autograd::backward(out, *x);
       }
-      Tensor out = model->forward(*x, *t, *ctx, *added);
-      autograd::backward(out, *x);
+      cuda::set_conv_backend(cuda::ConvBackend::Auto);
     };
     w.reps = 10;
   } else {

@@ -65,7 +65,9 @@ using conv_detail::Problem;
 
 ConvBackend initial_backend() {
   const char* e = std::getenv("SD_CONV_IM2COL");
-  return e && std::strcmp(e, "1") == 0 ? ConvBackend::Im2col : ConvBackend::Auto;
+  if (e && std::strcmp(e, "1") == 0) return ConvBackend::Im2col;
+  const char* g = std::getenv("SD_CONV_GRAPH");
+  return g && std::strcmp(g, "1") == 0 ? ConvBackend::CudnnGraph : ConvBackend::Auto;
 }
 
 std::atomic<ConvBackend>& backend_setting() {
@@ -73,7 +75,8 @@ std::atomic<ConvBackend>& backend_setting() {
   return b;
 }
 
-bool use_cudnn() { return backend_setting().load() == ConvBackend::Auto && conv_detail::cudnn_usable(); }
+bool use_cudnn() { return backend_setting().load() != ConvBackend::Im2col && conv_detail::cudnn_usable(); }
+bool use_graph() { return backend_setting().load() == ConvBackend::CudnnGraph && conv_detail::cudnn_usable(); }
 
 // t in the problem's layout, dense, its first element 16-byte aligned (the widest vector
 // loads of the cuDNN kernels); a copy only when t is not that already.
@@ -103,7 +106,11 @@ void set_conv_backend(ConvBackend b) { backend_setting().store(b); }
 ConvBackend conv_backend() { return backend_setting().load(); }
 bool cudnn_available() { return conv_detail::cudnn_usable(); }
 void set_conv_benchmark(bool on) { conv_detail::cudnn_set_benchmark(on); }
-void clear_conv_algo_cache() { conv_detail::cudnn_clear_cache(); }
+void clear_conv_algo_cache() {
+  conv_detail::cudnn_clear_cache();
+  conv_detail::graph_clear_cache();
+}
+int64_t cudnn_graph_runs() { return conv_detail::graph_runs(); }
 void set_conv_im2col_budget(int64_t bytes) { conv_detail::im2col_set_budget(bytes); }
 
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const cpu::Conv2dGeom& g) {
@@ -113,6 +120,11 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const 
   Tensor y = empty_image({p.N, p.O, p.Ho, p.Wo}, p.dtype, x_in.device(), cl);
   if (y.numel() == 0) return y;
   const Tensor x = in_layout(x_in, cl), w = dense_weight(w_in, cl);
+  bool bias_fused = false;
+  if (use_graph() && conv_detail::graph_forward(p, x, w, bias, y, bias_fused)) {
+    if (bias.defined() && !bias_fused) conv_detail::add_bias(p, y, bias);
+    return y;
+  }
   if (!(use_cudnn() && conv_detail::cudnn_forward(p, x, w, y)))
     conv_detail::im2col_forward(p, x, contiguous_weight(w), y);
   if (bias.defined()) conv_detail::add_bias(p, y, bias);
@@ -131,6 +143,7 @@ Tensor conv2d_grad_input(const Tensor& grad_out, const Tensor& w_in, const Shape
     return dx;
   }
   const Tensor dy = in_layout(grad_out, channels_last), w = dense_weight(w_in, channels_last);
+  if (use_graph() && conv_detail::graph_grad_input(p, dy, w, dx)) return dx;
   if (!(use_cudnn() && conv_detail::cudnn_grad_input(p, dy, w, dx)))
     conv_detail::im2col_grad_input(p, dy, contiguous_weight(w), dx);
   return dx;
@@ -149,6 +162,7 @@ Tensor conv2d_grad_weight(const Tensor& grad_out, const Tensor& x_in, const Shap
     return dw;
   }
   const Tensor x = in_layout(x_in, cl), dy = in_layout(grad_out, cl);
+  if (use_graph() && conv_detail::graph_grad_weight(p, dy, x, dw)) return dw;
   if (use_cudnn() && conv_detail::cudnn_grad_weight(p, dy, x, dw)) return dw;
   if (dw.is_contiguous()) {
     conv_detail::im2col_grad_weight(p, dy, x, dw);

@@ -33,12 +33,17 @@ Tensor conv2d_grad_weight(const Tensor& grad_out, const Tensor& x, const Shape& 
 
 // ---- backend controls (tests and benchmarks) ----
 enum class ConvBackend {
-  Auto,    // cuDNN where available (and it has an algorithm for the problem), else im2col
-  Im2col,  // always im2col + cuBLAS
+  Auto,        // cuDNN's legacy API where available (and it has an algorithm for the problem), else im2col
+  Im2col,      // always im2col + cuBLAS
+  CudnnGraph,  // cuDNN's graph API (bias fused into the forward where an engine takes it), else as Auto;
+               // not the default until measured on a GPU
 };
-// The initial backend is Im2col when the environment sets SD_CONV_IM2COL=1, else Auto.
+// The initial backend is Im2col when the environment sets SD_CONV_IM2COL=1, CudnnGraph with
+// SD_CONV_GRAPH=1, else Auto.
 void set_conv_backend(ConvBackend b);
 ConvBackend conv_backend();
+// Convolutions (any direction) the graph-API backend ran since the process started (tests).
+int64_t cudnn_graph_runs();
 // Whether this build links cuDNN and a cuDNN handle could be created.
 bool cudnn_available();
 // true: pick cuDNN algorithms by timing them (cudnnFind*Ex) instead of the heuristics

@@ -18,6 +18,7 @@ bool cudnn_forward(const Problem&, const Tensor&, const Tensor&, const Tensor&) 
 bool cudnn_grad_input(const Problem&, const Tensor&, const Tensor&, const Tensor&) { return false; }
 bool cudnn_grad_weight(const Problem&, const Tensor&, const Tensor&, const Tensor&) { return false; }
 void cudnn_set_benchmark(bool) {}
+bool cudnn_benchmark() { return false; }
 void cudnn_clear_cache() {}
 
 }  // namespace sd::cuda::conv_detail
@@ -277,6 +278,8 @@ void cudnn_set_benchmark(bool on) {
   benchmark_setting().store(on);
   cudnn_clear_cache();
 }
+
+bool cudnn_benchmark() { return benchmark_setting().load(); }
 
 void cudnn_clear_cache() {
   std::lock_guard<std::mutex> lock(g_cache_mu);

@@ -33,7 +33,19 @@ bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w, const Ten
 bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w, const Tensor& dx);
 bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw);
 void cudnn_set_benchmark(bool on);
+bool cudnn_benchmark();  // choices measured (default) rather than taken from the heuristics
 void cudnn_clear_cache();
+
+// cuDNN graph-API backend (conv_cudnn_graph.cu, ConvBackend::CudnnGraph): false when it has no
+// engine for the problem (the caller then takes the legacy API). The forward adds the bias in
+// the same graph where an engine takes that (bias_fused), else leaves it to the caller. The
+// filter (w, or dw for the filter gradient) may be contiguous or channels-last.
+bool graph_forward(const Problem& p, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                   bool& bias_fused);
+bool graph_grad_input(const Problem& p, const Tensor& dy, const Tensor& w, const Tensor& dx);
+bool graph_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw);
+void graph_clear_cache();
+int64_t graph_runs();  // graph-API executions since the process started (tests)
 
 // im2col + cuBLAS backend: always runs. Same contracts.
 void im2col_forward(const Problem& p, const Tensor& x, const Tensor& w, const Tensor& y);

@@ -7,6 +7,7 @@
 
 #include "autograd/engine.h"
 #include "autograd/node.h"
+#include "ops/cuda/conv.h"
 #include "runtime/image_layout.h"
 #include "tests/models/unet/unet_golden.h"
 #include "tests/models/vae/vae_golden.h"
@@ -45,6 +46,41 @@ TEST(CudaChannelsLast, UNetGoldensMatchTheCpuWithOnlyEntryAndExitConversions) {
                   c.name.c_str(), dtype_name(dt), err, err_nchw, static_cast<long long>(conversions));
     }
   }
+}
+
+// The same with every convolution through cuDNN's graph API (ConvBackend::CudnnGraph, bias fused):
+// forward and training step, in f16 and bf16.
+TEST(CudaChannelsLast, UNetThroughTheCudnnGraphApi) {
+  SD_REQUIRE_CUDA();
+#ifdef SD_WITH_CUDA
+  if (!cuda::cudnn_available()) GTEST_SKIP() << "no cuDNN in this build";
+  const cuda::ConvBackend prev = cuda::conv_backend();
+  cuda::set_conv_backend(cuda::ConvBackend::CudnnGraph);
+  for (const auto& c : test::unet_golden_cases()) {
+    const auto io = test::unet_golden_io(c.name);
+    const std::string dir = test::unet_golden_dir(c.name);
+    auto cpu = UNet2DConditionModel::from_pretrained(dir, DType::F32, Device::cpu(), c.variant);
+    const Tensor ref = test::run_unet_golden(*cpu, io);
+    for (DType dt : {DType::F16, DType::BF16}) {
+      auto gpu = UNet2DConditionModel::from_pretrained(dir, dt, Device::cuda(), c.variant);
+      gpu->set_channels_last(true);
+      gpu->set_requires_grad(true);
+      const int64_t runs0 = cuda::cudnn_graph_runs();
+      Tensor out = test::run_unet_golden(*gpu, io, Device::cuda());
+      const double err = test::relative_error(copy_to(out, DType::F32, Device::cpu()), ref);
+      EXPECT_LE(err, 2e-2) << c.name << " " << dtype_name(dt);
+      autograd::backward(out, copy_to(io.at("grad_weight"), dt, Device::cuda()));
+      int with_grad = 0;
+      for (auto& [name, p] : gpu->named_parameters()) with_grad += p->slot->grad().defined();
+      EXPECT_GT(with_grad, 0);
+      const int64_t runs = cuda::cudnn_graph_runs() - runs0;
+      EXPECT_GT(runs, 0) << c.name;
+      std::printf("[ CudaChannelsLast ] unet %s %s through the graph API: vs CPU %.2e, %lld graph runs\n",
+                  c.name.c_str(), dtype_name(dt), err, static_cast<long long>(runs));
+    }
+  }
+  cuda::set_conv_backend(prev);
+#endif
 }
 
 // Training through a channels-last UNet on the GPU: gradients against diffusers' f64 ones, and

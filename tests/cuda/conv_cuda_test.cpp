@@ -88,7 +88,8 @@ struct BackendScope {
 };
 
 const std::pair<const char*, cuda::ConvBackend> kBackends[] = {{"auto", cuda::ConvBackend::Auto},
-                                                               {"im2col", cuda::ConvBackend::Im2col}};
+                                                               {"im2col", cuda::ConvBackend::Im2col},
+                                                               {"graph", cuda::ConvBackend::CudnnGraph}};
 
 TEST(CudaConv, MatchesCpuBothBackendsAndLayouts) {
   SD_REQUIRE_CUDA();
@@ -104,6 +105,30 @@ TEST(CudaConv, MatchesCpuBothBackendsAndLayouts) {
                                   conv_fn(c, cl), in, dt));
       }
   }
+}
+
+// The graph-API backend really runs (rather than falling back) for the UNet's convolutions:
+// forward with the bias, both gradients, both layouts, in f16 and bf16, and matches the CPU.
+TEST(CudaConv, CudnnGraphRunsTheUNetShapes) {
+  SD_REQUIRE_CUDA();
+  if (!cuda::cudnn_available()) GTEST_SKIP() << "no cuDNN in this build";
+  BackendScope scope(cuda::ConvBackend::CudnnGraph);
+  const ConvCase cases[] = {{2, 64, 16, 16, 96, 3, 3, 1, 1, 1, 1, true, false},
+                            {2, 32, 16, 16, 32, 3, 3, 2, 2, 1, 1, true, false},
+                            {1, 64, 8, 6, 128, 1, 1, 1, 1, 0, 0, true, false}};
+  uint64_t seed = 360;
+  for (const ConvCase& c : cases)
+    for (bool cl : {false, true})
+      for (DType dt : {DType::F16, DType::BF16}) {
+        const int64_t before = cuda::cudnn_graph_runs();
+        EXPECT_TRUE(matches_cpu(describe(c) + (cl ? " channels-last" : " NCHW") + " [graph]", conv_fn(c, cl),
+                                conv_inputs(c, cl, seed += 3), dt));
+        const int64_t runs = cuda::cudnn_graph_runs() - before;
+        EXPECT_GE(runs, 3) << describe(c) << (cl ? " channels-last " : " NCHW ") << dtype_name(dt)
+                           << ": forward, data and filter gradients through the graph API";
+        std::printf("[ CudaConv ] graph API %s %s %s: %lld runs\n", describe(c).c_str(), cl ? "NHWC" : "NCHW",
+                    dtype_name(dt), static_cast<long long>(runs));
+      }
 }
 
 TEST(CudaConv, OnlySomeGradients) {
