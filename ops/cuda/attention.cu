@@ -1,7 +1,10 @@
 // Host side of CUDA attention, and the plain kernels used where the flash kernel does not
 // apply (f32/f64, head dims that are not a multiple of 8 or above 160, Dv != D, unaligned
 // strides). The plain kernels keep one row of scores in shared memory per block.
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_params.cuh"
@@ -183,6 +186,19 @@ void dispatch_plain(DType dt, F&& f) {
 
 }  // namespace
 
+namespace {
+std::atomic<bool>& deterministic_setting() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("SD_ATTN_DETERMINISTIC");
+    return e && std::strcmp(e, "1") == 0;
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_attention_deterministic(bool on) { deterministic_setting().store(on); }
+bool attention_deterministic() { return deterministic_setting().load(); }
+
 bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v) {
   const DType dt = q.dtype();
   if (dt != DType::F16 && dt != DType::BF16) return false;
@@ -249,6 +265,10 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
     SD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index));
     const int64_t want = (2 * int64_t(sms) + key_blocks * B * H - 1) / (key_blocks * B * H);
     p.q_splits = int(std::clamp<int64_t>(want, 1, std::min<int64_t>(q_tiles, 64)));
+    if (attention_deterministic()) {  // no float atomics: dQ by query blocks, dK/dV unsplit
+      p.skip_dq = true;
+      p.q_splits = 1;
+    }
     Tensor dk_acc, dv_acc;
     if (p.q_splits > 1) {
       dk_acc = zeros({B, H, Lk, D}, DType::F32, q.device());

@@ -21,4 +21,11 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
 // True when the tensor-core kernel handles these inputs (else the plain kernel runs).
 bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v);
 
+// Deterministic flash backward: the same bits on every run (no float atomics). dQ is computed
+// by query blocks that walk every key tile (recomputing the scores) instead of being added in
+// by each key block, and the query range of a key tile is never split. Off by default (the
+// measured kernels); SD_ATTN_DETERMINISTIC=1 turns it on at start.
+void set_attention_deterministic(bool on);
+bool attention_deterministic();
+
 }  // namespace sd::cuda

@@ -38,6 +38,9 @@ struct AttnParams {
   int q_splits = 1;   // flash backward: blocks sharing one key tile's query range
   float* dk_acc = nullptr;  // flash backward with q_splits > 1: f32 [B, H, Lk, D] (zeroed)
   float* dv_acc = nullptr;
+  // Flash backward, deterministic mode: the key-block kernel leaves dQ alone and a query-block
+  // kernel writes it whole (no atomics), so dq need not be zeroed.
+  bool skip_dq = false;
 };
 
 }  // namespace sd::cuda

@@ -386,6 +386,7 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
         mma_16816<T>(dk[2 * np + 1], a, r[2], r[3]);
       }
     }
+    if (p.skip_dq) continue;  // deterministic mode: flash_bwd_dq_kernel writes dQ (uniform per block)
     // dS^T to shared memory: dQ needs it transposed, across all four warps' keys.
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
@@ -444,6 +445,121 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
   }
 }
 
+// dQ without atomics (deterministic mode): each block owns 64 query rows (16 per warp, as in
+// the forward) and walks every key tile, recomputing S = Q K^T, P = exp(S - LSE), dP = dO V^T
+// and dS = P (dP - delta) scale, and accumulating dQ = dS K in registers: every element is
+// summed in the same order on every run and written once. Costs the two recomputed products
+// (S and dP) on top of flash_bwd_kernel, which skips its dQ part in this mode.
+template <class T, int DP>
+__global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(AttnParams p) {
+  constexpr int LDS = DP + 8, KSTEPS = DP / 16, NT_D = DP / 8, NT_S = kBlockK / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [64 q][LDS]
+  T* dOs = Qs + kBlockQ * LDS;             // [64 q][LDS]
+  T* Ks = dOs + kBlockQ * LDS;             // [64 keys][LDS]
+  T* Vs = Ks + kBlockK * LDS;              // [64 keys][LDS]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int q0 = blockIdx.x * kBlockQ;
+  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
+  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
+  const T* dobase = static_cast<const T*>(p.dout) + b * p.dos.b + h * p.dos.h;
+  const float* lse = static_cast<const float*>(p.lse) + int64_t(bh) * p.Lq;
+  const float* delta = p.delta + int64_t(bh) * p.Lq;
+  const float scale_log2 = p.scale * kLog2e;
+  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+  // +inf for rows past the end (and rows with every key masked): their P is exactly 0.
+  const float lse2[2] = {row0 < p.Lq ? lse[row0] * kLog2e : INFINITY, row1 < p.Lq ? lse[row1] * kLog2e : INFINITY};
+  const float dl[2] = {row0 < p.Lq ? delta[row0] : 0.f, row1 < p.Lq ? delta[row1] : 0.f};
+
+  load_tile_async<T, DP, LDS>(Qs, qbase, p.qs.l, q0, p.Lq, p.D);
+  load_tile_async<T, DP, LDS>(dOs, dobase, p.dos.l, q0, p.Lq, p.D);
+  cp_async_commit();
+
+  float dq[NT_D][4];
+#pragma unroll
+  for (int i = 0; i < NT_D; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+
+  const int ntiles = (p.Lk + kBlockK - 1) / kBlockK;
+  for (int j = 0; j < ntiles; ++j) {
+    __syncthreads();  // every warp is done with the previous K/V tile
+    load_tile_async<T, DP, LDS>(Ks, kbase, p.ks.l, j * kBlockK, p.Lk, p.D);
+    load_tile_async<T, DP, LDS>(Vs, vbase, p.vs.l, j * kBlockK, p.Lk, p.D);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // S = Q K^T and dP = dO V^T for this warp's 16 rows and the tile's 64 keys.
+    float s[NT_S][4], dp[NT_S][4];
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t qa[4], da[4];
+      ldmatrix_x4(qa, Qs + (warp * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
+      ldmatrix_x4(da, dOs + (warp * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < NT_S / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Ks + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_16816<T>(s[2 * np], qa, r[0], r[1]);
+        mma_16816<T>(s[2 * np + 1], qa, r[2], r[3]);
+        ldmatrix_x4(r, Vs + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_16816<T>(dp[2 * np], da, r[0], r[1]);
+        mma_16816<T>(dp[2 * np + 1], da, r[2], r[3]);
+      }
+    }
+    // dS = P (dP - delta) scale, P = exp(S scale - LSE) recomputed; unmasked tiles skip the checks.
+    const bool plain = !p.causal && p.mask_kind == 0 && (j + 1) * kBlockK <= p.Lk;
+#pragma unroll
+    for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float pv;
+        if (plain) {
+          pv = fast_exp2(fmaf(s[nt][e], scale_log2, -lse2[e / 2]));
+        } else {
+          const int key = j * kBlockK + nt * 8 + t4 * 2 + (e & 1);
+          const float v = masked_score(p, s[nt][e] * scale_log2, b, h, e < 2 ? row0 : row1, key);
+          pv = v == -INFINITY ? 0.f : fast_exp2(v - lse2[e / 2]);
+        }
+        s[nt][e] = pv * (dp[nt][e] - dl[e / 2]) * p.scale;
+      }
+    // dQ += dS K, dS taken from registers as the A operand (as P in the forward's P V).
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      uint32_t a[4];
+      c_pair_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < NT_D / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, Ks + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
+        mma_16816<T>(dq[2 * np], a, r[0], r[1]);
+        mma_16816<T>(dq[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+  }
+
+  float* dqb = static_cast<float*>(p.dq) + int64_t(bh) * p.Lq * p.D;
+#pragma unroll
+  for (int nt = 0; nt < NT_D; ++nt) {
+    const int col = nt * 8 + t4 * 2;  // D % 8 == 0: col + 1 < D whenever col < D
+    if (col >= p.D) continue;
+    if (row0 < p.Lq) {
+      dqb[int64_t(row0) * p.D + col] = dq[nt][0];
+      dqb[int64_t(row0) * p.D + col + 1] = dq[nt][1];
+    }
+    if (row1 < p.Lq) {
+      dqb[int64_t(row1) * p.D + col] = dq[nt][2];
+      dqb[int64_t(row1) * p.D + col + 1] = dq[nt][3];
+    }
+  }
+}
+
 template <class T>
 __global__ void convert_dq_kernel(const float* acc, T* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -471,6 +587,13 @@ void launch_bwd(const AttnParams& p) {
   dim3 grid((p.Lk + kBlockK - 1) / kBlockK, p.B * p.H, p.q_splits);
   flash_bwd_kernel<T, DP><<<grid, kThreads, smem, stream()>>>(p);
   SD_CUDA_CHECK_LAUNCH("flash_bwd_kernel");
+  if (!p.skip_dq) return;
+  const size_t dq_smem = size_t(2 * kBlockQ + 2 * kBlockK) * (DP + 8) * sizeof(T);
+  SD_CUDA_CHECK(
+      cudaFuncSetAttribute(flash_bwd_dq_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dq_smem)));
+  dim3 dq_grid((p.Lq + kBlockQ - 1) / kBlockQ, p.B * p.H);
+  flash_bwd_dq_kernel<T, DP><<<dq_grid, kThreads, dq_smem, stream()>>>(p);
+  SD_CUDA_CHECK_LAUNCH("flash_bwd_dq_kernel");
 }
 
 // The padded head dims with a compiled kernel.

@@ -2,6 +2,8 @@
 // on shapes with odd sizes (77 tokens, head dim 40, channels not a multiple of 64).
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
@@ -9,6 +11,10 @@
 #include "ops/reduce.h"
 #include "ops/view.h"
 #include "tests/cuda/cuda_check.h"
+#include "autograd/engine.h"
+#ifdef SD_WITH_CUDA
+#include "ops/cuda/attention.h"
+#endif
 
 namespace sd {
 namespace {
@@ -84,8 +90,8 @@ struct AttnCase {
   int mask;  // 0 none, 1 float [Lq, Lk] broadcast, 2 bool [B, 1, 1, Lk] (padding keys)
 };
 
-TEST(CudaOps, AttentionAgainstCpu) {
-  SD_REQUIRE_CUDA();
+// Every attention case against the CPU, forward and the q/k/v gradients; `tag` names the mode.
+void expect_attention_cases(const std::string& tag) {
   const AttnCase cases[] = {
       {2, 3, 77, 77, 64, true, 0},    // CLIP text encoder self-attention
       {2, 2, 130, 77, 40, false, 0},  // SD1 cross-attention, head dim 40
@@ -116,11 +122,61 @@ TEST(CudaOps, AttentionAgainstCpu) {
       test::CudaCheckOptions opt;
       opt.grad = {true, true, true, false};
       EXPECT_TRUE(matches_cpu("attention B" + std::to_string(c.B) + " Lq" + std::to_string(c.Lq) + " Lk" +
-                                  std::to_string(c.Lk) + " D" + std::to_string(c.D),
+                                  std::to_string(c.Lk) + " D" + std::to_string(c.D) + tag,
                               f, args, dt, opt));
     }
   }
 }
+
+TEST(CudaOps, AttentionAgainstCpu) {
+  SD_REQUIRE_CUDA();
+  expect_attention_cases("");
+}
+
+#ifdef SD_WITH_CUDA
+// Deterministic flash backward (cuda::set_attention_deterministic): the CPU's values on every
+// case, and the same bits on a second run where the default kernels add dQ (and the dK/dV of
+// split query ranges) with float atomics: self-attention with many key blocks, cross-attention
+// with 77 keys (whose queries the default splits), a causal one, head dims 40/64/160.
+TEST(CudaOps, AttentionDeterministicBackward) {
+  SD_REQUIRE_CUDA();
+  const bool was = cuda::attention_deterministic();
+  cuda::set_attention_deterministic(true);
+  expect_attention_cases(" (deterministic)");
+  struct Shape4 {
+    int64_t B, H, Lq, Lk, D;
+    bool causal;
+  };
+  for (const Shape4& c : {Shape4{2, 4, 1024, 1024, 40, false}, Shape4{2, 8, 1024, 77, 64, false},
+                          Shape4{1, 2, 700, 700, 64, true}, Shape4{1, 2, 256, 256, 160, false}})
+    for (DType dt : {DType::F16, DType::BF16}) {
+      auto dev = [&](uint64_t seed, int64_t L) {
+        return copy_to(random_tensor({c.B, c.H, L, c.D}, DType::F32, seed, -2, 2), dt, Device::cuda());
+      };
+      const Tensor q0 = dev(40, c.Lq), k0 = dev(41, c.Lk), v0 = dev(42, c.Lk), g = dev(43, c.Lq);
+      auto grads = [&] {
+        Tensor q = detach(q0), k = detach(k0), v = detach(v0);
+        for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
+        autograd::backward(scaled_dot_product_attention(q, k, v, Tensor(), 0.0, c.causal), g);
+        return std::vector<Tensor>{copy_to(q.grad(), DType::F32, Device::cpu()),
+                                   copy_to(k.grad(), DType::F32, Device::cpu()),
+                                   copy_to(v.grad(), DType::F32, Device::cpu())};
+      };
+      const auto first = grads(), second = grads();
+      cuda::set_attention_deterministic(false);
+      const auto fast = grads();
+      cuda::set_attention_deterministic(true);
+      const char* names[] = {"dq", "dk", "dv"};
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(first[i].to_vector(), second[i].to_vector())
+            << names[i] << " differs between two deterministic runs, Lq " << c.Lq << " Lk " << c.Lk << " "
+            << dtype_name(dt);
+        EXPECT_LT(test::relative_error(first[i], fast[i]), 1e-2) << names[i] << " vs the default kernels";
+      }
+    }
+  cuda::set_attention_deterministic(was);
+}
+#endif
 
 TEST(CudaOps, AttentionOnPermutedProjections) {
   SD_REQUIRE_CUDA();
