@@ -265,14 +265,18 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
     SD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index));
     const int64_t want = (2 * int64_t(sms) + key_blocks * B * H - 1) / (key_blocks * B * H);
     p.q_splits = int(std::clamp<int64_t>(want, 1, std::min<int64_t>(q_tiles, 64)));
-    if (attention_deterministic()) {  // no float atomics: dQ by query blocks, dK/dV unsplit
-      p.skip_dq = true;
-      p.q_splits = 1;
-    }
+    // Deterministic mode: no float atomics. dQ by query blocks; split dK/dV partials in slices of
+    // their own, summed in split order.
+    const bool det = attention_deterministic();
+    p.skip_dq = det;
+    p.split_partials = det && p.q_splits > 1;
     Tensor dk_acc, dv_acc;
     if (p.q_splits > 1) {
-      dk_acc = zeros({B, H, Lk, D}, DType::F32, q.device());
-      dv_acc = zeros({B, H, Lk, Dv}, DType::F32, q.device());
+      const int64_t slices = p.split_partials ? p.q_splits : 1;
+      dk_acc = p.split_partials ? empty({slices, B, H, Lk, D}, DType::F32, q.device())
+                                : zeros({B, H, Lk, D}, DType::F32, q.device());
+      dv_acc = p.split_partials ? empty({slices, B, H, Lk, Dv}, DType::F32, q.device())
+                                : zeros({B, H, Lk, Dv}, DType::F32, q.device());
       p.dk_acc = static_cast<float*>(dk_acc.data_ptr());
       p.dv_acc = static_cast<float*>(dv_acc.data_ptr());
     }
@@ -280,8 +284,9 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
     Tensor dq = empty({B, H, Lq, D}, q.dtype(), q.device());
     convert_dq(static_cast<const float*>(dq_acc.data_ptr()), dq.data_ptr(), dq.numel(), q.dtype());
     if (p.q_splits > 1) {
-      convert_dq(static_cast<const float*>(dk_acc.data_ptr()), dk.data_ptr(), dk.numel(), q.dtype());
-      convert_dq(static_cast<const float*>(dv_acc.data_ptr()), dv.data_ptr(), dv.numel(), q.dtype());
+      const int slices = p.split_partials ? p.q_splits : 1;
+      sum_splits(static_cast<const float*>(dk_acc.data_ptr()), slices, dk.data_ptr(), dk.numel(), q.dtype());
+      sum_splits(static_cast<const float*>(dv_acc.data_ptr()), slices, dv.data_ptr(), dv.numel(), q.dtype());
     }
     return {dq, dk, dv};
   }

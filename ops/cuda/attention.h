@@ -23,7 +23,8 @@ bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v
 
 // Deterministic flash backward: the same bits on every run (no float atomics). dQ is computed
 // by query blocks that walk every key tile (recomputing the scores) instead of being added in
-// by each key block, and the query range of a key tile is never split. Off by default (the
+// by each key block, and where a key tile's query range is split (few keys: cross-attention)
+// each split keeps its dK/dV partial apart and the partials are summed in order. Off by default (the
 // measured kernels); SD_ATTN_DETERMINISTIC=1 turns it on at start.
 void set_attention_deterministic(bool on);
 bool attention_deterministic();

@@ -41,6 +41,10 @@ struct AttnParams {
   // Flash backward, deterministic mode: the key-block kernel leaves dQ alone and a query-block
   // kernel writes it whole (no atomics), so dq need not be zeroed.
   bool skip_dq = false;
+  // Flash backward with q_splits > 1, deterministic mode: each split stores its dK/dV partial in
+  // its own slice of dk_acc/dv_acc ([q_splits][B, H, Lk, D], not zeroed), summed in split order
+  // afterwards, instead of adding into one accumulator with atomics.
+  bool split_partials = false;
 };
 
 }  // namespace sd::cuda

@@ -422,8 +422,10 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
   // when the query range was split).
   T* dkb = static_cast<T*>(p.dk) + int64_t(bh) * p.Lk * p.D;
   T* dvb = static_cast<T*>(p.dv) + int64_t(bh) * p.Lk * p.D;
-  float* dka = p.dk_acc ? p.dk_acc + int64_t(bh) * p.Lk * p.D : nullptr;
-  float* dva = p.dv_acc ? p.dv_acc + int64_t(bh) * p.Lk * p.D : nullptr;
+  // Split partials: this split's own slice of the accumulators, written with plain stores.
+  const int64_t slice = p.split_partials ? int64_t(blockIdx.z) * p.B * p.H * p.Lk * p.D : 0;
+  float* dka = p.dk_acc ? p.dk_acc + slice + int64_t(bh) * p.Lk * p.D : nullptr;
+  float* dva = p.dv_acc ? p.dv_acc + slice + int64_t(bh) * p.Lk * p.D : nullptr;
 #pragma unroll
   for (int nt = 0; nt < NT_D; ++nt) {
     const int col = nt * 8 + t4 * 2;
@@ -432,7 +434,12 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
       const int key = key_row0 + half * 8;
       if (key >= p.Lk) continue;
       const int64_t off = int64_t(key) * p.D + col;
-      if (dka) {
+      if (dka && p.split_partials) {
+        dka[off] = dk[nt][2 * half];
+        dka[off + 1] = dk[nt][2 * half + 1];
+        dva[off] = dv[nt][2 * half];
+        dva[off + 1] = dv[nt][2 * half + 1];
+      } else if (dka) {
         atomicAdd(dka + off, dk[nt][2 * half]);
         atomicAdd(dka + off + 1, dk[nt][2 * half + 1]);
         atomicAdd(dva + off, dv[nt][2 * half]);
@@ -566,6 +573,16 @@ __global__ void convert_dq_kernel(const float* acc, T* out, int64_t n) {
     out[i] = from_acc<T>(acc[i]);
 }
 
+// out[i] = sum over s of parts[s * n + i], s in order: the deterministic sum of split partials.
+template <class T>
+__global__ void sum_splits_kernel(const float* parts, int splits, T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < splits; ++s) acc += parts[int64_t(s) * n + i];
+    out[i] = from_acc<T>(acc);
+  }
+}
+
 size_t fwd_smem_bytes(int dp) { return size_t(kBlockQ + 4 * kBlockK) * (dp + 8) * 2; }
 size_t bwd_smem_bytes(int dp) {
   return size_t(4 * 64) * (dp + 8) * 2 + size_t(kBlockK) * (64 + 8) * 2 + 2 * 64 * sizeof(float);
@@ -646,6 +663,15 @@ void flash_backward(const AttnParams& p, DType dtype) {
   SD_CUDA_CHECK_LAUNCH("flash_bwd_delta_kernel");
   if (dtype == DType::F16) by_head_dim<__half>(p.D, LaunchBwd{p});
   else by_head_dim<__nv_bfloat16>(p.D, LaunchBwd{p});
+}
+
+void sum_splits(const float* parts, int splits, void* out, int64_t n, DType dtype) {
+  if (dtype == DType::F16)
+    sum_splits_kernel<__half><<<grid_1d(n), 256, 0, stream()>>>(parts, splits, static_cast<__half*>(out), n);
+  else
+    sum_splits_kernel<__nv_bfloat16><<<grid_1d(n), 256, 0, stream()>>>(parts, splits,
+                                                                       static_cast<__nv_bfloat16*>(out), n);
+  SD_CUDA_CHECK_LAUNCH("sum_splits_kernel");
 }
 
 void convert_dq(const float* acc, void* out, int64_t n, DType dtype) {
