@@ -152,6 +152,9 @@ def main():
     ap.add_argument("--cases", default="bench/gpu/cases.txt")
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
+    # cuDNN picks its convolution algorithms by timing them once per shape, as sd's default does
+    # (SD_CUDNN_BENCHMARK): PyTorch's strongest usual setting for fixed shapes.
+    torch.backends.cudnn.benchmark = True
     print("op,dtype,params,ms,flop,bytes,peak_mib", flush=True)
     for op, dt, params, p in read_cases(args.cases):
         try:

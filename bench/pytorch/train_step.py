@@ -17,7 +17,7 @@ Models, as the scripts set them up:
           (cast_training_params), with bf16 they stay bf16, as in the script
     full  the UNet in f32 (the optimizer's weights), autocast computes in 16 bits
     torch.optim.AdamW(lr 1e-4, weight_decay 1e-2), the scripts' default (foreach) implementation
-PyTorch's usual fast settings on top: SDPA attention (diffusers' default processor), channels_last
+PyTorch's usual fast settings on top: SDPA attention (diffusers' default processor), cudnn.benchmark, channels_last
 (--no-channels-last to turn off), and torch.compile of the UNet with --compile (default mode; each case
 compiled afresh, the first step's time printed as a note). Text encoder and VAE are not run.
 
@@ -187,6 +187,7 @@ def main():
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     args = ap.parse_args()
     args.iters = max(1, args.iters)
+    torch.backends.cudnn.benchmark = True  # timed algorithm choice per shape, as sd's default
     if args.compile:
         args.warmup = max(args.warmup, 2)  # the first step compiles the forward and the backward
     wanted = None if args.cases == "all" else set(c for c in args.cases.split(",") if c)
