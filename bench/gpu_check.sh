@@ -4,6 +4,10 @@
 # rest of the suite, and prints a short table last. Full logs go to the folder named on the
 # command line.
 #   usage: bench/gpu_check.sh <log_dir>
+# SD_GPU_CHECK_SKIP lists parts to leave out, separated by spaces: tests, bench, models, train, dp
+# (e.g. SD_GPU_CHECK_SKIP="train dp"). Expected time on one H100/H200: build ~1 min, tests ~2, bench
+# ~2-3, models up to 6 (bounded), train up to 7 (bounded), dp up to 5 (bounded): split the parts over
+# two calls when one command may run 10 minutes at most.
 # Before sending the tree to the device machine, run bench/prepare_device_deps.sh here (it
 # copies the header-only dependencies that machine lacks into .deps/) and carry .deps.
 set -uo pipefail
@@ -12,6 +16,8 @@ mkdir -p "$LOG"
 LOG=$(cd "$LOG" && pwd)
 cd "$(dirname "$0")/.."
 BUILD=build-gpu
+skip=" ${SD_GPU_CHECK_SKIP:-} "
+want() { [[ "$skip" != *" $1 "* ]]; }
 JOBS=$(nproc)
 t0=$(date +%s)
 : > "$LOG/failures.txt"
@@ -36,7 +42,8 @@ rc=$?
 row "device query + 64 MiB round trip" "$([ $rc -eq 0 ] && echo ok || echo FAILED) ($(grep -m1 -o 'round trip.*' "$LOG/devinfo.txt" | cut -c1-60))"
 
 # The cuda label compares each kernel with the CPU reference; then everything else.
-for sel in "-L ^cuda$" "-LE ^cuda$"; do
+want tests || row "tests" "skipped (SD_GPU_CHECK_SKIP)"
+want tests && for sel in "-L ^cuda$" "-LE ^cuda$"; do
   name=$([ "$sel" = "-L ^cuda$" ] && echo cuda || echo other)
   (cd "$BUILD" && ctest $sel -j "$JOBS" --output-on-failure --timeout 300 > "$LOG/ctest_$name.log" 2>&1)
   summary=$(grep -E "tests passed|tests failed" "$LOG/ctest_$name.log" | tail -1)
@@ -47,7 +54,7 @@ for sel in "-L ^cuda$" "-LE ^cuda$"; do
   [ "$name" = cuda ] && grep -hE "^\[ Cuda(TrainStep|SdTrain) \]" "$BUILD/Testing/Temporary/LastTest.log" \
     > "$LOG/train_cuda_errors.txt" 2>/dev/null
   # Channels-last models (layout conversions per forward) and the one-kernel GroupNorm's share of calls.
-  [ "$name" = cuda ] && grep -hE "^\[ Cuda(ChannelsLast|Norm) \]" "$BUILD/Testing/Temporary/LastTest.log" \
+  [ "$name" = cuda ] && grep -hE "^\[ Cuda(ChannelsLast|Norm|Conv) \]" "$BUILD/Testing/Temporary/LastTest.log" \
     > "$LOG/layout_cuda.txt" 2>/dev/null
 done
 
@@ -59,16 +66,19 @@ fi
 # Benchmarks: ours and PyTorch's on the same cases, same card, same run.
 row "pytorch" "$(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1 | tail -1)"
 t1=$(date +%s)
+: > "$LOG/ours.csv"; : > "$LOG/ours.err"; : > "$LOG/compare.txt"
+if want bench; then
 "$BUILD/bench/sd_bench_gpu" --cases bench/gpu/cases.txt > "$LOG/ours.csv" 2> "$LOG/ours.err"
 python3 bench/pytorch/ops.py --cases bench/gpu/cases.txt > "$LOG/torch.csv" 2> "$LOG/torch.err"
 python3 bench/compare.py "$LOG/ours.csv" "$LOG/torch.csv" > "$LOG/compare.txt" 2>&1
 row "benchmarks" "$(( $(date +%s) - t1 )) s ($(grep -c . "$LOG/ours.err") error lines from ours)"
+fi
 
 # Whole-UNet steps that take longer (torch.compile modes, SDXL at 1024 px; bench/gpu/model_cases.txt),
 # bounded so this part stays under about 6 minutes; SD_GPU_MODEL_CASES=none skips it, or names another file.
 model_cases=${SD_GPU_MODEL_CASES:-bench/gpu/model_cases.txt}
 : > "$LOG/compare_models.txt"
-if [ "$model_cases" != none ]; then
+if [ "$model_cases" != none ] && want models; then
   t4=$(date +%s)
   timeout 120 "$BUILD/bench/sd_bench_gpu" --cases "$model_cases" > "$LOG/ours_models.csv" 2> "$LOG/ours_models.err" \
     || echo "# sd_bench_gpu (model cases) exited with status $? (124: timed out after 120 s)" >> "$LOG/ours_models.csv"
@@ -82,6 +92,8 @@ fi
 # diffusers' scripts' step (train_step.py, eager; then torch.compile on one case, SD_TRAIN_COMPILE_CASES,
 # "none" to skip), each bounded so this part stays under about 3 minutes.
 t2=$(date +%s)
+: > "$LOG/train_sd.err"; : > "$LOG/compare_train.txt"; : > "$LOG/train_diffusers.err"
+if want train; then
 timeout 150 "$BUILD/bench/sd_bench_train" > "$LOG/train_sd.csv" 2> "$LOG/train_sd.err" \
   || echo "# sd_bench_train exited with status $? (124: timed out after 150 s)" >> "$LOG/train_sd.csv"
 timeout 150 python3 bench/pytorch/train_step.py > "$LOG/train_diffusers.csv" 2> "$LOG/train_diffusers.err" \
@@ -96,12 +108,15 @@ fi
 python3 bench/compare_train.py "$LOG/train_sd.csv" "$LOG/train_diffusers.csv" "$LOG/train_diffusers_compile.csv" \
   > "$LOG/compare_train.txt" 2>&1
 row "training-step benchmarks" "$(( $(date +%s) - t2 )) s ($(grep -c . "$LOG/train_sd.err") error lines from sd)"
+fi
 
 # Data parallelism (train/distributed.h): sd_bench_dp under mpirun, one process per GPU of this machine
 # (one GPU: NCCL with one rank, which prices the bucket copies), then the model of bench/NOTES.md "Data
 # parallelism" for 2 and 8 GPUs from the measured backward timeline. Without mpirun (or MPI in the
 # build), the timeline and the model only. The CudaMpiTrain test (cuda label, above) checks the NCCL path.
 t3=$(date +%s)
+: > "$LOG/dp_sd15.txt"; : > "$LOG/dp_sdxl.txt"
+if want dp; then
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 [ "$ngpu" -ge 1 ] 2>/dev/null || ngpu=1
 dp_launch=()
@@ -116,10 +131,11 @@ for m in sd15 sdxl; do
     || echo "# sd_bench_dp --model $m exited with status $? (124: timed out after 150 s)" >> "$LOG/dp_$m.txt"
 done
 row "data parallel (sd_bench_dp)" "$(( $(date +%s) - t3 )) s, $ngpu GPU(s)$([ ${#dp_launch[@]} -eq 0 ] && echo ', no mpirun: model only')"
+fi
 
 # Goldens that need a GPU to make: torch's CUDA randn for a few seeds (sd_infer --rng torch-cuda).
-python3 tests/golden/record_torch_cuda_randn.py "$LOG/torch_cuda_randn.safetensors" > "$LOG/torch_randn.log" 2>&1 \
-  && row "torch cuda randn golden" "recorded" || row "torch cuda randn golden" "FAILED (see torch_randn.log)"
+want bench && { python3 tests/golden/record_torch_cuda_randn.py "$LOG/torch_cuda_randn.safetensors" > "$LOG/torch_randn.log" 2>&1 \
+  && row "torch cuda randn golden" "recorded" || row "torch cuda randn golden" "FAILED (see torch_randn.log)"; }
 
 row "total wall time" "$(( $(date +%s) - t0 )) s"
 echo
@@ -132,7 +148,7 @@ grep -v "kept in float32" "$LOG/train_diffusers.err" 2>/dev/null | grep -m 5 -iE
 cat "$LOG/table.txt"
 echo
 grep -E "trainable tensors|bounds|LoRA file|learned_embeds|token table|fp16 (overflowing|clean)" "$LOG/train_cuda_errors.txt" 2>/dev/null | cut -c1-400
-grep -E "layout conversions|one-kernel" "$LOG/layout_cuda.txt" 2>/dev/null | cut -c1-200
+grep -E "layout conversions|one-kernel|graph" "$LOG/layout_cuda.txt" 2>/dev/null | cut -c1-200
 echo
 cat "$LOG/compare.txt" 2>/dev/null
 echo
