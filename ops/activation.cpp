@@ -2,6 +2,7 @@
 
 #include "autograd/node.h"
 #include "ops/cpu/pointwise.h"
+#include "ops/cuda/pointwise.h"
 #include "ops/elementwise.h"
 #include "ops/pointwise_ops.h"
 #include "ops/view.h"
@@ -25,6 +26,18 @@ Tensor geglu(const Tensor& x) {
   if (x.is_cpu() && x.is_contiguous() && (x.dtype() == DType::F32 || x.dtype() == DType::BF16) &&
       !(autograd::grad_enabled() && x.requires_grad()))
     return cpu::geglu(x);
+  // On the GPU (switch cuda::set_fused_geglu): one kernel each way, saving only x.
+  if (x.is_cuda() && x.is_contiguous() && is_floating(x.dtype()) && cuda::fused_geglu()) {
+    Tensor out = cuda::geglu(x);
+    if (auto node = autograd::make_node("geglu", {x})) {
+      node->save(x);
+      node->backward = [](Node& nd, const std::vector<Tensor>& go) {
+        return std::vector<Tensor>{cuda::geglu_backward(go[0], nd.saved[0])};
+      };
+      autograd::set_outputs(node, {out});
+    }
+    return out;
+  }
   Tensor hidden = slice(x, -1, 0, n / 2);
   Tensor gate = slice(x, -1, n / 2, n);
   return mul(hidden, gelu(gate));

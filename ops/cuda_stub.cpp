@@ -49,6 +49,10 @@ bool attention_deterministic() { return false; }
 Tensor binary(BinaryKind, const Tensor&, const Tensor&) { no_cuda("binary op"); }
 Tensor unary(UnaryKind, const Tensor&, double, double) { no_cuda("unary op"); }
 Tensor unary_backward(UnaryKind, const Tensor&, const Tensor&, double, double) { no_cuda("unary op backward"); }
+Tensor geglu(const Tensor&) { no_cuda("geglu"); }
+Tensor geglu_backward(const Tensor&, const Tensor&) { no_cuda("geglu backward"); }
+void set_fused_geglu(bool) {}  // a setting only: nothing runs without CUDA
+bool fused_geglu() { return false; }
 
 Tensor bmm(const Tensor&, const Tensor&) { no_cuda("matmul"); }
 Tensor linear_bias(const Tensor&, const Tensor&, const Tensor&) { no_cuda("linear"); }

@@ -16,10 +16,12 @@
 
 #include "autograd/engine.h"
 #include "autograd/node.h"
+#include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/cuda/attention.h"
 #include "ops/conv.h"
 #include "ops/cuda/conv.h"
+#include "ops/cuda/pointwise.h"
 #include "ops/linear.h"
 #include "ops/cuda/norm.h"
 #include "ops/norm.h"
@@ -177,6 +179,21 @@ Workload make(const Case& c) {
     };
     w.flop = 2.0 * N * O * Ho * Wo * C * 9;
     w.bytes = (N * C * H * W + N * O * Ho * Wo + O * C * 9) * es;
+  } else if (c.op == "geglu") {
+    // The feed-forward's GEGLU on [rows, 2n]: fused=1 is sd's one-kernel path (cuda::set_fused_geglu),
+    // fused=0 the composite (gelu, then the product).
+    const int64_t R = c.get("rows"), n = c.get("n");
+    const bool fused = c.get_or("fused", 0) != 0;
+    w.sets = sets_for(R * 2 * n * es);
+    auto xs = std::make_shared<std::vector<Tensor>>();
+    for (int i = 0; i < w.sets; ++i) xs->push_back(rnd({R, 2 * n}, dt, 95 + i));
+    w.run = [xs, fused](int i) {
+      autograd::NoGrad ng;
+      cuda::set_fused_geglu(fused);
+      geglu((*xs)[i]);
+      cuda::set_fused_geglu(false);
+    };
+    w.bytes = 3.0 * R * n * es;  // the fused minimum: read [hidden | gate], write the product
   } else if (c.op == "layer_norm" || c.op == "softmax") {
     const int64_t R = c.get("rows"), D = c.get("D");
     w.sets = sets_for(R * D * es);

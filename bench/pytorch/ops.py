@@ -79,6 +79,16 @@ def make(op, dt, p):
             with torch.no_grad():
                 F.conv2d(xs[i], w, b, stride=s, padding=1)
         return run, n, 2 * N * O * Ho * Wo * C * 9, (N * C * H * W + N * O * Ho * Wo + O * C * 9) * es
+    if op == "geglu":  # diffusers' GEGLU: hidden * gelu(gate) on the projection's two halves
+        R, n = p["rows"], p["n"]
+        nsets = sets_for(R * 2 * n * es)
+        xs = [rnd((R, 2 * n), dt) for _ in range(nsets)]
+
+        def run(i):
+            with torch.no_grad():
+                hidden, gate = xs[i].chunk(2, dim=-1)
+                hidden * F.gelu(gate)
+        return run, nsets, 0, 3 * R * n * es
     if op in ("layer_norm", "softmax"):
         R, D = p["rows"], p["D"]
         n = sets_for(R * D * es)

@@ -1,3 +1,8 @@
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
 #include "ops/cuda/cuda_common.cuh"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/pointwise.h"
@@ -52,7 +57,75 @@ __global__ void unary_backward_kernel(UnaryKind k, T* out, const T* g, const T* 
   }
 }
 
+template <class T>
+__global__ void geglu_kernel(const T* x, T* out, int64_t rows, int64_t n) {
+  using A = acc_t<T>;
+  const int64_t total = rows * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / n, c = i % n;
+    const T* row = x + r * 2 * n;
+    out[i] = from_acc<T>(to_acc(row[c]) * unary_apply<A>(UnaryKind::GeluErf, to_acc(row[n + c]), A(0), A(0)));
+  }
+}
+
+template <class T>
+__global__ void geglu_backward_kernel(const T* g, const T* x, T* dx, int64_t rows, int64_t n) {
+  using A = acc_t<T>;
+  const int64_t total = rows * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / n, c = i % n;
+    const T* row = x + r * 2 * n;
+    T* drow = dx + r * 2 * n;
+    const A gv = to_acc(g[i]), h = to_acc(row[c]), gate = to_acc(row[n + c]);
+    drow[c] = from_acc<T>(gv * unary_apply<A>(UnaryKind::GeluErf, gate, A(0), A(0)));
+    drow[n + c] = from_acc<T>(gv * h * unary_derivative<A>(UnaryKind::GeluErf, gate, A(0), A(0)));
+  }
+}
+
+std::atomic<bool>& fused_geglu_setting() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("SD_FUSED_GEGLU");
+    return e && std::strcmp(e, "1") == 0;
+  }()};
+  return on;
+}
+
 }  // namespace
+
+void set_fused_geglu(bool on) { fused_geglu_setting().store(on); }
+bool fused_geglu() { return fused_geglu_setting().load(); }
+
+Tensor geglu(const Tensor& x) {
+  SD_CHECK(x.is_contiguous() && x.dim() >= 1 && x.size(-1) % 2 == 0, "cuda::geglu: needs a contiguous [..., 2n], got ",
+           x.str());
+  const int64_t n = x.size(-1) / 2, rows = x.numel() / std::max<int64_t>(x.size(-1), 1);
+  Shape shape = x.shape();
+  shape.back() = n;
+  Tensor out = empty(shape, x.dtype(), x.device());
+  if (out.numel() == 0) return out;
+  set_device_of(x);
+  dispatch_float(x.dtype(), "geglu", [&]<class T>() {
+    geglu_kernel<T><<<grid_1d(rows * n), 256, 0, stream()>>>(static_cast<const T*>(x.data_ptr()),
+                                                           static_cast<T*>(out.data_ptr()), rows, n);
+    SD_CUDA_CHECK_LAUNCH("geglu");
+  });
+  return out;
+}
+
+Tensor geglu_backward(const Tensor& grad_in, const Tensor& x) {
+  const Tensor grad = contiguous_raw(grad_in);
+  const int64_t n = x.size(-1) / 2, rows = x.numel() / std::max<int64_t>(x.size(-1), 1);
+  Tensor dx = empty(x.shape(), x.dtype(), x.device());
+  if (dx.numel() == 0) return dx;
+  set_device_of(x);
+  dispatch_float(x.dtype(), "geglu backward", [&]<class T>() {
+    geglu_backward_kernel<T><<<grid_1d(rows * n), 256, 0, stream()>>>(
+        static_cast<const T*>(grad.data_ptr()), static_cast<const T*>(x.data_ptr()), static_cast<T*>(dx.data_ptr()),
+        rows, n);
+    SD_CUDA_CHECK_LAUNCH("geglu backward");
+  });
+  return dx;
+}
 
 Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
   const Shape full = broadcast_shapes(a.shape(), b.shape(), binary_name(k));

@@ -14,6 +14,7 @@
 #include "autograd/engine.h"
 #ifdef SD_WITH_CUDA
 #include "ops/cuda/attention.h"
+#include "ops/cuda/pointwise.h"
 #endif
 
 namespace sd {
@@ -175,6 +176,20 @@ TEST(CudaOps, AttentionDeterministicBackward) {
       }
     }
   cuda::set_attention_deterministic(was);
+}
+#endif
+
+#ifdef SD_WITH_CUDA
+// The fused GEGLU kernels (cuda::set_fused_geglu) against the CPU composite: forward and the
+// gradient of [hidden | gate], with the feed-forward widths of SD1 (320 -> 2 x 1280) and odd ones.
+TEST(CudaOps, FusedGegluMatchesTheComposite) {
+  SD_REQUIRE_CUDA();
+  const bool was = cuda::fused_geglu();
+  cuda::set_fused_geglu(true);
+  const auto f = [](const std::vector<Tensor>& x) { return geglu(x[0]); };
+  for (const Shape& s : {Shape{2, 77, 2 * 1280}, Shape{3, 5, 2 * 37}, Shape{1, 2 * 8}})
+    for (DType dt : kDtypes) EXPECT_TRUE(matches_cpu("geglu " + shape_str(s), f, {random_tensor(s, DType::F32, 60, -3, 3)}, dt));
+  cuda::set_fused_geglu(was);
 }
 #endif
 
