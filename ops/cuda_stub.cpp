@@ -45,6 +45,8 @@ std::array<Tensor, 3> attention_backward(const Tensor&, const Tensor&, const Ten
 bool flash_attention_supported(const Tensor&, const Tensor&, const Tensor&) { return false; }
 void set_attention_deterministic(bool) {}  // a setting only: nothing runs without CUDA
 bool attention_deterministic() { return false; }
+void set_flash_forward_v3(bool) {}  // a setting only: nothing runs without CUDA
+bool flash_forward_v3() { return false; }
 
 Tensor binary(BinaryKind, const Tensor&, const Tensor&) { no_cuda("binary op"); }
 Tensor unary(UnaryKind, const Tensor&, double, double) { no_cuda("unary op"); }

@@ -119,20 +119,23 @@ Workload make(const Case& c) {
     w.flop = 2.0 * M * N * K;
     w.bytes = (M * K + K * N + M * N) * es;
   } else if (c.op == "attention_fwd" || c.op == "attention_fwdbwd") {
-    // det=1: the deterministic flash backward (cuda::set_attention_deterministic), sd only.
+    // det=1: the deterministic flash backward (cuda::set_attention_deterministic); v3=1: flash
+    // forward version 3 (cuda::set_flash_forward_v3); sd only.
     const int64_t B = c.get("B"), H = c.get("H"), Lq = c.get("Lq"), Lk = c.get("Lk"), D = c.get("D");
-    const bool bwd = c.op == "attention_fwdbwd", det = c.get_or("det", 0) != 0;
+    const bool bwd = c.op == "attention_fwdbwd", det = c.get_or("det", 0) != 0, v3 = c.get_or("v3", 0) != 0;
     w.sets = sets_for((2 * B * H * Lq * D + 2 * B * H * Lk * D) * es);
     auto in = std::make_shared<std::vector<std::array<Tensor, 4>>>();
     for (int i = 0; i < w.sets; ++i)
       in->push_back({rnd({B, H, Lq, D}, dt, 30 + i), rnd({B, H, Lk, D}, dt, 40 + i), rnd({B, H, Lk, D}, dt, 50 + i),
                      rnd({B, H, Lq, D}, dt, 60 + i)});
-    w.run = [in, bwd, det](int i) {
+    w.run = [in, bwd, det, v3](int i) {
       auto& s = (*in)[i];
       cuda::set_attention_deterministic(det);
+      cuda::set_flash_forward_v3(v3);
       if (!bwd) {
         autograd::NoGrad ng;
         scaled_dot_product_attention(s[0], s[1], s[2]);
+        cuda::set_flash_forward_v3(false);
         return;
       }
       Tensor q = detach(s[0]), k = detach(s[1]), v = detach(s[2]);
@@ -142,6 +145,7 @@ Workload make(const Case& c) {
       Tensor o = scaled_dot_product_attention(q, k, v);
       autograd::backward(o, s[3]);
       cuda::set_attention_deterministic(false);
+      cuda::set_flash_forward_v3(false);
     };
     w.flop = 4.0 * B * H * Lq * Lk * D * (bwd ? 3.5 : 1.0);  // backward = 2.5x forward (FlashAttention convention)
     w.bytes = (2 * B * H * Lq * D + 2 * B * H * Lk * D) * es * (bwd ? 2 : 1);

@@ -29,4 +29,10 @@ bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v
 void set_attention_deterministic(bool on);
 bool attention_deterministic();
 
+// Flash forward version 3 (two 16-row tiles per warp for head dims <= 64, one barrier per key
+// tile): the same bits as today's forward, faster or not as measured on a GPU. Off by default;
+// SD_FLASH_V3=1 turns it on at start.
+void set_flash_forward_v3(bool on);
+bool flash_forward_v3();
+
 }  // namespace sd::cuda

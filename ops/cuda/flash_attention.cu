@@ -3,11 +3,15 @@
 // (backward), streams the other side through shared memory in tiles of 64, and keeps the
 // softmax online, so the [Lq, Lk] score matrix never exists in memory. The head dim is
 // padded to a multiple of 16 in shared memory only (40 -> 48, 80 -> 80, 160 -> 160).
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "ops/cuda/attention_params.cuh"
 #include "ops/cuda/cuda_common.cuh"
 #include "runtime/cuda/current_stream.cuh"
+#include "ops/cuda/attention.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/mma_utils.cuh"
 
@@ -225,6 +229,186 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(AttnParams p) {
     // Natural-log LSE of the scaled scores; +inf marks a row with every key masked.
     if (row0 < p.Lq) lse[row0] = l[0] > 0.f ? m[0] * kLn2 + logf(l[0]) : INFINITY;
     if (row1 < p.Lq) lse[row1] = l[1] > 0.f ? m[1] * kLn2 + logf(l[1]) : INFINITY;
+  }
+}
+
+// Forward, version 3 (set_flash_forward_v3; issue 15's first steps, unmeasured): the same math
+// per row as flash_fwd_kernel, so the same bits, with
+//  - RT row tiles of 16 per warp (block: 64 * RT query rows): each K/V fragment loaded from shared
+//    memory feeds RT tensor-core ops instead of one (RT = 2 for head dims <= 64);
+//  - one barrier per key tile: after the wait for tile j, the barrier also proves every warp done
+//    with tile j - 1, so tile j + 1 is prefetched into that buffer right after it.
+template <class T, int DP, int RT>
+__global__ void __launch_bounds__(kThreads) flash_fwd_v3_kernel(AttnParams p) {
+  constexpr int LDS = DP + 8;
+  constexpr int KSTEPS = DP / 16, NT_D = DP / 8, NT_S = kBlockK / 8, BQ = kBlockQ * RT;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [BQ][LDS]
+  T* Ks = Qs + BQ * LDS;                   // [2][64][LDS]
+  T* Vs = Ks + 2 * kBlockK * LDS;          // [2][64][LDS]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int q0 = blockIdx.x * BQ;
+  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
+  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int rt = 0; rt < RT; ++rt) load_tile_async<T, DP, LDS>(Qs + rt * kBlockQ * LDS, qbase, p.qs.l, q0 + rt * kBlockQ, p.Lq, p.D);
+  load_tile_async<T, DP, LDS>(Ks, kbase, p.ks.l, 0, p.Lk, p.D);
+  load_tile_async<T, DP, LDS>(Vs, vbase, p.vs.l, 0, p.Lk, p.D);
+  cp_async_commit();
+
+  float o[RT][NT_D][4];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int i = 0; i < NT_D; ++i) o[rt][i][0] = o[rt][i][1] = o[rt][i][2] = o[rt][i][3] = 0.f;
+  float m[RT][2], l[RT][2];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) m[rt][0] = m[rt][1] = -INFINITY, l[rt][0] = l[rt][1] = 0.f;
+  uint32_t qf[RT][KSTEPS][4];
+  // This warp's rows: tile rt covers [wrow + 16 rt, + 16); the thread holds rows g and g + 8 of each.
+  const int wrow = warp * 16 * RT;
+
+  const int ntiles = (p.Lk + kBlockK - 1) / kBlockK;
+  for (int j = 0; j < ntiles; ++j) {
+    const int buf = j & 1;
+    cp_async_wait<0>();
+    __syncthreads();  // tile j is visible, and no warp still reads buffer buf ^ 1 (tile j - 1)
+    if (j + 1 < ntiles) {
+      load_tile_async<T, DP, LDS>(Ks + (buf ^ 1) * kBlockK * LDS, kbase, p.ks.l, (j + 1) * kBlockK, p.Lk, p.D);
+      load_tile_async<T, DP, LDS>(Vs + (buf ^ 1) * kBlockK * LDS, vbase, p.vs.l, (j + 1) * kBlockK, p.Lk, p.D);
+      cp_async_commit();
+    }
+    if (j == 0) {
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks)
+          ldmatrix_x4(qf[rt][ks], Qs + (wrow + rt * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
+    }
+    const T* Kt = Ks + buf * kBlockK * LDS;
+    const T* Vt = Vs + buf * kBlockK * LDS;
+
+    float s[RT][NT_S][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) s[rt][i][0] = s[rt][i][1] = s[rt][i][2] = s[rt][i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+#pragma unroll
+      for (int np = 0; np < NT_S / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Kt + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+          mma_16816<T>(s[rt][2 * np], qf[rt][ks], r[0], r[1]);
+          mma_16816<T>(s[rt][2 * np + 1], qf[rt][ks], r[2], r[3]);
+        }
+      }
+    }
+
+    const bool plain = !p.causal && p.mask_kind == 0 && (j + 1) * kBlockK <= p.Lk;
+    const float mul = plain ? scale_log2 : 1.f;
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+      const int row0 = q0 + wrow + rt * 16 + g, row1 = row0 + 8;
+      float mx[2] = {-INFINITY, -INFINITY};
+      if (plain) {
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt) {
+          mx[0] = fmaxf(mx[0], fmaxf(s[rt][nt][0], s[rt][nt][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[rt][nt][2], s[rt][nt][3]));
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = j * kBlockK + nt * 8 + t4 * 2 + (e & 1);
+            const float v = masked_score(p, s[rt][nt][e] * scale_log2, b, h, e < 2 ? row0 : row1, key);
+            s[rt][nt][e] = v;
+            mx[e / 2] = fmaxf(mx[e / 2], v);
+          }
+      }
+      float mref[2], corr[2], rowsum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        mx[i] = fmaxf(m[rt][i], mx[i] * mul);
+        mref[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+        corr[i] = fast_exp2(m[rt][i] - mref[i]);
+        m[rt][i] = mx[i];
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float pv = fast_exp2(fmaf(s[rt][nt][e], mul, -mref[e / 2]));
+          s[rt][nt][e] = pv;
+          rowsum[e / 2] += pv;
+        }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) l[rt][i] = l[rt][i] * corr[i] + rowsum[i];
+#pragma unroll
+      for (int nt = 0; nt < NT_D; ++nt) {
+        o[rt][nt][0] *= corr[0];
+        o[rt][nt][1] *= corr[0];
+        o[rt][nt][2] *= corr[1];
+        o[rt][nt][3] *= corr[1];
+      }
+    }
+
+    // O += P V: each V fragment feeds the RT row tiles.
+#pragma unroll
+    for (int kk = 0; kk < kBlockK / 16; ++kk) {
+      uint32_t a[RT][4];
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt) c_pair_to_a<T>(a[rt], s[rt][2 * kk], s[rt][2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < NT_D / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, Vt + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+          mma_16816<T>(o[rt][2 * np], a[rt], r[0], r[1]);
+          mma_16816<T>(o[rt][2 * np + 1], a[rt], r[2], r[3]);
+        }
+      }
+    }
+  }
+
+  T* obase = static_cast<T*>(p.out) + b * p.os.b + h * p.os.h;
+  float* lse = static_cast<float*>(p.lse) + int64_t(bh) * p.Lq;
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) {
+    const int row0 = q0 + wrow + rt * 16 + g, row1 = row0 + 8;
+    float inv[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      l[rt][i] += __shfl_xor_sync(0xffffffffu, l[rt][i], 1);
+      l[rt][i] += __shfl_xor_sync(0xffffffffu, l[rt][i], 2);
+      inv[i] = l[rt][i] > 0.f ? 1.f / l[rt][i] : 0.f;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT_D; ++nt) {
+      const int col = nt * 8 + t4 * 2;
+      if (col >= p.D) continue;
+      if (row0 < p.Lq)
+        *reinterpret_cast<uint32_t*>(obase + int64_t(row0) * p.os.l + col) =
+            pack2<T>(o[rt][nt][0] * inv[0], o[rt][nt][1] * inv[0]);
+      if (row1 < p.Lq)
+        *reinterpret_cast<uint32_t*>(obase + int64_t(row1) * p.os.l + col) =
+            pack2<T>(o[rt][nt][2] * inv[1], o[rt][nt][3] * inv[1]);
+    }
+    if (t4 == 0) {
+      if (row0 < p.Lq) lse[row0] = l[rt][0] > 0.f ? m[rt][0] * kLn2 + logf(l[rt][0]) : INFINITY;
+      if (row1 < p.Lq) lse[row1] = l[rt][1] > 0.f ? m[rt][1] * kLn2 + logf(l[rt][1]) : INFINITY;
+    }
   }
 }
 
@@ -597,6 +781,31 @@ void launch_fwd(const AttnParams& p) {
   SD_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
+std::atomic<bool>& forward_v3_setting() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("SD_FLASH_V3");
+    return e && std::strcmp(e, "1") == 0;
+  }()};
+  return on;
+}
+
+template <class T, int DP, int RT>
+void launch_fwd_v3_rt(const AttnParams& p) {
+  const size_t smem = size_t(kBlockQ * RT + 4 * kBlockK) * (DP + 8) * sizeof(T);
+  SD_CUDA_CHECK(
+      cudaFuncSetAttribute(flash_fwd_v3_kernel<T, DP, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  dim3 grid((p.Lq + kBlockQ * RT - 1) / (kBlockQ * RT), p.B * p.H);
+  flash_fwd_v3_kernel<T, DP, RT><<<grid, kThreads, smem, stream()>>>(p);
+  SD_CUDA_CHECK_LAUNCH("flash_fwd_v3_kernel");
+}
+
+// Two row tiles per warp where the registers allow (head dims <= 64), one above.
+template <class T, int DP>
+void launch_fwd_v3(const AttnParams& p) {
+  if constexpr (DP <= 64) launch_fwd_v3_rt<T, DP, 2>(p);
+  else launch_fwd_v3_rt<T, DP, 1>(p);
+}
+
 template <class T, int DP>
 void launch_bwd(const AttnParams& p) {
   const size_t smem = bwd_smem_bytes(DP);
@@ -632,7 +841,10 @@ void by_head_dim(int d, F&& f) {
 struct LaunchFwd {
   const AttnParams& p;
   template <class T, int DP>
-  void operator()() { launch_fwd<T, DP>(p); }
+  void operator()() {
+    if (forward_v3_setting().load()) launch_fwd_v3<T, DP>(p);
+    else launch_fwd<T, DP>(p);
+  }
 };
 struct LaunchBwd {
   const AttnParams& p;
@@ -641,6 +853,9 @@ struct LaunchBwd {
 };
 
 }  // namespace
+
+void set_flash_forward_v3(bool on) { forward_v3_setting().store(on); }
+bool flash_forward_v3() { return forward_v3_setting().load(); }
 
 bool flash_head_dim_compiled(int d) {
   const int dp = (d + 15) / 16 * 16;

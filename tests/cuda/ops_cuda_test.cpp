@@ -2,6 +2,7 @@
 // on shapes with odd sizes (77 tokens, head dim 40, channels not a multiple of 64).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 
 #include "ops/activation.h"
@@ -180,6 +181,53 @@ TEST(CudaOps, AttentionDeterministicBackward) {
 #endif
 
 #ifdef SD_WITH_CUDA
+// Flash forward v3 (cuda::set_flash_forward_v3: two row tiles per warp up to head dim 64, one
+// barrier per key tile) computes each row exactly as today's kernel: the same output and
+// log-sum-exp bits on self- and cross-attention, odd lengths, masks and causal rows, every
+// compiled head dim; and every attention case still matches the CPU with it (the backward reads
+// its log-sum-exp).
+TEST(CudaOps, FlashForwardV3GivesTheSameBits) {
+  SD_REQUIRE_CUDA();
+  const bool was = cuda::flash_forward_v3();
+  struct Case {
+    int64_t B, H, Lq, Lk, D;
+    bool causal;
+    int mask;
+  };
+  for (const Case& c : {Case{2, 8, 4096, 4096, 40, false, 0}, Case{2, 8, 4096, 77, 40, false, 0},
+                        Case{2, 10, 1000, 1000, 64, false, 0}, Case{1, 2, 513, 300, 48, true, 0},
+                        Case{2, 2, 100, 90, 64, false, 1}, Case{2, 2, 70, 33, 64, false, 2},
+                        Case{1, 8, 1024, 1024, 80, false, 0}, Case{1, 4, 256, 256, 160, false, 0},
+                        Case{1, 2, 190, 77, 32, false, 0}, Case{1, 2, 130, 200, 96, false, 0},
+                        Case{1, 2, 130, 200, 128, false, 0}})
+    for (DType dt : {DType::F16, DType::BF16}) {
+      auto dev = [&](uint64_t seed, int64_t L) {
+        return copy_to(random_tensor({c.B, c.H, L, c.D}, DType::F32, seed, -2, 2), dt, Device::cuda());
+      };
+      const Tensor q = dev(70, c.Lq), k = dev(71, c.Lk), v = dev(72, c.Lk);
+      Tensor mask;
+      if (c.mask == 1) mask = copy_to(random_tensor({c.B, c.H, c.Lq, c.Lk}, DType::F32, 73, -3, 0), dt, Device::cuda());
+      if (c.mask == 2) {
+        std::vector<double> keep(size_t(c.B * c.H * c.Lq * c.Lk));
+        for (size_t i = 0; i < keep.size(); ++i) keep[i] = (i % 7) != 3;
+        mask = copy_to(from_vector(keep, {c.B, c.H, c.Lq, c.Lk}, DType::Bool), DType::Bool, Device::cuda());
+      }
+      cuda::set_flash_forward_v3(false);
+      const auto today = cuda::attention_forward(q, k, v, mask, 1.0 / std::sqrt(double(c.D)), c.causal);
+      cuda::set_flash_forward_v3(true);
+      const auto v3 = cuda::attention_forward(q, k, v, mask, 1.0 / std::sqrt(double(c.D)), c.causal);
+      const std::string what = "Lq " + std::to_string(c.Lq) + " Lk " + std::to_string(c.Lk) + " D " +
+                               std::to_string(c.D) + " " + dtype_name(dt);
+      EXPECT_EQ(copy_to(v3[0], DType::F32, Device::cpu()).to_vector(),
+                copy_to(today[0], DType::F32, Device::cpu()).to_vector()) << "output, " << what;
+      EXPECT_EQ(copy_to(v3[1], DType::F32, Device::cpu()).to_vector(),
+                copy_to(today[1], DType::F32, Device::cpu()).to_vector()) << "log-sum-exp, " << what;
+    }
+  cuda::set_flash_forward_v3(true);
+  expect_attention_cases(" (forward v3)");
+  cuda::set_flash_forward_v3(was);
+}
+
 // The fused GEGLU kernels (cuda::set_fused_geglu) against the CPU composite: forward and the
 // gradient of [hidden | gate], with the feed-forward widths of SD1 (320 -> 2 x 1280) and odd ones.
 TEST(CudaOps, FusedGegluMatchesTheComposite) {
