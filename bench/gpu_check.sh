@@ -53,8 +53,8 @@ want tests && for sel in "-L ^cuda$" "-LE ^cuda$"; do
   # The training tests' measured errors (GPU vs CPU), from ctest's full log of this run.
   [ "$name" = cuda ] && grep -hE "^\[ Cuda(TrainStep|SdTrain) \]" "$BUILD/Testing/Temporary/LastTest.log" \
     > "$LOG/train_cuda_errors.txt" 2>/dev/null
-  # Channels-last models (layout conversions per forward) and the one-kernel GroupNorm's share of calls.
-  [ "$name" = cuda ] && grep -hE "^\[ Cuda(ChannelsLast|Norm|Conv) \]" "$BUILD/Testing/Temporary/LastTest.log" \
+  # Channels-last models (layout conversions per forward, in CudaUNet too) and the one-kernel GroupNorm's share of calls.
+  [ "$name" = cuda ] && grep -hE "^\[ Cuda(ChannelsLast|Norm|Conv|UNet) \]" "$BUILD/Testing/Temporary/LastTest.log" \
     > "$LOG/layout_cuda.txt" 2>/dev/null
 done
 

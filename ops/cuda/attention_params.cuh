@@ -29,7 +29,7 @@ struct AttnParams {
   float scale;
   bool causal;
   // Backward only.
-  const void* dout;
+  const void* dout = nullptr;
   AttnStrides dos;
   void* dq;           // accumulators: f32 (f64 for f64) [B, H, Lq, D] contiguous
   void* dk;           // [B, H, Lk, D] (flash: element type, plain: accumulator type)

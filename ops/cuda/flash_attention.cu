@@ -76,170 +76,29 @@ __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t ro
   }
 }
 
-template <class T, int DP>
+// The (b, h) slices of q, k, v and dO (dO only in backward), in elements of T.
+template <class T>
+struct HeadSlices {
+  const T *q, *k, *v, *dout;
+  __device__ HeadSlices(const AttnParams& p, int b, int h)
+      : q(static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h),
+        k(static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h),
+        v(static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h),
+        dout(p.dout ? static_cast<const T*>(p.dout) + b * p.dos.b + h * p.dos.h : nullptr) {}
+};
+
+// Forward: each block owns 64 * RT query rows (RT tiles of 16 rows per warp), streams K/V in
+// 64-key tiles double-buffered with cp.async, keeps the softmax online in base 2 and P in
+// registers as the A operand of P V. Two variants share this code and compute every row the
+// same way (the same bits):
+//  - today's kernel (RT = 1, two barriers per key tile: one after the wait, one before the
+//    buffer is refilled), the default;
+//  - version 3 (set_flash_forward_v3; issue 15's first steps, unmeasured): RT = 2 for head dims
+//    <= 64, so each K/V fragment loaded from shared memory feeds two tensor-core ops, and one
+//    barrier per tile: after the wait for tile j it also proves every warp done with tile j - 1,
+//    so tile j + 1 is prefetched into that buffer right after it.
+template <class T, int DP, int RT, bool ONE_BARRIER>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(AttnParams p) {
-  constexpr int LDS = DP + 8;  // +16 bytes per row: ldmatrix rows land in distinct banks
-  constexpr int KSTEPS = DP / 16, NT_D = DP / 8, NT_S = kBlockK / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Qs = reinterpret_cast<T*>(smem_raw);  // [64][LDS]
-  T* Ks = Qs + kBlockQ * LDS;              // [2][64][LDS]
-  T* Vs = Ks + 2 * kBlockK * LDS;          // [2][64][LDS]
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
-  const int q0 = blockIdx.x * kBlockQ;
-  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
-  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
-  const float scale_log2 = p.scale * kLog2e;
-
-  load_tile_async<T, DP, LDS>(Qs, qbase, p.qs.l, q0, p.Lq, p.D);
-  load_tile_async<T, DP, LDS>(Ks, kbase, p.ks.l, 0, p.Lk, p.D);
-  load_tile_async<T, DP, LDS>(Vs, vbase, p.vs.l, 0, p.Lk, p.D);
-  cp_async_commit();
-
-  float o[NT_D][4];
-#pragma unroll
-  for (int i = 0; i < NT_D; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  uint32_t qf[KSTEPS][4];
-  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
-
-  const int ntiles = (p.Lk + kBlockK - 1) / kBlockK;
-  for (int j = 0; j < ntiles; ++j) {
-    const int buf = j & 1;
-    if (j + 1 < ntiles) {  // prefetch the next tile while this one is used
-      load_tile_async<T, DP, LDS>(Ks + (buf ^ 1) * kBlockK * LDS, kbase, p.ks.l, (j + 1) * kBlockK, p.Lk, p.D);
-      load_tile_async<T, DP, LDS>(Vs + (buf ^ 1) * kBlockK * LDS, vbase, p.vs.l, (j + 1) * kBlockK, p.Lk, p.D);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    if (j == 0) {
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks)
-        ldmatrix_x4(qf[ks], Qs + (warp * 16 + (lane % 16)) * LDS + ks * 16 + (lane / 16) * 8);
-    }
-    const T* Kt = Ks + buf * kBlockK * LDS;
-    const T* Vt = Vs + buf * kBlockK * LDS;
-
-    // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
-    float s[NT_S][4];
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-#pragma unroll
-      for (int np = 0; np < NT_S / 2; ++np) {
-        uint32_t r[4];
-        ldmatrix_x4(r, Kt + (np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks * 16 + ((lane / 8) % 2) * 8);
-        mma_16816<T>(s[2 * np], qf[ks], r[0], r[1]);
-        mma_16816<T>(s[2 * np + 1], qf[ks], r[2], r[3]);
-      }
-    }
-
-    // Online softmax in base 2: scores scaled by scale*log2(e), running max m and sum l.
-    // Tiles with nothing masked (no mask, not causal, all keys valid) skip the per-element
-    // checks: the max is taken on raw scores and the scale folds into one FMA before exp2.
-    const bool plain = !p.causal && p.mask_kind == 0 && (j + 1) * kBlockK <= p.Lk;
-    const float mul = plain ? scale_log2 : 1.f;
-    float mx[2] = {-INFINITY, -INFINITY};
-    if (plain) {
-#pragma unroll
-      for (int nt = 0; nt < NT_S; ++nt) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < NT_S; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = j * kBlockK + nt * 8 + t4 * 2 + (e & 1);
-          const float v = masked_score(p, s[nt][e] * scale_log2, b, h, e < 2 ? row0 : row1, key);
-          s[nt][e] = v;
-          mx[e / 2] = fmaxf(mx[e / 2], v);
-        }
-    }
-    float mref[2], corr[2], rowsum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      mx[i] = fmaxf(m[i], mx[i] * mul);            // in scaled units (scale > 0)
-      mref[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing unmasked yet stays at 0
-      corr[i] = fast_exp2(m[i] - mref[i]);
-      m[i] = mx[i];
-    }
-#pragma unroll
-    for (int nt = 0; nt < NT_S; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float pv = fast_exp2(fmaf(s[nt][e], mul, -mref[e / 2]));
-        s[nt][e] = pv;
-        rowsum[e / 2] += pv;
-      }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) l[i] = l[i] * corr[i] + rowsum[i];
-#pragma unroll
-    for (int nt = 0; nt < NT_D; ++nt) {
-      o[nt][0] *= corr[0];
-      o[nt][1] *= corr[0];
-      o[nt][2] *= corr[1];
-      o[nt][3] *= corr[1];
-    }
-
-    // O += P V, P taken from registers as the A operand.
-#pragma unroll
-    for (int kk = 0; kk < kBlockK / 16; ++kk) {
-      uint32_t a[4];
-      c_pair_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int np = 0; np < NT_D / 2; ++np) {
-        uint32_t r[4];
-        ldmatrix_x4_trans(r, Vt + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LDS + np * 16 + (lane / 16) * 8);
-        mma_16816<T>(o[2 * np], a, r[0], r[1]);
-        mma_16816<T>(o[2 * np + 1], a, r[2], r[3]);
-      }
-    }
-    __syncthreads();  // everyone is done with this buffer before it is refilled
-  }
-
-  float inv[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-    inv[i] = l[i] > 0.f ? 1.f / l[i] : 0.f;
-  }
-  T* obase = static_cast<T*>(p.out) + b * p.os.b + h * p.os.h;
-#pragma unroll
-  for (int nt = 0; nt < NT_D; ++nt) {
-    const int col = nt * 8 + t4 * 2;
-    if (col >= p.D) continue;
-    if (row0 < p.Lq)
-      *reinterpret_cast<uint32_t*>(obase + int64_t(row0) * p.os.l + col) = pack2<T>(o[nt][0] * inv[0], o[nt][1] * inv[0]);
-    if (row1 < p.Lq)
-      *reinterpret_cast<uint32_t*>(obase + int64_t(row1) * p.os.l + col) = pack2<T>(o[nt][2] * inv[1], o[nt][3] * inv[1]);
-  }
-  if (t4 == 0) {
-    float* lse = static_cast<float*>(p.lse) + int64_t(bh) * p.Lq;
-    // Natural-log LSE of the scaled scores; +inf marks a row with every key masked.
-    if (row0 < p.Lq) lse[row0] = l[0] > 0.f ? m[0] * kLn2 + logf(l[0]) : INFINITY;
-    if (row1 < p.Lq) lse[row1] = l[1] > 0.f ? m[1] * kLn2 + logf(l[1]) : INFINITY;
-  }
-}
-
-// Forward, version 3 (set_flash_forward_v3; issue 15's first steps, unmeasured): the same math
-// per row as flash_fwd_kernel, so the same bits, with
-//  - RT row tiles of 16 per warp (block: 64 * RT query rows): each K/V fragment loaded from shared
-//    memory feeds RT tensor-core ops instead of one (RT = 2 for head dims <= 64);
-//  - one barrier per key tile: after the wait for tile j, the barrier also proves every warp done
-//    with tile j - 1, so tile j + 1 is prefetched into that buffer right after it.
-template <class T, int DP, int RT>
-__global__ void __launch_bounds__(kThreads) flash_fwd_v3_kernel(AttnParams p) {
   constexpr int LDS = DP + 8;
   constexpr int KSTEPS = DP / 16, NT_D = DP / 8, NT_S = kBlockK / 8, BQ = kBlockQ * RT;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -250,9 +109,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_v3_kernel(AttnParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int q0 = blockIdx.x * BQ;
-  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
-  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
+  const HeadSlices<T> hs(p, b, h);
+  const T *qbase = hs.q, *kbase = hs.k, *vbase = hs.v;
   const float scale_log2 = p.scale * kLog2e;
 
   for (int rt = 0; rt < RT; ++rt) load_tile_async<T, DP, LDS>(Qs + rt * kBlockQ * LDS, qbase, p.qs.l, q0 + rt * kBlockQ, p.Lq, p.D);
@@ -275,12 +133,24 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_v3_kernel(AttnParams p) {
   const int ntiles = (p.Lk + kBlockK - 1) / kBlockK;
   for (int j = 0; j < ntiles; ++j) {
     const int buf = j & 1;
-    cp_async_wait<0>();
-    __syncthreads();  // tile j is visible, and no warp still reads buffer buf ^ 1 (tile j - 1)
-    if (j + 1 < ntiles) {
-      load_tile_async<T, DP, LDS>(Ks + (buf ^ 1) * kBlockK * LDS, kbase, p.ks.l, (j + 1) * kBlockK, p.Lk, p.D);
-      load_tile_async<T, DP, LDS>(Vs + (buf ^ 1) * kBlockK * LDS, vbase, p.vs.l, (j + 1) * kBlockK, p.Lk, p.D);
-      cp_async_commit();
+    if constexpr (ONE_BARRIER) {
+      cp_async_wait<0>();
+      __syncthreads();  // tile j is visible, and no warp still reads buffer buf ^ 1 (tile j - 1)
+      if (j + 1 < ntiles) {
+        load_tile_async<T, DP, LDS>(Ks + (buf ^ 1) * kBlockK * LDS, kbase, p.ks.l, (j + 1) * kBlockK, p.Lk, p.D);
+        load_tile_async<T, DP, LDS>(Vs + (buf ^ 1) * kBlockK * LDS, vbase, p.vs.l, (j + 1) * kBlockK, p.Lk, p.D);
+        cp_async_commit();
+      }
+    } else {
+      if (j + 1 < ntiles) {  // prefetch the next tile while this one is used
+        load_tile_async<T, DP, LDS>(Ks + (buf ^ 1) * kBlockK * LDS, kbase, p.ks.l, (j + 1) * kBlockK, p.Lk, p.D);
+        load_tile_async<T, DP, LDS>(Vs + (buf ^ 1) * kBlockK * LDS, vbase, p.vs.l, (j + 1) * kBlockK, p.Lk, p.D);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
     }
     if (j == 0) {
 #pragma unroll
@@ -380,6 +250,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_v3_kernel(AttnParams p) {
         }
       }
     }
+    if constexpr (!ONE_BARRIER) __syncthreads();  // everyone is done with this buffer before it is refilled
   }
 
   T* obase = static_cast<T*>(p.out) + b * p.os.b + h * p.os.h;
@@ -444,10 +315,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(AttnParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int k0 = blockIdx.x * kBlockK;
-  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
-  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
-  const T* dobase = static_cast<const T*>(p.dout) + b * p.dos.b + h * p.dos.h;
+  const HeadSlices<T> hs(p, b, h);
+  const T *qbase = hs.q, *kbase = hs.k, *vbase = hs.v, *dobase = hs.dout;
   const float* lse = static_cast<const float*>(p.lse) + int64_t(bh) * p.Lq;
   const float* delta = p.delta + int64_t(bh) * p.Lq;
   float* dq = static_cast<float*>(p.dq) + int64_t(bh) * p.Lq * p.D;
@@ -653,10 +522,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(AttnParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
   const int q0 = blockIdx.x * kBlockQ;
-  const T* qbase = static_cast<const T*>(p.q) + b * p.qs.b + h * p.qs.h;
-  const T* kbase = static_cast<const T*>(p.k) + b * p.ks.b + h * p.ks.h;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.vs.b + h * p.vs.h;
-  const T* dobase = static_cast<const T*>(p.dout) + b * p.dos.b + h * p.dos.h;
+  const HeadSlices<T> hs(p, b, h);
+  const T *qbase = hs.q, *kbase = hs.k, *vbase = hs.v, *dobase = hs.dout;
   const float* lse = static_cast<const float*>(p.lse) + int64_t(bh) * p.Lq;
   const float* delta = p.delta + int64_t(bh) * p.Lq;
   const float scale_log2 = p.scale * kLog2e;
@@ -767,18 +634,8 @@ __global__ void sum_splits_kernel(const float* parts, int splits, T* out, int64_
   }
 }
 
-size_t fwd_smem_bytes(int dp) { return size_t(kBlockQ + 4 * kBlockK) * (dp + 8) * 2; }
 size_t bwd_smem_bytes(int dp) {
   return size_t(4 * 64) * (dp + 8) * 2 + size_t(kBlockK) * (64 + 8) * 2 + 2 * 64 * sizeof(float);
-}
-
-template <class T, int DP>
-void launch_fwd(const AttnParams& p) {
-  const size_t smem = fwd_smem_bytes(DP);
-  SD_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  dim3 grid((p.Lq + kBlockQ - 1) / kBlockQ, p.B * p.H);
-  flash_fwd_kernel<T, DP><<<grid, kThreads, smem, stream()>>>(p);
-  SD_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
 std::atomic<bool>& forward_v3_setting() {
@@ -789,21 +646,21 @@ std::atomic<bool>& forward_v3_setting() {
   return on;
 }
 
-template <class T, int DP, int RT>
-void launch_fwd_v3_rt(const AttnParams& p) {
+template <class T, int DP, int RT, bool ONE_BARRIER>
+void launch_fwd(const AttnParams& p) {
   const size_t smem = size_t(kBlockQ * RT + 4 * kBlockK) * (DP + 8) * sizeof(T);
-  SD_CUDA_CHECK(
-      cudaFuncSetAttribute(flash_fwd_v3_kernel<T, DP, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  auto kernel = flash_fwd_kernel<T, DP, RT, ONE_BARRIER>;
+  SD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid((p.Lq + kBlockQ * RT - 1) / (kBlockQ * RT), p.B * p.H);
-  flash_fwd_v3_kernel<T, DP, RT><<<grid, kThreads, smem, stream()>>>(p);
-  SD_CUDA_CHECK_LAUNCH("flash_fwd_v3_kernel");
+  kernel<<<grid, kThreads, smem, stream()>>>(p);
+  SD_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
-// Two row tiles per warp where the registers allow (head dims <= 64), one above.
+// Version 3: two row tiles per warp where the registers allow (head dims <= 64), one above.
 template <class T, int DP>
 void launch_fwd_v3(const AttnParams& p) {
-  if constexpr (DP <= 64) launch_fwd_v3_rt<T, DP, 2>(p);
-  else launch_fwd_v3_rt<T, DP, 1>(p);
+  if constexpr (DP <= 64) launch_fwd<T, DP, 2, true>(p);
+  else launch_fwd<T, DP, 1, true>(p);
 }
 
 template <class T, int DP>
@@ -843,7 +700,7 @@ struct LaunchFwd {
   template <class T, int DP>
   void operator()() {
     if (forward_v3_setting().load()) launch_fwd_v3<T, DP>(p);
-    else launch_fwd<T, DP>(p);
+    else launch_fwd<T, DP, 1, false>(p);
   }
 };
 struct LaunchBwd {

@@ -1,5 +1,7 @@
-// The golden UNets and VAE run channels-last on the GPU: the same numbers as the CPU reference,
-// and no layout conversion between layers (runtime/image_layout.h counts every copy between
+// The golden UNets and VAE run channels-last on the GPU beyond the forward values (those, and the
+// forward's layout conversions, are checked in CudaUNet.GoldenModelsMatchTheCpu and
+// CudaVae.GoldenModelMatchesTheCpu): through cuDNN's graph API, a training step's gradients and
+// their layouts, and the VAE decode's conversions (runtime/image_layout.h counts every copy between
 // the two layouts: a forward pays exactly the entry and the exit).
 #include <gtest/gtest.h>
 
@@ -16,39 +18,7 @@
 namespace sd::nn {
 namespace {
 
-TEST(CudaChannelsLast, UNetGoldensMatchTheCpuWithOnlyEntryAndExitConversions) {
-  SD_REQUIRE_CUDA();
-  for (const auto& c : test::unet_golden_cases()) {
-    const auto io = test::unet_golden_io(c.name);
-    const std::string dir = test::unet_golden_dir(c.name);
-    auto cpu = UNet2DConditionModel::from_pretrained(dir, DType::F32, Device::cpu(), c.variant);
-    const Tensor ref = test::run_unet_golden(*cpu, io);
-    for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
-      auto gpu = UNet2DConditionModel::from_pretrained(dir, dt, Device::cuda(), c.variant);
-      const Tensor nchw = copy_to(test::run_unet_golden(*gpu, io, Device::cuda()), DType::F32, Device::cpu());
-      gpu->set_channels_last(true);
-      test::run_unet_golden(*gpu, io, Device::cuda());  // warm-up: algorithm searches may copy
-      const int64_t before = layout_conversions();
-      Tensor out;
-      {
-        autograd::NoGrad ng;
-        out = test::run_unet_golden(*gpu, io, Device::cuda());
-      }
-      const int64_t conversions = layout_conversions() - before;
-      EXPECT_TRUE(out.is_contiguous()) << c.name;
-      const Tensor cl = copy_to(out, DType::F32, Device::cpu());
-      const double err = test::relative_error(cl, ref), err_nchw = test::relative_error(cl, nchw);
-      const double tol = dt == DType::F32 ? 1e-4 : 2e-2;
-      EXPECT_LE(err, tol) << c.name << " " << dtype_name(dt);
-      EXPECT_LE(err_nchw, tol) << c.name << " " << dtype_name(dt);
-      EXPECT_EQ(conversions, 2) << c.name << " " << dtype_name(dt) << ": the sample in, the prediction out";
-      std::printf("[ CudaChannelsLast ] unet %s %s: vs CPU %.2e, vs GPU NCHW %.2e, layout conversions %lld\n",
-                  c.name.c_str(), dtype_name(dt), err, err_nchw, static_cast<long long>(conversions));
-    }
-  }
-}
-
-// The same with every convolution through cuDNN's graph API (ConvBackend::CudnnGraph, bias fused):
+// The golden UNets channels-last with every convolution through cuDNN's graph API (ConvBackend::CudnnGraph, bias fused):
 // forward and training step, in f16 and bf16.
 TEST(CudaChannelsLast, UNetThroughTheCudnnGraphApi) {
   SD_REQUIRE_CUDA();
@@ -92,21 +62,13 @@ TEST(CudaChannelsLast, UNetGradientsMatchDiffusers) {
     m->set_channels_last(true);
     m->set_requires_grad(true);
     auto io = test::unet_golden_io(c.name);
-    auto dev = [](const Tensor& t) { return t.defined() ? copy_to(t, t.dtype(), Device::cuda()) : t; };
-    Tensor sample = dev(io.at("sample")), ehs = dev(io.at("encoder_hidden_states"));
-    sample.set_requires_grad(true);
-    ehs.set_requires_grad(true);
-    UNetAddedCond added;
-    if (io.count("text_embeds")) added = {dev(io.at("text_embeds")), dev(io.at("time_ids"))};
-    const Tensor cond = io.count("timestep_cond") ? dev(io.at("timestep_cond")) : Tensor();
-    const Tensor& t = io.at("timestep");
-    Tensor out = t.numel() == 1 ? m->forward(sample, t.item(), ehs, added, cond)
-                                : m->forward(sample, dev(t), ehs, added, cond);
+    const test::UNetGoldenGradRun run = test::run_unet_golden_for_grad(*m, io, Device::cuda());
+    const Tensor upstream = copy_to(io.at("grad_weight"), DType::F32, Device::cuda());
     const int64_t before = layout_conversions();
-    autograd::backward(out, dev(io.at("grad_weight")));
+    autograd::backward(run.out, upstream);
     const int64_t conversions = layout_conversions() - before;
-    EXPECT_LT(test::relative_error(sample.grad(), io.at("grad_sample")), 1e-4) << c.name;
-    EXPECT_LT(test::relative_error(ehs.grad(), io.at("grad_encoder_hidden_states")), 1e-4) << c.name;
+    EXPECT_LT(test::relative_error(run.sample.grad(), io.at("grad_sample")), 1e-4) << c.name;
+    EXPECT_LT(test::relative_error(run.context.grad(), io.at("grad_encoder_hidden_states")), 1e-4) << c.name;
     int checked = 0, channels_last_grads = 0;
     for (auto& [name, p] : m->named_parameters()) {
       const Tensor& g = p->slot->grad();
@@ -126,21 +88,13 @@ TEST(CudaChannelsLast, UNetGradientsMatchDiffusers) {
   }
 }
 
-TEST(CudaChannelsLast, VaeGoldenMatchesTheCpu) {
+// One channels-last decode (its values: CudaVae.GoldenModelMatchesTheCpu): the latent in, the image out.
+TEST(CudaChannelsLast, VaeDecodeConvertsOnlyAtEntryAndExit) {
   SD_REQUIRE_CUDA();
   const auto io = test::vae_golden_io();
-  auto cpu = AutoencoderKL::from_pretrained(test::vae_golden_dir(), DType::F32);
-  const auto ref = test::run_vae_golden(*cpu, io);
   for (DType dt : {DType::F32, DType::BF16}) {
     auto gpu = AutoencoderKL::from_pretrained(test::vae_golden_dir(), dt, Device::cuda());
     gpu->set_channels_last(true);
-    const auto got = test::run_vae_golden(*gpu, io, Device::cuda());
-    for (const auto& [name, t] : got) {
-      const double err = test::relative_error(t, ref.at(name));
-      EXPECT_LE(err, dt == DType::F32 ? 1e-4 : 3e-2) << name << " " << dtype_name(dt);
-      std::printf("[ CudaChannelsLast ] vae %-12s %s: vs CPU %.2e\n", name.c_str(), dtype_name(dt), err);
-    }
-    // One decode: the latent in, the image out.
     const Tensor z = copy_to(io.at("latents"), dt, Device::cuda());
     gpu->decode(z);  // warm-up
     const int64_t before = layout_conversions();

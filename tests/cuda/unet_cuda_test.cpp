@@ -4,6 +4,8 @@
 #include <cstdio>
 
 #include "autograd/engine.h"
+#include "autograd/node.h"
+#include "runtime/image_layout.h"
 #include "tests/models/unet/unet_golden.h"
 #include "tests/test_util.h"
 
@@ -17,14 +19,31 @@ TEST(CudaUNet, GoldenModelsMatchTheCpu) {
     const std::string dir = test::unet_golden_dir(c.name);
     auto cpu = UNet2DConditionModel::from_pretrained(dir, DType::F32, Device::cpu(), c.variant);
     const Tensor ref = test::run_unet_golden(*cpu, io);
-    for (DType dt : {DType::F32, DType::BF16}) {
+    for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
       auto gpu = UNet2DConditionModel::from_pretrained(dir, dt, Device::cuda(), c.variant);
       Tensor out = test::run_unet_golden(*gpu, io, Device::cuda());
       ASSERT_TRUE(out.is_cuda()) << c.name;
       EXPECT_EQ(out.dtype(), dt);
+      const double tol = dt == DType::F32 ? 1e-4 : 2e-2;
       const double err = test::relative_error(copy_to(out, DType::F32, Device::cpu()), ref);
-      EXPECT_LE(err, dt == DType::F32 ? 1e-4 : 2e-2) << c.name << " " << dtype_name(dt);
-      std::printf("[ CudaUNet ] %s %s: relative error vs CPU f32 %.2e\n", c.name.c_str(), dtype_name(dt), err);
+      EXPECT_LE(err, tol) << c.name << " " << dtype_name(dt);
+      // Channels-last (set_channels_last): the same numbers, and no layout conversion between layers
+      // (runtime/image_layout.h counts them): the sample in and the prediction out, nothing else.
+      gpu->set_channels_last(true);
+      test::run_unet_golden(*gpu, io, Device::cuda());  // warm-up: algorithm searches may copy
+      const int64_t before = layout_conversions();
+      Tensor cl;
+      {
+        autograd::NoGrad ng;
+        cl = test::run_unet_golden(*gpu, io, Device::cuda());
+      }
+      const int64_t conversions = layout_conversions() - before;
+      EXPECT_TRUE(cl.is_contiguous()) << c.name;
+      const double err_cl = test::relative_error(copy_to(cl, DType::F32, Device::cpu()), ref);
+      EXPECT_LE(err_cl, tol) << c.name << " " << dtype_name(dt) << " channels-last";
+      EXPECT_EQ(conversions, 2) << c.name << " " << dtype_name(dt);
+      std::printf("[ CudaUNet ] %s %s: relative error vs CPU f32 %.2e, channels-last %.2e (%lld layout conversions)\n",
+                  c.name.c_str(), dtype_name(dt), err, err_cl, static_cast<long long>(conversions));
     }
   }
 }
@@ -40,20 +59,11 @@ TEST(CudaUNet, GradientsMatchDiffusers) {
       m->gradient_checkpointing = checkpointing;
       m->set_requires_grad(true);
       auto io = test::unet_golden_io(c.name);
-      auto dev = [](const Tensor& t) { return t.defined() ? copy_to(t, t.dtype(), Device::cuda()) : t; };
-      Tensor sample = dev(io.at("sample")), ehs = dev(io.at("encoder_hidden_states"));
-      sample.set_requires_grad(true);
-      ehs.set_requires_grad(true);
-      UNetAddedCond added;
-      if (io.count("text_embeds")) added = {dev(io.at("text_embeds")), dev(io.at("time_ids"))};
-      const Tensor cond = io.count("timestep_cond") ? dev(io.at("timestep_cond")) : Tensor();
-      const Tensor& t = io.at("timestep");
-      Tensor out = t.numel() == 1 ? m->forward(sample, t.item(), ehs, added, cond)
-                                  : m->forward(sample, dev(t), ehs, added, cond);
-      autograd::backward(out, dev(io.at("grad_weight")));
+      const test::UNetGoldenGradRun run = test::run_unet_golden_for_grad(*m, io, Device::cuda());
+      autograd::backward(run.out, copy_to(io.at("grad_weight"), DType::F32, Device::cuda()));
       const std::string what = c.name + (checkpointing ? " (checkpointed)" : "");
-      EXPECT_LT(test::relative_error(sample.grad(), io.at("grad_sample")), 1e-4) << what;
-      EXPECT_LT(test::relative_error(ehs.grad(), io.at("grad_encoder_hidden_states")), 1e-4) << what;
+      EXPECT_LT(test::relative_error(run.sample.grad(), io.at("grad_sample")), 1e-4) << what;
+      EXPECT_LT(test::relative_error(run.context.grad(), io.at("grad_encoder_hidden_states")), 1e-4) << what;
       for (auto& [name, p] : m->named_parameters()) {
         auto it = io.find("grad_param/" + name);
         if (it == io.end()) continue;

@@ -23,16 +23,20 @@ TEST(CudaVae, GoldenModelMatchesTheCpu) {
   const auto io = test::vae_golden_io();
   auto cpu = AutoencoderKL::from_pretrained(test::vae_golden_dir(), DType::F32);
   const auto ref = test::run_vae_golden(*cpu, io);
-  for (DType dt : {DType::F32, DType::BF16}) {
-    auto gpu = AutoencoderKL::from_pretrained(test::vae_golden_dir(), dt, Device::cuda());
-    EXPECT_TRUE(gpu->decoder->conv_out->weight.is_cuda());
-    const auto out = test::run_vae_golden(*gpu, io, Device::cuda());
-    for (const auto& [name, want] : ref) {
-      const double err = test::relative_error(out.at(name), want);
-      EXPECT_LE(err, dt == DType::F32 ? 1e-4 : 2e-2) << name << " " << dtype_name(dt);
-      std::printf("[ CudaVae ] %s %-12s relative error vs CPU f32 %.2e\n", dtype_name(dt), name.c_str(), err);
+  // NCHW, and channels-last (AutoencoderKL::set_channels_last).
+  for (bool cl : {false, true})
+    for (DType dt : {DType::F32, DType::BF16}) {
+      auto gpu = AutoencoderKL::from_pretrained(test::vae_golden_dir(), dt, Device::cuda());
+      gpu->set_channels_last(cl);
+      EXPECT_TRUE(gpu->decoder->conv_out->weight.is_cuda());
+      const auto out = test::run_vae_golden(*gpu, io, Device::cuda());
+      for (const auto& [name, want] : ref) {
+        const double err = test::relative_error(out.at(name), want);
+        EXPECT_LE(err, dt == DType::F32 ? 1e-4 : 2e-2) << name << " " << dtype_name(dt) << (cl ? " channels-last" : "");
+        std::printf("[ CudaVae ] %s%s %-12s relative error vs CPU f32 %.2e\n", dtype_name(dt),
+                    cl ? " channels-last" : "", name.c_str(), err);
+      }
     }
-  }
   // f16 with force_upcast: f32 parameters on the GPU, f16 in and out.
   auto up = AutoencoderKL::from_pretrained(test::vae_golden_dir(), DType::F16, Device::cuda());
   EXPECT_EQ(up->compute_dtype(), DType::F32);

@@ -49,4 +49,28 @@ inline Tensor run_unet_golden(const nn::UNet2DConditionModel& model, const std::
   return model.forward(in("sample"), in("timestep"), in("encoder_hidden_states"), added, in("timestep_cond"));
 }
 
+// The recorded inputs through `model` with the sample and the text context as gradient leaves on
+// `device` (for the gradient goldens: backward(out, io["grad_weight"]) gives their .grad()).
+struct UNetGoldenGradRun {
+  Tensor sample, context, out;
+};
+inline UNetGoldenGradRun run_unet_golden_for_grad(const nn::UNet2DConditionModel& model,
+                                                  const std::map<std::string, Tensor>& io,
+                                                  Device device = Device::cpu()) {
+  auto dev = [&](const char* k) {
+    auto it = io.find(k);
+    return it == io.end() ? Tensor() : copy_to(it->second, it->second.dtype(), device);
+  };
+  UNetGoldenGradRun r{dev("sample"), dev("encoder_hidden_states"), Tensor()};
+  r.sample.set_requires_grad(true);
+  r.context.set_requires_grad(true);
+  nn::UNetAddedCond added;
+  added.text_embeds = dev("text_embeds");
+  added.time_ids = dev("time_ids");
+  const Tensor& t = io.at("timestep");
+  r.out = t.numel() == 1 ? model.forward(r.sample, t.item(), r.context, added, dev("timestep_cond"))
+                         : model.forward(r.sample, dev("timestep"), r.context, added, dev("timestep_cond"));
+  return r;
+}
+
 }  // namespace sd::test

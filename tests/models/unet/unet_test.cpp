@@ -272,22 +272,11 @@ TEST(GoldenUNet, GradientsMatchDiffusers) {
     auto model = UNet2DConditionModel::from_pretrained(test::unet_golden_dir(c.name), DType::F32, Device::cpu(), c.variant);
     model->set_requires_grad(true);
     std::map<std::string, Tensor> io = test::unet_golden_io(c.name);
-    Tensor sample = detach(io.at("sample")), ehs = detach(io.at("encoder_hidden_states"));
-    sample.set_requires_grad(true);
-    ehs.set_requires_grad(true);
-    std::map<std::string, Tensor> in = io;
-    in["sample"] = sample;
-    in["encoder_hidden_states"] = ehs;
-    // run_unet_golden copies inputs to the device: build the call here so the leaves stay ours.
-    UNetAddedCond added;
-    if (io.count("text_embeds")) added = {io.at("text_embeds"), io.at("time_ids")};
-    const Tensor cond = io.count("timestep_cond") ? io.at("timestep_cond") : Tensor();
-    const Tensor& t = io.at("timestep");
-    Tensor out = t.numel() == 1 ? model->forward(sample, t.item(), ehs, added, cond)
-                                : model->forward(sample, t, ehs, added, cond);
-    autograd::backward(out, io.at("grad_weight"));
-    EXPECT_LT(test::relative_error(sample.grad(), io.at("grad_sample")), 1e-4) << c.name << " d/d sample";
-    EXPECT_LT(test::relative_error(ehs.grad(), io.at("grad_encoder_hidden_states")), 1e-4) << c.name << " d/d context";
+    const test::UNetGoldenGradRun run = test::run_unet_golden_for_grad(*model, io);
+    autograd::backward(run.out, io.at("grad_weight"));
+    EXPECT_LT(test::relative_error(run.sample.grad(), io.at("grad_sample")), 1e-4) << c.name << " d/d sample";
+    EXPECT_LT(test::relative_error(run.context.grad(), io.at("grad_encoder_hidden_states")), 1e-4)
+        << c.name << " d/d context";
     int checked = 0;
     for (auto& [name, p] : model->named_parameters()) {
       auto it = io.find("grad_param/" + name);
