@@ -11,8 +11,9 @@ namespace sd {
 namespace {
 
 // In-place work needs contiguous buffers: non-contiguous targets are worked on through a
-// contiguous copy that finish() writes back (gradients from the engine are contiguous, so
-// this is the rare path).
+// contiguous copy that finish() writes back. Parameters and their gradients (which take the
+// parameter's layout) are contiguous unless a model stores channels-last weights
+// (set_channels_last, an inference setting), so this is the rare path.
 struct InPlaceTargets {
   std::vector<Tensor> work;
   std::vector<std::pair<Tensor, Tensor>> write_back;  // (original, contiguous copy)
