@@ -14,6 +14,7 @@
 #include "ops/activation.h"
 #include "ops/concat.h"
 #include "ops/elementwise.h"
+#include "ops/optim.h"
 #include "ops/reduce.h"
 #include "ops/view.h"
 #include "runtime/image_layout.h"
@@ -88,6 +89,26 @@ TEST(ChannelsLast, ConversionsAreCountedAndDifferentiable) {
   copy_(empty_image(y.shape(), DType::F64, Device::cpu(), true), y);
   copy_(empty({1, 3, 4, 2}, DType::F64), narrow(y, 3, 0, 2));  // columns of a channels-last image: not dense
   EXPECT_EQ(layout_conversions() - mid, 1);
+}
+
+// A channels-last weight (and its channels-last gradient) through an AdamW step: the optimizer
+// works on contiguous copies and writes back, so the step equals the contiguous one.
+TEST(ChannelsLast, AdamWStepOnChannelsLastWeights) {
+  const Tensor w = test::random_tensor({8, 5, 3, 3}, DType::F32, 11), g = test::random_tensor({8, 5, 3, 3}, DType::F32, 12);
+  auto step = [&](bool channels_last) {
+    AdamWSlot s;
+    s.master = channels_last ? cl_copy(w) : copy_to(w, DType::F32, Device::cpu());
+    s.grad = channels_last ? cl_copy(g) : copy_to(g, DType::F32, Device::cpu());
+    s.exp_avg = zeros(w.shape());
+    s.exp_avg_sq = zeros(w.shape());
+    std::vector<AdamWSlot> slots{s};
+    fused_adamw_(slots, AdamWConfig{}, 1);
+    EXPECT_EQ(prefers_channels_last(s.master), channels_last);
+    return s.master;
+  };
+  const Tensor nchw = step(false), cl = step(true);
+  EXPECT_FALSE(test::all_close(nchw, w, 0, 0));  // the step did move the weights
+  EXPECT_TRUE(test::all_close(cl, nchw, 0, 0));
 }
 
 // The golden UNets run channels-last give diffusers' numbers, and the same numbers as NCHW.
