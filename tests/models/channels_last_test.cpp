@@ -91,24 +91,31 @@ TEST(ChannelsLast, ConversionsAreCountedAndDifferentiable) {
   EXPECT_EQ(layout_conversions() - mid, 1);
 }
 
-// A channels-last weight (and its channels-last gradient) through an AdamW step: the optimizer
-// works on contiguous copies and writes back, so the step equals the contiguous one.
-TEST(ChannelsLast, AdamWStepOnChannelsLastWeights) {
+// Training after set_channels_last: a weight's gradient comes back channels-last; AdamW reads it
+// through a contiguous copy, so the step equals the contiguous one. The f32 masters stay
+// contiguous (the trainer's own buffers); a channels-last master is refused, naming the slot.
+TEST(ChannelsLast, AdamWStepWithChannelsLastGradients) {
   const Tensor w = test::random_tensor({8, 5, 3, 3}, DType::F32, 11), g = test::random_tensor({8, 5, 3, 3}, DType::F32, 12);
-  auto step = [&](bool channels_last) {
+  auto step = [&](bool channels_last_grad) {
     AdamWSlot s;
-    s.master = channels_last ? cl_copy(w) : copy_to(w, DType::F32, Device::cpu());
-    s.grad = channels_last ? cl_copy(g) : copy_to(g, DType::F32, Device::cpu());
+    s.master = copy_to(w, DType::F32, Device::cpu());
+    s.grad = channels_last_grad ? cl_copy(g) : copy_to(g, DType::F32, Device::cpu());
     s.exp_avg = zeros(w.shape());
     s.exp_avg_sq = zeros(w.shape());
     std::vector<AdamWSlot> slots{s};
     fused_adamw_(slots, AdamWConfig{}, 1);
-    EXPECT_EQ(prefers_channels_last(s.master), channels_last);
     return s.master;
   };
   const Tensor nchw = step(false), cl = step(true);
   EXPECT_FALSE(test::all_close(nchw, w, 0, 0));  // the step did move the weights
   EXPECT_TRUE(test::all_close(cl, nchw, 0, 0));
+  std::vector<AdamWSlot> bad{AdamWSlot{cl_copy(w), cl_copy(g), zeros(w.shape()), zeros(w.shape()), Tensor()}};
+  try {
+    fused_adamw_(bad, AdamWConfig{}, 1);
+    ADD_FAILURE() << "a channels-last master was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("slot 0: master must be contiguous"), std::string::npos) << e.what();
+  }
 }
 
 // The golden UNets run channels-last give diffusers' numbers, and the same numbers as NCHW.
