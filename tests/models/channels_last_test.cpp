@@ -123,7 +123,15 @@ TEST(ChannelsLast, UNetGoldensInBothLayouts) {
   for (const auto& c : test::unet_golden_cases()) {
     const auto io = test::unet_golden_io(c.name);
     auto m = nn::UNet2DConditionModel::from_pretrained(test::unet_golden_dir(c.name), DType::F32, Device::cpu(), c.variant);
+    // In NCHW the only conversions are the ones channels-last removes: each Transformer2DModel with
+    // a 1x1-conv proj_out hands it a permuted [B, C, H, W] view, which the convolution copies. The
+    // layout rules add none (an NCHW operand keeps a result NCHW).
+    int conv_projections = 0;
+    for (auto& [name, mod] : m->named_modules())
+      if (auto* t = dynamic_cast<nn::Transformer2DModel*>(mod)) conv_projections += t->proj_out_conv != nullptr;
+    const int64_t before = layout_conversions();
     const Tensor nchw = test::run_unet_golden(*m, io);
+    EXPECT_EQ(layout_conversions() - before, conv_projections) << c.name;
     m->set_channels_last(true);
     int cl_weights = 0;
     for (auto& [name, p] : m->named_parameters()) cl_weights += prefers_channels_last(*p->slot);
