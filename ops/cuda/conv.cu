@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "ops/cuda/conv.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/conv_impl.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/layout.h"
@@ -51,7 +52,7 @@ void add_bias(const Problem& p, const Tensor& y, const Tensor& bias_in) {
   if (n == 0) return;
   Tensor bias = contiguous_raw(bias_in);
   dispatch_float(y.dtype(), "conv2d bias", [&]<class T>() {
-    add_bias_kernel<T><<<grid_1d(n), 256>>>(static_cast<T*>(y.data_ptr()), static_cast<const T*>(bias.data_ptr()),
+    add_bias_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(static_cast<T*>(y.data_ptr()), static_cast<const T*>(bias.data_ptr()),
                                             n, p.O, p.L(), p.channels_last);
     SD_CUDA_CHECK_LAUNCH("add_bias_kernel");
   });

@@ -37,6 +37,7 @@ void cudnn_clear_cache() {}
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/layout.h"
+#include "runtime/cuda/current_stream.cuh"
 
 namespace sd::cuda::conv_detail {
 
@@ -289,6 +290,7 @@ void cudnn_clear_cache() {
 bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const Tensor& y) {
   if (!runnable(p)) return false;
   cudnnHandle_t h = handle_for(p.device);
+  SD_CUDNN_CHECK(cudnnSetStream(h, stream()));  // the current stream, as every kernel of this build
   Descs d;
   if (!set_descs(d, p)) return false;
   const Tensor w = weight_in_layout(p, w_in);
@@ -330,6 +332,7 @@ bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const 
 bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, const Tensor& dx) {
   if (!runnable(p)) return false;
   cudnnHandle_t h = handle_for(p.device);
+  SD_CUDNN_CHECK(cudnnSetStream(h, stream()));  // the current stream, as every kernel of this build
   Descs d;
   if (!set_descs(d, p)) return false;
   const Tensor w = weight_in_layout(p, w_in);
@@ -372,6 +375,7 @@ bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, co
 bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw) {
   if (!runnable(p)) return false;
   cudnnHandle_t h = handle_for(p.device);
+  SD_CUDNN_CHECK(cudnnSetStream(h, stream()));  // the current stream, as every kernel of this build
   Descs d;
   if (!set_descs(d, p)) return false;
   // cuDNN writes the filter gradient in the filter layout; channels-last problems get a

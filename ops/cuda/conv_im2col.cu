@@ -13,6 +13,7 @@
 #include <atomic>
 
 #include "ops/cuda/conv_impl.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/gemm.h"
 
@@ -119,7 +120,7 @@ void launch_im2col(const Problem& p, const Tensor& x, int64_t n0, int64_t b, con
   const int64_t total = p.K() * b * p.L();
   dispatch_float(p.dtype, "conv2d im2col", [&]<class T>() {
     const T* xp = static_cast<const T*>(x.data_ptr()) + n0 * x.stride(0);
-    im2col_kernel<T><<<grid_1d(total), 256>>>(xp, strides_of(x), static_cast<T*>(col.data_ptr()), b, geom_of(p));
+    im2col_kernel<T><<<grid_1d(total), 256, 0, stream()>>>(xp, strides_of(x), static_cast<T*>(col.data_ptr()), b, geom_of(p));
     SD_CUDA_CHECK_LAUNCH("im2col_kernel");
   });
 }
@@ -161,7 +162,7 @@ void im2col_grad_input(const Problem& p, const Tensor& dy, const Tensor& w, cons
     dispatch_float(p.dtype, "conv2d col2im", [&]<class T>() {
       T* dxp = static_cast<T*>(dx.data_ptr()) + n0 * dx.stride(0);
       const int64_t total = b * p.C * p.H * p.W;
-      col2im_kernel<T><<<grid_1d(total), 256>>>(static_cast<const T*>(dcol.data_ptr()), dxp, strides_of(dx), b,
+      col2im_kernel<T><<<grid_1d(total), 256, 0, stream()>>>(static_cast<const T*>(dcol.data_ptr()), dxp, strides_of(dx), b,
                                                 geom_of(p), p.channels_last);
       SD_CUDA_CHECK_LAUNCH("col2im_kernel");
     });

@@ -1,6 +1,7 @@
 // Dropout on the GPU: one thread per Philox block, i.e. per 4 consecutive elements, with the
 // host/device Philox of runtime/rng_core.h, so the mask is the CPU's bit for bit.
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/dropout.h"
 #include "runtime/rng_core.h"
 
@@ -38,7 +39,7 @@ Tensor dropout_masked(const Tensor& x, double p, uint64_t seed, uint64_t offset)
   dispatch_float(x.dtype(), "dropout", [&]<class T>() {
     using A = acc_t<T>;
     const A scale = A(1.0 / (1.0 - p));  // rounded from double like the CPU's
-    dropout_kernel<T><<<grid_1d((n + 3) / 4), 256>>>(static_cast<const T*>(xc.data_ptr()),
+    dropout_kernel<T><<<grid_1d((n + 3) / 4), 256, 0, stream()>>>(static_cast<const T*>(xc.data_ptr()),
                                                       static_cast<T*>(out.data_ptr()), n, seed, offset, p, scale);
     SD_CUDA_CHECK_LAUNCH("dropout");
   });

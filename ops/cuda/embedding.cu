@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/embedding.h"
 
 namespace sd::cuda {
@@ -52,10 +53,10 @@ Tensor embedding(const Tensor& weight, const Tensor& ids_in) {
     const T* w = static_cast<const T*>(weight.data_ptr());
     T* o = static_cast<T*>(out.data_ptr());
     if (ids.dtype() == DType::I32) {
-      gather_kernel<T, int32_t><<<grid_1d(n * D), 256>>>(w, weight.stride(0), weight.stride(1),
+      gather_kernel<T, int32_t><<<grid_1d(n * D), 256, 0, stream()>>>(w, weight.stride(0), weight.stride(1),
                                                          static_cast<const int32_t*>(ids.data_ptr()), o, n, D);
     } else {
-      gather_kernel<T, int64_t><<<grid_1d(n * D), 256>>>(w, weight.stride(0), weight.stride(1),
+      gather_kernel<T, int64_t><<<grid_1d(n * D), 256, 0, stream()>>>(w, weight.stride(0), weight.stride(1),
                                                          static_cast<const int64_t*>(ids.data_ptr()), o, n, D);
     }
     SD_CUDA_CHECK_LAUNCH("embedding gather_kernel");
@@ -97,7 +98,7 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& ids, int64_t V) {
 
   Tensor g = contiguous_raw(grad);
   dispatch_float(grad.dtype(), "embedding backward", [&]<class T>() {
-    grouped_sum_kernel<T><<<grid_1d(R * D), 256>>>(static_cast<const T*>(g.data_ptr()), dp, dp + R, dp + 2 * R + 1,
+    grouped_sum_kernel<T><<<grid_1d(R * D), 256, 0, stream()>>>(static_cast<const T*>(g.data_ptr()), dp, dp + R, dp + 2 * R + 1,
                                                   static_cast<T*>(out.data_ptr()), R, D);
     SD_CUDA_CHECK_LAUNCH("embedding grouped_sum_kernel");
   });

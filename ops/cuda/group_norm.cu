@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "ops/cuda/norm.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/vec_reduce.cuh"
 
 namespace sd::cuda {
@@ -623,11 +624,11 @@ Tensor launch_stats(const Tensor& x, const Plan& p) {
   if (p.N * p.C == 0) return part;
   const T* xp = static_cast<const T*>(x.data_ptr());
   if (!p.cl) {
-    gn_stats_rows<T, V><<<rows_grid(p), kThreads>>>(xp, ptr<Welford<A>>(part), p.N * p.C * p.splits, p.S, p.splits,
+    gn_stats_rows<T, V><<<rows_grid(p), kThreads, 0, stream()>>>(xp, ptr<Welford<A>>(part), p.N * p.C * p.splits, p.S, p.splits,
                                                     p.chunk, p.lanes);
     SD_CUDA_CHECK_LAUNCH("gn_stats_rows");
   } else {
-    gn_stats_cl<T, V><<<cl_grid(p), kThreads>>>(xp, ptr<Welford<A>>(part), p.S, p.C, p.splits, p.chunk, p.cw);
+    gn_stats_cl<T, V><<<cl_grid(p), kThreads, 0, stream()>>>(xp, ptr<Welford<A>>(part), p.S, p.C, p.splits, p.chunk, p.cw);
     SD_CUDA_CHECK_LAUNCH("gn_stats_cl");
   }
   return part;
@@ -644,11 +645,11 @@ Tensor launch_bwd_sums(const Tensor& x, const Tensor& dy, const Tensor& mean, co
   const A* mp = static_cast<const A*>(mean.data_ptr());
   const A* rp = static_cast<const A*>(rstd.data_ptr());
   if (!p.cl) {
-    gn_bwd_rows<T, V><<<rows_grid(p), kThreads>>>(xp, gp, mp, rp, w, b, ptr<Sums<A>>(part), p.N * p.C * p.splits,
+    gn_bwd_rows<T, V><<<rows_grid(p), kThreads, 0, stream()>>>(xp, gp, mp, rp, w, b, ptr<Sums<A>>(part), p.N * p.C * p.splits,
                                                   p.S, p.C, p.Cg, p.splits, p.chunk, p.lanes, silu);
     SD_CUDA_CHECK_LAUNCH("gn_bwd_rows");
   } else {
-    gn_bwd_cl<T, V><<<cl_grid(p), kThreads>>>(xp, gp, mp, rp, w, b, ptr<Sums<A>>(part), p.S, p.C, p.Cg, p.splits,
+    gn_bwd_cl<T, V><<<cl_grid(p), kThreads, 0, stream()>>>(xp, gp, mp, rp, w, b, ptr<Sums<A>>(part), p.S, p.C, p.Cg, p.splits,
                                               p.chunk, p.cw, silu);
     SD_CUDA_CHECK_LAUNCH("gn_bwd_cl");
   }
@@ -717,7 +718,7 @@ bool try_one_kernel(const Tensor& x, bool cl, int64_t groups, const Tensor& w, c
   auto launch = [&]<bool CL, int V>() {
     auto kernel = gn_one_kernel<T, CL, V>;
     SD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tile_bytes)));
-    kernel<<<unsigned(N * groups), kOneKernelThreads, size_t(tile_bytes)>>>(
+    kernel<<<unsigned(N * groups), kOneKernelThreads, size_t(tile_bytes), stream()>>>(
         static_cast<const T*>(x.data_ptr()), static_cast<T*>(r.y.data_ptr()), opt_ptr<T>(w), opt_ptr<T>(b),
         ptr<A>(r.mean), ptr<A>(r.rstd), uint32_t(C), uint32_t(S), uint32_t(groups), uint32_t(Cg), eps, silu);
     SD_CUDA_CHECK_LAUNCH("gn_one_kernel");
@@ -751,7 +752,7 @@ cpu::NormForward group_norm_forward(const Tensor& x_in, int64_t groups, const Te
     Tensor coef = scratch<Coef<A>>(p.N * p.C, x.device());
     dispatch_vec<T>(p.vec, [&]<int V>() {
       Tensor part = launch_stats<T, V>(x, p);
-      gn_finalize<T><<<warp_grid(p.N * p.G), kThreads>>>(
+      gn_finalize<T><<<warp_grid(p.N * p.G), kThreads, 0, stream()>>>(
           ptr<const Welford<A>>(part), p.Cg * p.splits, p.N * p.G, p.G, p.C, p.Cg, p.M, opt_ptr<T>(w),
           opt_ptr<T>(b), eps, ptr<A>(r.mean), ptr<A>(r.rstd), ptr<Coef<A>>(coef));
       SD_CUDA_CHECK_LAUNCH("gn_finalize");
@@ -759,7 +760,7 @@ cpu::NormForward group_norm_forward(const Tensor& x_in, int64_t groups, const Te
       if (numel == 0) return;
       dispatch_index(numel, [&]<class Idx>() {
         const Idx nvec = Idx(numel / V);
-        gn_apply<T, V, Idx><<<grid_1d(int64_t(nvec), kThreads), kThreads>>>(
+        gn_apply<T, V, Idx><<<grid_1d(int64_t(nvec), kThreads), kThreads, 0, stream()>>>(
             static_cast<const T*>(x.data_ptr()), static_cast<T*>(r.y.data_ptr()), ptr<const Coef<A>>(coef), nvec,
             coef_index<Idx>(p), fuse_silu);
         SD_CUDA_CHECK_LAUNCH("gn_apply");
@@ -794,14 +795,14 @@ cpu::NormGrads group_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
     dispatch_vec<T>(p.vec, [&]<int V>() {
       if (N * C > 0) {
         Tensor part = launch_bwd_sums<T, V>(x, dy, mean, rstd, opt_ptr<T>(w), opt_ptr<T>(b), p, fuse_silu);
-        gn_bwd_finalize<T><<<warp_grid(p.N * p.G), kThreads>>>(
+        gn_bwd_finalize<T><<<warp_grid(p.N * p.G), kThreads, 0, stream()>>>(
             ptr<const Sums<A>>(part), p.splits, p.N * p.G, p.G, p.C, p.Cg, p.M,
             static_cast<const A*>(mean.data_ptr()), static_cast<const A*>(rstd.data_ptr()), opt_ptr<T>(w),
             opt_ptr<T>(b), ptr<Sums<A>>(chan), need_dx ? ptr<BwdCoef<A>>(coef) : nullptr);
         SD_CUDA_CHECK_LAUNCH("gn_bwd_finalize");
       }
       if ((need_dweight || need_dbias) && C > 0) {
-        gn_param_grads<T><<<grid_1d(C, kThreads), kThreads>>>(
+        gn_param_grads<T><<<grid_1d(C, kThreads), kThreads, 0, stream()>>>(
             ptr<const Sums<A>>(chan), N, C, need_dweight ? static_cast<T*>(r.dweight.data_ptr()) : nullptr,
             need_dbias ? static_cast<T*>(r.dbias.data_ptr()) : nullptr);
         SD_CUDA_CHECK_LAUNCH("gn_param_grads");
@@ -810,7 +811,7 @@ cpu::NormGrads group_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
       if (!need_dx || numel == 0) return;
       dispatch_index(numel, [&]<class Idx>() {
         const Idx nvec = Idx(numel / V);
-        gn_bwd_apply<T, V, Idx><<<grid_1d(int64_t(nvec), kThreads), kThreads>>>(
+        gn_bwd_apply<T, V, Idx><<<grid_1d(int64_t(nvec), kThreads), kThreads, 0, stream()>>>(
             static_cast<const T*>(x.data_ptr()), static_cast<const T*>(dy.data_ptr()),
             static_cast<T*>(r.dx.data_ptr()), ptr<const BwdCoef<A>>(coef), nvec, coef_index<Idx>(p), fuse_silu);
         SD_CUDA_CHECK_LAUNCH("gn_bwd_apply");

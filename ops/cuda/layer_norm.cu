@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "ops/cuda/norm.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/vec_reduce.cuh"
 
 namespace sd::cuda {
@@ -179,7 +180,7 @@ cpu::NormForward layer_norm_forward(const Tensor& x_in, const Tensor& weight, co
     using A = acc_t<T>;
     dispatch_row_vec<T>(D, aligned16(x.data_ptr()) && aligned16(r.y.data_ptr()), [&]<int V>() {
       dispatch_row_threads(D, [&]<int TPR>() {
-        ln_forward<T, V, TPR><<<row_grid(R, TPR), kRowThreads>>>(
+        ln_forward<T, V, TPR><<<row_grid(R, TPR), kRowThreads, 0, stream()>>>(
             static_cast<const T*>(x.data_ptr()), static_cast<T*>(r.y.data_ptr()), opt_ptr<T>(w), opt_ptr<T>(b),
             static_cast<A*>(r.mean.data_ptr()), static_cast<A*>(r.rstd.data_ptr()), R, D, eps);
         SD_CUDA_CHECK_LAUNCH("ln_forward");
@@ -210,7 +211,7 @@ cpu::NormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
       const bool aligned = aligned16(xp) && aligned16(gp) && aligned16(r.dx.data_ptr());
       dispatch_row_vec<T>(D, aligned, [&]<int V>() {
         dispatch_row_threads(D, [&]<int TPR>() {
-          ln_backward_dx<T, V, TPR><<<row_grid(R, TPR), kRowThreads>>>(
+          ln_backward_dx<T, V, TPR><<<row_grid(R, TPR), kRowThreads, 0, stream()>>>(
               xp, gp, mp, rp, opt_ptr<T>(w), static_cast<T*>(r.dx.data_ptr()), R, D);
           SD_CUDA_CHECK_LAUNCH("ln_backward_dx");
         });
@@ -227,10 +228,10 @@ cpu::NormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
       slices = R > 0 ? ceil_div(R, chunk) : 1;
       const DType pdt = std::is_same_v<A, double> ? DType::F64 : DType::F32;
       Tensor part_w = empty({slices, D}, pdt, x.device()), part_b = empty({slices, D}, pdt, x.device());
-      ln_param_partial<T><<<dim3(unsigned(col_blocks), unsigned(slices)), dim3(kColThreads, kRowLanes)>>>(
+      ln_param_partial<T><<<dim3(unsigned(col_blocks), unsigned(slices)), dim3(kColThreads, kRowLanes), 0, stream()>>>(
           xp, gp, mp, rp, static_cast<A*>(part_w.data_ptr()), static_cast<A*>(part_b.data_ptr()), R, D, chunk);
       SD_CUDA_CHECK_LAUNCH("ln_param_partial");
-      ln_param_final<T><<<grid_1d(D, 256), 256>>>(static_cast<const A*>(part_w.data_ptr()),
+      ln_param_final<T><<<grid_1d(D, 256), 256, 0, stream()>>>(static_cast<const A*>(part_w.data_ptr()),
                                                    static_cast<const A*>(part_b.data_ptr()), slices, D, dw, db);
       SD_CUDA_CHECK_LAUNCH("ln_param_final");
     }

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/optim.h"
 
 namespace sd::cuda {
@@ -57,8 +58,8 @@ Table upload(const std::vector<Rec>& in, Device dev) {
   // I64 elements: the records hold int64_t and pointers, so the buffer is 8-byte aligned.
   t.buffer = empty({int64_t((bytes + 7) / 8)}, DType::I64, dev);
   // From pageable memory the runtime stages the bytes before returning (the host vector may
-  // die), without waiting for the device; the default stream orders it before the kernel.
-  SD_CUDA_CHECK(cudaMemcpyAsync(t.buffer.data_ptr(), recs.data(), bytes, cudaMemcpyHostToDevice, 0));
+  // die), without waiting for the device; the current stream orders it before the kernel.
+  SD_CUDA_CHECK(cudaMemcpyAsync(t.buffer.data_ptr(), recs.data(), bytes, cudaMemcpyHostToDevice, stream()));
   t.recs = static_cast<const Rec*>(t.buffer.data_ptr());
   t.count = int(recs.size());
   return t;
@@ -274,9 +275,9 @@ bool scale_check(const std::vector<Tensor>& ts, double s, bool write, bool check
   if (check) {
     flag = empty({1}, DType::I32, dev);
     flag_ptr = static_cast<int*>(flag.data_ptr());
-    SD_CUDA_CHECK(cudaMemsetAsync(flag_ptr, 0, sizeof(int), 0));
+    SD_CUDA_CHECK(cudaMemsetAsync(flag_ptr, 0, sizeof(int), stream()));
   }
-  scale_check_kernel<<<unsigned(tab.chunks), kThreads>>>(tab.recs, tab.count, s, write, flag_ptr);
+  scale_check_kernel<<<unsigned(tab.chunks), kThreads, 0, stream()>>>(tab.recs, tab.count, s, write, flag_ptr);
   SD_CUDA_CHECK_LAUNCH("optim_scale_check");
   if (!check) return false;
   int bad = 0;
@@ -306,7 +307,7 @@ void fused_adamw(const std::vector<AdamWSlot>& slots, const cpu::AdamWStep& s) {
   }
   Table tab = upload(recs, slots[0].master.device());
   if (tab.count == 0) return;
-  adamw_kernel<<<unsigned(tab.chunks), kThreads>>>(tab.recs, tab.count, s);
+  adamw_kernel<<<unsigned(tab.chunks), kThreads, 0, stream()>>>(tab.recs, tab.count, s);
   SD_CUDA_CHECK_LAUNCH("fused_adamw");
 }
 
@@ -326,7 +327,7 @@ void ema_update(const std::vector<Tensor>& ema, const std::vector<Tensor>& param
   Table tab = upload(recs, ema[0].device());
   if (tab.count == 0) return;
   // 1 - decay in double on the host, as the CPU kernel rounds it.
-  ema_kernel<<<unsigned(tab.chunks), kThreads>>>(tab.recs, tab.count, decay, 1.0 - decay);
+  ema_kernel<<<unsigned(tab.chunks), kThreads, 0, stream()>>>(tab.recs, tab.count, decay, 1.0 - decay);
   SD_CUDA_CHECK_LAUNCH("ema_update");
 }
 
@@ -338,9 +339,9 @@ double sum_of_squares(const std::vector<Tensor>& ts) {
   if (tab.count == 0) return 0.0;
   Tensor partial = empty({tab.chunks}, DType::F64, dev);
   Tensor total = empty({1}, DType::F64, dev);
-  sum_squares_kernel<<<unsigned(tab.chunks), kThreads>>>(tab.recs, tab.count, static_cast<double*>(partial.data_ptr()));
+  sum_squares_kernel<<<unsigned(tab.chunks), kThreads, 0, stream()>>>(tab.recs, tab.count, static_cast<double*>(partial.data_ptr()));
   SD_CUDA_CHECK_LAUNCH("optim_sum_of_squares");
-  sum_partials_kernel<<<1, kThreads>>>(static_cast<const double*>(partial.data_ptr()), tab.chunks,
+  sum_partials_kernel<<<1, kThreads, 0, stream()>>>(static_cast<const double*>(partial.data_ptr()), tab.chunks,
                                        static_cast<double*>(total.data_ptr()));
   SD_CUDA_CHECK_LAUNCH("optim_sum_partials");
   double result = 0.0;

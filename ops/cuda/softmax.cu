@@ -6,6 +6,7 @@
 //   inner > 1: one thread per (outer, inner) row; adjacent threads read adjacent inner
 //     positions, so every pass over l is a coalesced sweep without any transpose.
 #include "ops/cuda/softmax.h"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/vec_reduce.cuh"
 
 namespace sd::cuda {
@@ -157,12 +158,12 @@ Tensor softmax_forward(const Tensor& x_in, int64_t dim, bool log) {
     if (rows.inner == 1) {
       dispatch_row_vec<T>(rows.len, aligned16(xp) && aligned16(yp), [&]<int V>() {
         dispatch_row_threads(rows.len, [&]<int TPR>() {
-          softmax_last<T, V, TPR><<<row_grid(rows.outer, TPR), kRowThreads>>>(xp, yp, rows.outer, rows.len, log);
+          softmax_last<T, V, TPR><<<row_grid(rows.outer, TPR), kRowThreads, 0, stream()>>>(xp, yp, rows.outer, rows.len, log);
           SD_CUDA_CHECK_LAUNCH("softmax_last");
         });
       });
     } else {
-      softmax_inner<T><<<grid_1d(rows.outer * rows.inner), 256>>>(xp, yp, rows.outer, rows.len, rows.inner, log);
+      softmax_inner<T><<<grid_1d(rows.outer * rows.inner), 256, 0, stream()>>>(xp, yp, rows.outer, rows.len, rows.inner, log);
       SD_CUDA_CHECK_LAUNCH("softmax_inner");
     }
   });
@@ -184,13 +185,13 @@ Tensor softmax_backward(const Tensor& dy_in, const Tensor& y_in, int64_t dim, bo
       dispatch_row_vec<T>(rows.len, aligned16(gp) && aligned16(yp) && aligned16(dp), [&]<int V>() {
         dispatch_row_threads(rows.len, [&]<int TPR>() {
           softmax_last_bwd<T, V, TPR>
-              <<<row_grid(rows.outer, TPR), kRowThreads>>>(gp, yp, dp, rows.outer, rows.len, log);
+              <<<row_grid(rows.outer, TPR), kRowThreads, 0, stream()>>>(gp, yp, dp, rows.outer, rows.len, log);
           SD_CUDA_CHECK_LAUNCH("softmax_last_bwd");
         });
       });
     } else {
       softmax_inner_bwd<T>
-          <<<grid_1d(rows.outer * rows.inner), 256>>>(gp, yp, dp, rows.outer, rows.len, rows.inner, log);
+          <<<grid_1d(rows.outer * rows.inner), 256, 0, stream()>>>(gp, yp, dp, rows.outer, rows.len, rows.inner, log);
       SD_CUDA_CHECK_LAUNCH("softmax_inner_bwd");
     }
   });

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/timestep.h"
 
 namespace sd::cuda {
@@ -43,8 +44,8 @@ Tensor timestep_embedding(const Tensor& t, const std::vector<float>& freq, int64
   if (half > 0)
     // From pageable memory: staged before the call returns, ordered before the kernel.
     SD_CUDA_CHECK(cudaMemcpyAsync(freq_dev.data_ptr(), freq.data(), size_t(half) * sizeof(float),
-                                  cudaMemcpyHostToDevice, 0));
-  timestep_kernel<<<grid_1d(n * dim), 256>>>(static_cast<const float*>(t.data_ptr()),
+                                  cudaMemcpyHostToDevice, stream()));
+  timestep_kernel<<<grid_1d(n * dim), 256, 0, stream()>>>(static_cast<const float*>(t.data_ptr()),
                                              static_cast<const float*>(freq_dev.data_ptr()),
                                              static_cast<float*>(out.data_ptr()), n, dim, half, flip_sin_to_cos,
                                              scale);

@@ -1,6 +1,7 @@
 // Nearest-neighbour upsampling: one thread per output element, reading the input through
 // its strides; the backward is one thread per input element summing its s x s block.
 #include "ops/cuda/cuda_common.cuh"
+#include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/layout.h"
 #include "ops/cuda/upsample.h"
 
@@ -76,7 +77,7 @@ Tensor upsample_nearest2d(const Tensor& x, int64_t s) {
   const int64_t n = out.numel();
   if (n == 0) return out;
   dispatch_float(x.dtype(), "upsample_nearest2d", [&]<class T>() {
-    upsample_kernel<T><<<grid_1d(n), 256>>>(static_cast<const T*>(x.data_ptr()), strides_of(x),
+    upsample_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(static_cast<const T*>(x.data_ptr()), strides_of(x),
                                             static_cast<T*>(out.data_ptr()), od, s, cl);
     SD_CUDA_CHECK_LAUNCH("upsample_kernel");
   });
@@ -91,7 +92,7 @@ Tensor upsample_nearest2d_backward(const Tensor& grad, int64_t s) {
   const int64_t n = dx.numel();
   if (n == 0) return dx;
   dispatch_float(grad.dtype(), "upsample_nearest2d backward", [&]<class T>() {
-    upsample_backward_kernel<T><<<grid_1d(n), 256>>>(static_cast<const T*>(grad.data_ptr()), strides_of(grad),
+    upsample_backward_kernel<T><<<grid_1d(n), 256, 0, stream()>>>(static_cast<const T*>(grad.data_ptr()), strides_of(grad),
                                                      static_cast<T*>(dx.data_ptr()), xd, s, cl);
     SD_CUDA_CHECK_LAUNCH("upsample_backward_kernel");
   });

@@ -6,6 +6,7 @@
 #include "autograd/engine.h"
 #include "autograd/node.h"
 #include "runtime/image_layout.h"
+#include "runtime/stream.h"
 #include "tests/models/unet/unet_golden.h"
 #include "tests/test_util.h"
 
@@ -46,6 +47,39 @@ TEST(CudaUNet, GoldenModelsMatchTheCpu) {
                   c.name.c_str(), dtype_name(dt), err, err_cl, static_cast<long long>(conversions));
     }
   }
+}
+
+// Every kernel of a UNet forward and backward launches on the current stream (runtime/stream.h):
+// under a StreamGuard (a non-blocking stream: nothing orders it with the legacy default stream)
+// the golden model gives the default stream's results, and the default stream reads them after
+// waiting on the side stream's event. A kernel left on the default stream would race. (Equal up to
+// the float-atomic order of some backward kernels, not bit for bit.)
+TEST(CudaUNet, ForwardAndBackwardRunOnTheCurrentStream) {
+  SD_REQUIRE_CUDA();
+  const auto& c = test::unet_golden_cases()[0];
+  const auto io = test::unet_golden_io(c.name);
+  auto m = UNet2DConditionModel::from_pretrained(test::unet_golden_dir(c.name), DType::F16, Device::cuda(), c.variant);
+  m->set_requires_grad(true);
+  auto step = [&] {
+    for (auto& [name, p] : m->named_parameters()) p->slot->zero_grad();
+    const test::UNetGoldenGradRun run = test::run_unet_golden_for_grad(*m, io, Device::cuda());
+    autograd::backward(run.out, copy_to(io.at("grad_weight"), DType::F16, Device::cuda()));
+    return std::vector<Tensor>{run.out, run.sample.grad(), m->conv_in->weight.grad()};
+  };
+  const auto ref = step();
+  Stream side = Stream::create(0);
+  Event done;
+  std::vector<Tensor> got;
+  {
+    StreamGuard guard(side);
+    got = step();
+    done.record();
+  }
+  done.wait();
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_LT(test::relative_error(copy_to(got[i], DType::F32, Device::cpu()), copy_to(ref[i], DType::F32, Device::cpu())),
+              5e-3)
+        << "tensor " << i;
 }
 
 // Backward through the whole UNet on the GPU (f32, with and without per-block checkpointing)
