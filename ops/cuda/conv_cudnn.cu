@@ -34,6 +34,7 @@ void cudnn_clear_cache() {}
 #include <mutex>
 #include <vector>
 
+#include "ops/cuda/conv_cudnn_shared.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/layout.h"
@@ -41,22 +42,7 @@ void cudnn_clear_cache() {}
 
 namespace sd::cuda::conv_detail {
 
-namespace {
-
-// Largest workspace an algorithm may ask for; faster algorithms that want more are skipped.
-constexpr size_t kMaxWorkspace = size_t(1) << 30;
-
-std::atomic<bool>& benchmark_setting() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("SD_CUDNN_BENCHMARK");
-    return e == nullptr || std::strcmp(e, "0") != 0;  // measured choice by default; SD_CUDNN_BENCHMARK=0: heuristics
-  }()};
-  return on;
-}
-
-// One handle per device, created on first use. A failed creation (a driver or library
-// problem) is reported once and leaves cuDNN unused on that device: im2col still works.
-cudnnHandle_t handle_for(int device) {
+cudnnHandle_t cudnn_handle(int device) {
   static std::mutex mu;
   static std::vector<cudnnHandle_t> handles;
   static std::vector<bool> tried;
@@ -76,6 +62,18 @@ cudnnHandle_t handle_for(int device) {
     }
   }
   return handles[size_t(device)];
+}
+
+bool strict_fp32(const Problem& p) { return p.dtype == DType::F32 && !allow_tf32(); }
+
+namespace {
+
+std::atomic<bool>& benchmark_setting() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("SD_CUDNN_BENCHMARK");
+    return e == nullptr || std::strcmp(e, "0") != 0;  // measured choice by default; SD_CUDNN_BENCHMARK=0: heuristics
+  }()};
+  return on;
 }
 
 // RAII holders of the descriptors (cheap to create per call).
@@ -109,10 +107,6 @@ cudnnDataType_t cudnn_type(DType t) {
     default: SD_FAIL("conv2d (cuDNN): unsupported dtype ", dtype_name(t));
   }
 }
-
-// f32 stays exact f32 (FMA kernels) unless TF32 is allowed, as for matmul; f16/bf16 use
-// tensor cores, accumulating in f32 (the descriptor's compute type).
-bool strict_fp32(const Problem& p) { return p.dtype == DType::F32 && !allow_tf32(); }
 
 cudnnMathType_t requested_math(const Problem& p) {
   if (p.dtype == DType::F32) return allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
@@ -253,7 +247,7 @@ bool fits_int32(const Problem& p) {
 
 bool runnable(const Problem& p) {
   return (p.dtype == DType::F32 || p.dtype == DType::F16 || p.dtype == DType::BF16) && fits_int32(p) &&
-         handle_for(p.device) != nullptr;
+         cudnn_handle(p.device) != nullptr;
 }
 
 // The filter layout cuDNN is told: [O, C, kh, kw] for NCHW problems, [O, kh, kw, C] for
@@ -272,7 +266,7 @@ Tensor weight_in_layout(const Problem& p, const Tensor& w) {
 bool cudnn_usable() {
   int device = 0;
   SD_CUDA_CHECK(cudaGetDevice(&device));
-  return handle_for(device) != nullptr;
+  return cudnn_handle(device) != nullptr;
 }
 
 void cudnn_set_benchmark(bool on) {
@@ -289,7 +283,7 @@ void cudnn_clear_cache() {
 
 bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const Tensor& y) {
   if (!runnable(p)) return false;
-  cudnnHandle_t h = handle_for(p.device);
+  cudnnHandle_t h = cudnn_handle(p.device);
   SD_CUDNN_CHECK(cudnnSetStream(h, stream()));  // the current stream, as every kernel of this build
   Descs d;
   if (!set_descs(d, p)) return false;
@@ -331,7 +325,7 @@ bool cudnn_forward(const Problem& p, const Tensor& x, const Tensor& w_in, const 
 
 bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, const Tensor& dx) {
   if (!runnable(p)) return false;
-  cudnnHandle_t h = handle_for(p.device);
+  cudnnHandle_t h = cudnn_handle(p.device);
   SD_CUDNN_CHECK(cudnnSetStream(h, stream()));  // the current stream, as every kernel of this build
   Descs d;
   if (!set_descs(d, p)) return false;
@@ -374,7 +368,7 @@ bool cudnn_grad_input(const Problem& p, const Tensor& dy, const Tensor& w_in, co
 
 bool cudnn_grad_weight(const Problem& p, const Tensor& dy, const Tensor& x, const Tensor& dw) {
   if (!runnable(p)) return false;
-  cudnnHandle_t h = handle_for(p.device);
+  cudnnHandle_t h = cudnn_handle(p.device);
   SD_CUDNN_CHECK(cudnnSetStream(h, stream()));  // the current stream, as every kernel of this build
   Descs d;
   if (!set_descs(d, p)) return false;

@@ -37,6 +37,7 @@ int64_t graph_runs() { return 0; }
 #include <vector>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/conv_cudnn_shared.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/layout.h"
 #include "runtime/cuda/current_stream.cuh"
@@ -45,8 +46,7 @@ namespace sd::cuda::conv_detail {
 
 namespace {
 
-constexpr int64_t kMaxWorkspace = int64_t(1) << 30;  // as the legacy path: faster engines wanting more are skipped
-constexpr int kMaxCandidates = 12;                   // engine configurations tried per problem
+constexpr int kMaxCandidates = 12;  // engine configurations tried per problem
 // The handle attributes of operation graphs and plans: required by the cuDNN 9 releases PyTorch
 // wheels ship, marked deprecated (still accepted) in later ones; named by value so that the
 // deprecation does not warn.
@@ -59,20 +59,6 @@ enum class Dir { Forward, ForwardBias, Data, Filter };
 enum : int64_t { kX = 1, kW = 2, kY = 3, kBias = 4, kConvOut = 5 };
 
 std::atomic<int64_t> g_runs{0};
-
-// Own handle per device (the graph path sets its stream per call; the legacy path keeps its own).
-cudnnHandle_t handle_for(int device) {
-  static std::mutex mu;
-  static std::map<int, cudnnHandle_t> handles;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = handles.find(device);
-  if (it != handles.end()) return it->second;
-  cudart::set_device(device);
-  cudnnHandle_t h = nullptr;
-  if (cudnnCreate(&h) != CUDNN_STATUS_SUCCESS) h = nullptr;
-  handles[device] = h;
-  return h;
-}
 
 // A backend descriptor owned here.
 struct Desc {
@@ -144,8 +130,6 @@ struct Plan {
 using PlanPtr = std::shared_ptr<Plan>;
 
 using Key = std::array<int64_t, 18>;
-
-bool strict_fp32(const Problem& p) { return p.dtype == DType::F32 && !allow_tf32(); }
 
 Key key_of(const Problem& p, Dir dir, const Tensor& filter) {
   return {int64_t(dir), int64_t(p.dtype), p.channels_last, p.device, strict_fp32(p), p.N, p.C, p.H, p.W,
@@ -219,7 +203,7 @@ PlanPtr plan_for(const DescPtr& cfg, cudnnHandle_t h, const std::vector<DescPtr>
   int64_t ws = 0, n = 0;
   if (cudnnBackendGetAttribute(plan->d, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws) !=
           CUDNN_STATUS_SUCCESS ||
-      ws < 0 || ws > kMaxWorkspace)
+      ws < 0 || size_t(ws) > kMaxWorkspace)
     return nullptr;
   auto r = std::make_shared<Plan>();
   r->keep = keep;
@@ -404,7 +388,7 @@ bool run(const Problem& p, Dir dir, const Tensor& filter, const std::vector<void
   if (!(p.dtype == DType::F32 || p.dtype == DType::F16 || p.dtype == DType::BF16)) return false;
   for (void* q : ptrs)
     if (reinterpret_cast<uintptr_t>(q) % 16 != 0) return false;  // the descriptors promise 16-byte alignment
-  cudnnHandle_t h = handle_for(p.device);
+  cudnnHandle_t h = cudnn_handle(p.device);
   if (!h) return false;
   if (cudnnSetStream(h, stream()) != CUDNN_STATUS_SUCCESS) return false;
   PlanPtr plan = plan_of(p, dir, filter, h, ptrs);
