@@ -98,9 +98,6 @@ Tensor dense_weight(const Tensor& w, bool channels_last) {
   return dense && aligned ? w : copy_to(w, w.dtype(), w.device());
 }
 
-// The im2col kernels read the weight as a row-major [O, C*kh*kw] matrix.
-Tensor contiguous_weight(const Tensor& w) { return w.is_contiguous() ? w : copy_to(w, w.dtype(), w.device()); }
-
 }  // namespace
 
 void set_conv_backend(ConvBackend b) { backend_setting().store(b); }
@@ -127,7 +124,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const 
     return y;
   }
   if (!(use_cudnn() && conv_detail::cudnn_forward(p, x, w, y)))
-    conv_detail::im2col_forward(p, x, contiguous_weight(w), y);
+    conv_detail::im2col_forward(p, x, contiguous_raw(w), y);  // im2col reads [O, C*kh*kw] rows
   if (bias.defined()) conv_detail::add_bias(p, y, bias);
   return y;
 }
@@ -146,7 +143,7 @@ Tensor conv2d_grad_input(const Tensor& grad_out, const Tensor& w_in, const Shape
   const Tensor dy = in_layout(grad_out, channels_last), w = dense_weight(w_in, channels_last);
   if (use_graph() && conv_detail::graph_grad_input(p, dy, w, dx)) return dx;
   if (!(use_cudnn() && conv_detail::cudnn_grad_input(p, dy, w, dx)))
-    conv_detail::im2col_grad_input(p, dy, contiguous_weight(w), dx);
+    conv_detail::im2col_grad_input(p, dy, contiguous_raw(w), dx);
   return dx;
 }
 
