@@ -282,7 +282,7 @@ std::array<Tensor, 3> attention_backward(const Tensor& grad_out, const Tensor& q
     }
     flash_backward(p, q.dtype());
     Tensor dq = empty({B, H, Lq, D}, q.dtype(), q.device());
-    convert_dq(static_cast<const float*>(dq_acc.data_ptr()), dq.data_ptr(), dq.numel(), q.dtype());
+    sum_splits(static_cast<const float*>(dq_acc.data_ptr()), 1, dq.data_ptr(), dq.numel(), q.dtype());
     if (p.q_splits > 1) {
       const int slices = p.split_partials ? p.q_splits : 1;
       sum_splits(static_cast<const float*>(dk_acc.data_ptr()), slices, dk.data_ptr(), dk.numel(), q.dtype());

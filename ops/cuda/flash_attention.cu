@@ -618,18 +618,13 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(AttnParams p) {
   }
 }
 
-template <class T>
-__global__ void convert_dq_kernel(const float* acc, T* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = from_acc<T>(acc[i]);
-}
-
-// out[i] = sum over s of parts[s * n + i], s in order: the deterministic sum of split partials.
+// out[i] = sum over s of parts[s * n + i], s in order: the deterministic sum of split partials,
+// and with one split the plain conversion of an f32 accumulator (dQ) to the element type.
 template <class T>
 __global__ void sum_splits_kernel(const float* parts, int splits, T* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float acc = 0.f;
-    for (int s = 0; s < splits; ++s) acc += parts[int64_t(s) * n + i];
+    float acc = parts[i];
+    for (int s = 1; s < splits; ++s) acc += parts[int64_t(s) * n + i];
     out[i] = from_acc<T>(acc);
   }
 }
@@ -744,14 +739,6 @@ void sum_splits(const float* parts, int splits, void* out, int64_t n, DType dtyp
     sum_splits_kernel<__nv_bfloat16><<<grid_1d(n), 256, 0, stream()>>>(parts, splits,
                                                                        static_cast<__nv_bfloat16*>(out), n);
   SD_CUDA_CHECK_LAUNCH("sum_splits_kernel");
-}
-
-void convert_dq(const float* acc, void* out, int64_t n, DType dtype) {
-  if (dtype == DType::F16)
-    convert_dq_kernel<__half><<<grid_1d(n), 256, 0, stream()>>>(acc, static_cast<__half*>(out), n);
-  else
-    convert_dq_kernel<__nv_bfloat16><<<grid_1d(n), 256, 0, stream()>>>(acc, static_cast<__nv_bfloat16*>(out), n);
-  SD_CUDA_CHECK_LAUNCH("convert_dq_kernel");
 }
 
 }  // namespace sd::cuda
