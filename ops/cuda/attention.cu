@@ -1,14 +1,12 @@
 // Host side of CUDA attention, and the plain kernels used where the flash kernel does not
 // apply (f32/f64, head dims that are not a multiple of 8 or above 160, Dv != D, unaligned
 // strides). The plain kernels keep one row of scores in shared memory per block.
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_params.cuh"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/env_switch.h"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/flash_attention.h"
 
@@ -187,17 +185,14 @@ void dispatch_plain(DType dt, F&& f) {
 }  // namespace
 
 namespace {
-std::atomic<bool>& deterministic_setting() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("SD_ATTN_DETERMINISTIC");
-    return e && std::strcmp(e, "1") == 0;
-  }()};
-  return on;
+EnvSwitch& deterministic_switch() {
+  static EnvSwitch s("SD_ATTN_DETERMINISTIC");
+  return s;
 }
 }  // namespace
 
-void set_attention_deterministic(bool on) { deterministic_setting().store(on); }
-bool attention_deterministic() { return deterministic_setting().load(); }
+void set_attention_deterministic(bool on) { deterministic_switch().set(on); }
+bool attention_deterministic() { return deterministic_switch().on(); }
 
 bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v) {
   const DType dt = q.dtype();

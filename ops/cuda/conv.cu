@@ -1,13 +1,12 @@
 // conv2d entry points on the GPU: layout decisions, the backend choice, the bias.
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "ops/cuda/conv.h"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/conv_impl.h"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/env_switch.h"
 #include "ops/cuda/layout.h"
 
 namespace sd::cuda {
@@ -65,10 +64,8 @@ namespace {
 using conv_detail::Problem;
 
 ConvBackend initial_backend() {
-  const char* e = std::getenv("SD_CONV_IM2COL");
-  if (e && std::strcmp(e, "1") == 0) return ConvBackend::Im2col;
-  const char* g = std::getenv("SD_CONV_GRAPH");
-  return g && std::strcmp(g, "1") == 0 ? ConvBackend::CudnnGraph : ConvBackend::Auto;
+  if (env_flag_on("SD_CONV_IM2COL")) return ConvBackend::Im2col;
+  return env_flag_on("SD_CONV_GRAPH") ? ConvBackend::CudnnGraph : ConvBackend::Auto;
 }
 
 std::atomic<ConvBackend>& backend_setting() {

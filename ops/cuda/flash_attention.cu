@@ -3,13 +3,11 @@
 // (backward), streams the other side through shared memory in tiles of 64, and keeps the
 // softmax online, so the [Lq, Lk] score matrix never exists in memory. The head dim is
 // padded to a multiple of 16 in shared memory only (40 -> 48, 80 -> 80, 160 -> 160).
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "ops/cuda/attention_params.cuh"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/env_switch.h"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/flash_attention.h"
@@ -633,12 +631,9 @@ size_t bwd_smem_bytes(int dp) {
   return size_t(4 * 64) * (dp + 8) * 2 + size_t(kBlockK) * (64 + 8) * 2 + 2 * 64 * sizeof(float);
 }
 
-std::atomic<bool>& forward_v3_setting() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("SD_FLASH_V3");
-    return e && std::strcmp(e, "1") == 0;
-  }()};
-  return on;
+EnvSwitch& forward_v3_switch() {
+  static EnvSwitch s("SD_FLASH_V3");
+  return s;
 }
 
 template <class T, int DP, int RT, bool ONE_BARRIER>
@@ -694,7 +689,7 @@ struct LaunchFwd {
   const AttnParams& p;
   template <class T, int DP>
   void operator()() {
-    if (forward_v3_setting().load()) launch_fwd_v3<T, DP>(p);
+    if (forward_v3_switch().on()) launch_fwd_v3<T, DP>(p);
     else launch_fwd<T, DP, 1, false>(p);
   }
 };
@@ -706,8 +701,8 @@ struct LaunchBwd {
 
 }  // namespace
 
-void set_flash_forward_v3(bool on) { forward_v3_setting().store(on); }
-bool flash_forward_v3() { return forward_v3_setting().load(); }
+void set_flash_forward_v3(bool on) { forward_v3_switch().set(on); }
+bool flash_forward_v3() { return forward_v3_switch().on(); }
 
 bool flash_head_dim_compiled(int d) {
   const int dp = (d + 15) / 16 * 16;

@@ -17,9 +17,8 @@
 // extent (S in NCHW, C in channels-last) is a multiple of the vector and pointers align.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 
+#include "ops/cuda/env_switch.h"
 #include "ops/cuda/norm.h"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/vec_reduce.cuh"
@@ -682,14 +681,9 @@ void dispatch_vec(int vec, F&& f) {
 
 Tensor param(const Tensor& p) { return p.defined() ? contiguous_raw(p) : Tensor(); }
 
-bool one_kernel_from_env() {
-  const char* e = std::getenv("SD_GN_ONE_KERNEL");
-  return e && std::strcmp(e, "1") == 0;
-}
-
-std::atomic<bool>& one_kernel_setting() {
-  static std::atomic<bool> on{one_kernel_from_env()};
-  return on;
+EnvSwitch& one_kernel_switch() {
+  static EnvSwitch s("SD_GN_ONE_KERNEL");
+  return s;
 }
 
 std::atomic<int64_t> g_one_kernel_calls{0};
@@ -708,7 +702,7 @@ template <class T>
 bool try_one_kernel(const Tensor& x, bool cl, int64_t groups, const Tensor& w, const Tensor& b, double eps,
                     bool silu, cpu::NormForward& r) {
   using A = acc_t<T>;
-  if (!one_kernel_setting().load() || x.numel() == 0) return false;
+  if (!one_kernel_switch().on() || x.numel() == 0) return false;
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1), Cg = C / groups;
   const int64_t tile_bytes = Cg * S * int64_t(sizeof(T));
   // Room for the kernel's static scratch; the tile's indices are 32-bit.
@@ -821,8 +815,8 @@ cpu::NormGrads group_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
   return r;
 }
 
-void set_group_norm_one_kernel(bool on) { one_kernel_setting().store(on); }
-bool group_norm_one_kernel() { return one_kernel_setting().load(); }
+void set_group_norm_one_kernel(bool on) { one_kernel_switch().set(on); }
+bool group_norm_one_kernel() { return one_kernel_switch().on(); }
 int64_t group_norm_one_kernel_calls() { return g_one_kernel_calls.load(); }
 
 }  // namespace sd::cuda

@@ -1,9 +1,7 @@
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
 
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/env_switch.h"
 #include "runtime/cuda/current_stream.cuh"
 #include "ops/cuda/pointwise.h"
 #include "runtime/image_layout.h"
@@ -82,18 +80,15 @@ __global__ void geglu_backward_kernel(const T* g, const T* x, T* dx, int64_t row
   }
 }
 
-std::atomic<bool>& fused_geglu_setting() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("SD_FUSED_GEGLU");
-    return e && std::strcmp(e, "1") == 0;
-  }()};
-  return on;
+EnvSwitch& fused_geglu_switch() {
+  static EnvSwitch s("SD_FUSED_GEGLU");
+  return s;
 }
 
 }  // namespace
 
-void set_fused_geglu(bool on) { fused_geglu_setting().store(on); }
-bool fused_geglu() { return fused_geglu_setting().load(); }
+void set_fused_geglu(bool on) { fused_geglu_switch().set(on); }
+bool fused_geglu() { return fused_geglu_switch().on(); }
 
 Tensor geglu(const Tensor& x) {
   SD_CHECK(x.is_contiguous() && x.dim() >= 1 && x.size(-1) % 2 == 0, "cuda::geglu: needs a contiguous [..., 2n], got ",
