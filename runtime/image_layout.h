@@ -67,6 +67,10 @@ inline Tensor nhwc_order_view(const Tensor& t) {
                     t.offset());
 }
 
+// t as an elementwise loop walks it: in memory order [N, H, W, C] when the result is channels-last
+// (see channels_last_result), as it is otherwise.
+inline Tensor memory_order(const Tensor& t, bool channels_last) { return channels_last ? nhwc_order_view(t) : t; }
+
 // Copies that turned an NCHW image into a channels-last one or back (same-shape 4-d copy_
 // between the two dense layouts), since the process started. Tests and benchmarks read it
 // around a forward pass; it is never reset.

@@ -52,20 +52,17 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
   const Shape full = broadcast_shapes(a.shape(), b.shape(), binary_name(k));
   const bool cl = channels_last_result(full, {&a, &b});
   Tensor out = empty_image(full, a.dtype(), a.device(), cl);
-  Tensor ab = broadcast_to_shape(a, full), bb = broadcast_to_shape(b, full), o = out;
-  if (cl) {  // loop in memory order, where the operands are dense
-    ab = nhwc_order_view(ab);
-    bb = nhwc_order_view(bb);
-    o = nhwc_order_view(out);
-  }
-  const Shape& shape = o.shape();
+  // The loop walks the result's memory order, where a channels-last result is contiguous.
+  const Tensor ab = memory_order(broadcast_to_shape(a, full), cl), bb = memory_order(broadcast_to_shape(b, full), cl);
+  const Tensor out_view = memory_order(out, cl);
+  const Shape& shape = out_view.shape();
   SD_DISPATCH_FLOAT(a.dtype(), binary_name(k), [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const int64_t es = sizeof(T);
-    StridedOperands<3> ops{{static_cast<char*>(o.data_ptr()), static_cast<char*>(ab.data_ptr()),
+    StridedOperands<3> ops{{static_cast<char*>(out_view.data_ptr()), static_cast<char*>(ab.data_ptr()),
                             static_cast<char*>(bb.data_ptr())},
-                           {o.strides().data(), ab.strides().data(), bb.strides().data()},
+                           {out_view.strides().data(), ab.strides().data(), bb.strides().data()},
                            {es, es, es}};
     strided_loop<3>(shape, ops, [k](std::array<char*, 3> p, const std::array<int64_t, 3>& s, int64_t n) {
       T* o = reinterpret_cast<T*>(p[0]);
@@ -84,13 +81,13 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
 Tensor unary(UnaryKind k, const Tensor& x_in, double p0, double p1) {
   const bool cl = channels_last_result(x_in.shape(), {&x_in});
   Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
-  const Tensor x = cl ? nhwc_order_view(x_in) : x_in, o_view = cl ? nhwc_order_view(out) : out;
+  const Tensor x = memory_order(x_in, cl), out_view = memory_order(out, cl);
   SD_DISPATCH_FLOAT(x.dtype(), unary_name(k), [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const A a0 = A(p0), a1 = A(p1);
-    StridedOperands<2> ops{{static_cast<char*>(o_view.data_ptr()), static_cast<char*>(x.data_ptr())},
-                           {o_view.strides().data(), x.strides().data()},
+    StridedOperands<2> ops{{static_cast<char*>(out_view.data_ptr()), static_cast<char*>(x.data_ptr())},
+                           {out_view.strides().data(), x.strides().data()},
                            {int64_t(sizeof(T)), int64_t(sizeof(T))}};
     strided_loop<2>(x.shape(), ops, [&](std::array<char*, 2> p, const std::array<int64_t, 2>& s, int64_t n) {
       T* o = reinterpret_cast<T*>(p[0]);
@@ -132,17 +129,16 @@ Tensor geglu(const Tensor& x) {
 
 Tensor unary_backward(UnaryKind k, const Tensor& grad_in, const Tensor& x_in, double p0, double p1) {
   const bool cl = channels_last_result(x_in.shape(), {&grad_in, &x_in});
-  Tensor result = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
-  const Tensor grad = cl ? nhwc_order_view(grad_in) : grad_in, x = cl ? nhwc_order_view(x_in) : x_in;
-  const Tensor out = cl ? nhwc_order_view(result) : result;
+  Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
+  const Tensor grad = memory_order(grad_in, cl), x = memory_order(x_in, cl), out_view = memory_order(out, cl);
   SD_DISPATCH_FLOAT(x.dtype(), unary_name(k), [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const A a0 = A(p0), a1 = A(p1);
     const int64_t es = sizeof(T);
-    StridedOperands<3> ops{{static_cast<char*>(out.data_ptr()), static_cast<char*>(grad.data_ptr()),
+    StridedOperands<3> ops{{static_cast<char*>(out_view.data_ptr()), static_cast<char*>(grad.data_ptr()),
                             static_cast<char*>(x.data_ptr())},
-                           {out.strides().data(), grad.strides().data(), x.strides().data()},
+                           {out_view.strides().data(), grad.strides().data(), x.strides().data()},
                            {es, es, es}};
     strided_loop<3>(x.shape(), ops, [&](std::array<char*, 3> p, const std::array<int64_t, 3>& s, int64_t n) {
       T* o = reinterpret_cast<T*>(p[0]);
@@ -153,7 +149,7 @@ Tensor unary_backward(UnaryKind k, const Tensor& grad_in, const Tensor& x_in, do
       }
     });
   });
-  return result;
+  return out;
 }
 
 }  // namespace sd::cpu

@@ -131,12 +131,8 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
   const int64_t n = out.numel();
   if (n == 0) return out;
   set_device_of(a);
-  Tensor ab = broadcast_to_shape(a, full), bb = broadcast_to_shape(b, full);
-  if (cl) {
-    ab = nhwc_order_view(ab);
-    bb = nhwc_order_view(bb);
-  }
-  const Shape shape = cl ? nhwc_order_view(out).shape() : full;
+  const Tensor ab = memory_order(broadcast_to_shape(a, full), cl), bb = memory_order(broadcast_to_shape(b, full), cl);
+  const Shape& shape = ab.shape();
   dispatch_float(a.dtype(), binary_name(k), [&]<class T>() {
     const T* pa = static_cast<const T*>(a.data_ptr());
     const T* pb = static_cast<const T*>(b.data_ptr());
@@ -155,7 +151,7 @@ Tensor binary(BinaryKind k, const Tensor& a, const Tensor& b) {
 Tensor unary(UnaryKind k, const Tensor& x_in, double p0, double p1) {
   const bool cl = channels_last_result(x_in.shape(), {&x_in});
   Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
-  const Tensor x = cl ? nhwc_order_view(x_in) : x_in;
+  const Tensor x = memory_order(x_in, cl);
   const int64_t n = out.numel();
   if (n == 0) return out;
   set_device_of(x);
@@ -171,7 +167,7 @@ Tensor unary(UnaryKind k, const Tensor& x_in, double p0, double p1) {
 Tensor unary_backward(UnaryKind k, const Tensor& grad_in, const Tensor& x_in, double p0, double p1) {
   const bool cl = channels_last_result(x_in.shape(), {&grad_in, &x_in});
   Tensor out = empty_image(x_in.shape(), x_in.dtype(), x_in.device(), cl);
-  const Tensor grad = cl ? nhwc_order_view(grad_in) : grad_in, x = cl ? nhwc_order_view(x_in) : x_in;
+  const Tensor grad = memory_order(grad_in, cl), x = memory_order(x_in, cl);
   const int64_t n = out.numel();
   if (n == 0) return out;
   set_device_of(x);
