@@ -44,6 +44,12 @@ std::string shell_quote(const std::string& s) {
   return q + "'";
 }
 
+// A command line: `base` followed by `extra`.
+std::vector<std::string> plus(std::vector<std::string> base, const std::vector<std::string>& extra) {
+  base.insert(base.end(), extra.begin(), extra.end());
+  return base;
+}
+
 class E2ESdInfer : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -259,11 +265,7 @@ double mean_abs_diff(const fs::path& a, const fs::path& b) {
 TEST_F(E2ESdInfer, LoraInBothLayoutsChangesTheImageTheSameWay) {
   const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a red cartoon cat", "--steps", "4",
                                          "--scheduler", "euler", "--seed", "7", "--output_dir", out_.string()};
-  auto with = [&](std::vector<std::string> extra) {
-    std::vector<std::string> a = base;
-    a.insert(a.end(), extra.begin(), extra.end());
-    return a;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return plus(base, extra); };
   ASSERT_EQ(run(base).code, 0);
   const RunResult kohya = run(with({"--lora", kData + "/lora/sd1_kohya.safetensors:0.7"}));
   ASSERT_EQ(kohya.code, 0) << kohya.err;
@@ -284,11 +286,7 @@ TEST_F(E2ESdInfer, LoraInBothLayoutsChangesTheImageTheSameWay) {
 TEST_F(E2ESdInfer, ChannelsLastGivesTheSameImage) {
   const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a red cartoon cat", "--steps", "3",
                                          "--scheduler", "euler", "--seed", "11", "--output_dir", out_.string()};
-  auto with = [&](std::vector<std::string> extra) {
-    std::vector<std::string> a = base;
-    a.insert(a.end(), extra.begin(), extra.end());
-    return a;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return plus(base, extra); };
   const std::string lora = kData + "/lora/sd1_kohya.safetensors:0.7";
   for (const auto& args : {base, with({"--channels_last"}), with({"--lora", lora}),
                            with({"--lora", lora, "--channels_last"})}) {
@@ -410,12 +408,7 @@ TEST_F(E2ESdInfer, LoraWithNanIsRefusedNamingFileAndKey) {
 TEST_F(E2ESdInfer, LoraArgumentErrorsSayWhatIsWrong) {
   const std::string lora = kData + "/lora/sd1_kohya.safetensors";
   const std::vector<std::string> base = {"--model", kSd1, "--prompt", "a cat"};
-  auto with = [&](const std::string& spec) {
-    std::vector<std::string> a = base;
-    a.push_back("--lora");
-    a.push_back(spec);
-    return a;
-  };
+  auto with = [&](const std::string& spec) { return plus(base, {"--lora", spec}); };
   expect_error(with(lora + ":nan"), "the scale 'nan' is not a finite number");
   expect_error(with(lora + ":abc"), "the scale 'abc' is not a finite number");
   expect_error(with(lora + ":inf"), "the scale 'inf' is not a finite number");
