@@ -251,6 +251,35 @@ float time_plan(const Plan& plan, cudnnHandle_t h, const std::vector<void*>& ptr
   return best;
 }
 
+// The convolution operation of a direction: its descriptor type and the attributes that take the
+// image (x or dx), the filter (w or dw), the output side (y or dy), the convolution and the scales.
+struct ConvNode {
+  cudnnBackendDescriptorType_t type;
+  cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+};
+
+ConvNode conv_node(Dir dir) {
+  switch (dir) {
+    case Dir::Forward:
+    case Dir::ForwardBias:
+      return {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA};
+    case Dir::Data:
+      return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
+    case Dir::Filter:
+      break;
+  }
+  return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
+}
+
 // The operation graph of a problem (null when cuDNN refuses to build it) and its tensor ids.
 struct Graph {
   std::vector<DescPtr> keep;
@@ -280,67 +309,45 @@ Graph build_graph(const Problem& p, Dir dir, const Tensor& filter, cudnnHandle_t
       .set(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad.data());
   conv->finalize();
   g.keep = {x, w, y, conv};
+  g.uids = {kX, kW, kY};
+  // One convolution node: the three directions differ only in the descriptor type and attribute
+  // names (the image, filter and output tensors play the same roles). With the bias, the forward
+  // writes a virtual f32 tensor that a pointwise add turns into y = that + bias[O].
+  const ConvNode node = conv_node(dir);
+  DescPtr out = dir == Dir::ForwardBias ? tensor(kConvOut, comp, {p.N, p.O, p.Ho, p.Wo}, ys, true) : y;
   const float alpha = 1.0f, beta = 0.0f;
-  std::vector<DescPtr> ops;
-  if (dir == Dir::Forward || dir == Dir::ForwardBias) {
-    // With the bias: conv into a virtual f32 tensor, then y = that + bias[O] (a pointwise add).
-    DescPtr out = dir == Dir::Forward ? y : tensor(kConvOut, comp, {p.N, p.O, p.Ho, p.Wo}, ys, true);
-    DescPtr op = make(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
-    op->set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, *x)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, *w)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, *out)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, *conv)
-        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha)
-        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
-    op->finalize();
-    ops.push_back(op);
-    g.uids = {kX, kW, kY};
-    if (dir == Dir::ForwardBias) {
-      DescPtr b = tensor(kBias, io, {1, p.O, 1, 1}, {p.O, 1, 1, 1});
-      DescPtr add = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
-      const cudnnPointwiseMode_t pw = CUDNN_POINTWISE_ADD;
-      add->set(CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &pw)
-          .set(CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &comp);
-      add->finalize();
-      DescPtr bop = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
-      bop->set_desc(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, *add)
-          .set_desc(CUDNN_ATTR_OPERATION_POINTWISE_XDESC, *out)
-          .set_desc(CUDNN_ATTR_OPERATION_POINTWISE_BDESC, *b)
-          .set_desc(CUDNN_ATTR_OPERATION_POINTWISE_YDESC, *y);
-      bop->finalize();
-      ops.push_back(bop);
-      g.keep.insert(g.keep.end(), {out, b, add});
-      g.uids.push_back(kBias);
-    }
-  } else if (dir == Dir::Data) {
-    DescPtr op = make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR);
-    op->set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, *x)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, *w)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY, *y)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, *conv)
-        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha)
-        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
-    op->finalize();
-    ops.push_back(op);
-    g.uids = {kX, kW, kY};
-  } else {
-    DescPtr op = make(CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR);
-    op->set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, *x)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, *w)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY, *y)
-        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, *conv)
-        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha)
-        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
-    op->finalize();
-    ops.push_back(op);
-    g.uids = {kX, kW, kY};
+  DescPtr op = make(node.type);
+  op->set_desc(node.x, *x)
+      .set_desc(node.w, *w)
+      .set_desc(node.y, *out)
+      .set_desc(node.conv, *conv)
+      .set(node.alpha, CUDNN_TYPE_FLOAT, 1, &alpha)
+      .set(node.beta, CUDNN_TYPE_FLOAT, 1, &beta);
+  op->finalize();
+  std::vector<DescPtr> ops{op};
+  if (dir == Dir::ForwardBias) {
+    DescPtr b = tensor(kBias, io, {1, p.O, 1, 1}, {p.O, 1, 1, 1});
+    DescPtr add = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+    const cudnnPointwiseMode_t pw = CUDNN_POINTWISE_ADD;
+    add->set(CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &pw)
+        .set(CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &comp);
+    add->finalize();
+    DescPtr bop = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+    bop->set_desc(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, *add)
+        .set_desc(CUDNN_ATTR_OPERATION_POINTWISE_XDESC, *out)
+        .set_desc(CUDNN_ATTR_OPERATION_POINTWISE_BDESC, *b)
+        .set_desc(CUDNN_ATTR_OPERATION_POINTWISE_YDESC, *y);
+    bop->finalize();
+    ops.push_back(bop);
+    g.keep.insert(g.keep.end(), {out, b, add});
+    g.uids.push_back(kBias);
   }
   std::vector<cudnnBackendDescriptor_t> raw;
   bool ok = true;
-  for (const DescPtr& op : ops) {
-    raw.push_back(op->d);
-    ok = ok && op->ok;
-    g.keep.push_back(op);
+  for (const DescPtr& o : ops) {
+    raw.push_back(o->d);
+    ok = ok && o->ok;
+    g.keep.push_back(o);
   }
   for (const DescPtr& d : g.keep) ok = ok && d->ok;
   if (!ok) return g;
