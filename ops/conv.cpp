@@ -3,7 +3,7 @@
 #include "autograd/node.h"
 #include "ops/cpu/conv.h"
 #include "ops/cuda/conv.h"
-#include "ops/cuda/layout.h"
+#include "runtime/image_layout.h"
 #include "ops/op_common.h"
 #include "ops/reduce.h"
 #include "ops/view.h"
@@ -41,9 +41,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::ar
     node->save(need_x ? weight : Tensor());
     const Shape x_shape = x.shape(), w_shape = weight.shape();
     // On the GPU, grad_x takes x's layout (channels-last or NCHW), like the forward output.
-    [[maybe_unused]] const bool x_channels_last = cuda::prefers_channels_last(x);
+    [[maybe_unused]] const bool x_channels_last = prefers_channels_last(x);
     // and grad_weight the weight's layout (a channels-last model keeps its 3x3 weights so).
-    [[maybe_unused]] const bool w_channels_last = cuda::prefers_channels_last(weight);
+    [[maybe_unused]] const bool w_channels_last = prefers_channels_last(weight);
     node->backward = [=](Node& n, const std::vector<Tensor>& go) {
       const Tensor& gy = go[0];
       Tensor gx, gw, gb;
@@ -74,8 +74,8 @@ Tensor pad2d(const Tensor& x, int64_t left, int64_t right, int64_t top, int64_t 
   // The border from a fill, the interior a strided copy: both run on any device. On the GPU
   // a channels-last image stays channels-last (the VAE pads before its strided convs).
   Tensor out;
-  if (x.is_cuda() && cuda::prefers_channels_last(x)) {
-    out = cuda::empty_image(shape, x.dtype(), x.device(), true);
+  if (x.is_cuda() && prefers_channels_last(x)) {
+    out = empty_image(shape, x.dtype(), x.device(), true);
     fill_(out, value);
   } else {
     out = full(shape, value, x.dtype(), x.device());

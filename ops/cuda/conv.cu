@@ -7,7 +7,7 @@
 #include "ops/cuda/conv_impl.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/env_switch.h"
-#include "ops/cuda/layout.h"
+#include "runtime/image_layout.h"
 
 namespace sd::cuda {
 

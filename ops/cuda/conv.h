@@ -9,7 +9,7 @@
 // column buffer stays within a budget.
 //
 // Layout: the output (and grad_input) is channels-last when the input x is a channels-last
-// view (see ops/cuda/layout.h), NCHW otherwise; inputs in any other strides are copied to
+// view (see runtime/image_layout.h), NCHW otherwise; inputs in any other strides are copied to
 // NCHW first. The weight may be a contiguous [O, C, kh, kw] or, for channels-last problems, a
 // channels-last one ([O, kh, kw, C] in memory, what cuDNN's NHWC kernels read: a model run
 // channels-last stores its 3x3 weights so, and no call transposes them); grad_weight is

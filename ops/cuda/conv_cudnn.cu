@@ -37,7 +37,7 @@ void cudnn_clear_cache() {}
 #include "ops/cuda/conv_cudnn_shared.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/gemm.h"
-#include "ops/cuda/layout.h"
+#include "runtime/image_layout.h"
 #include "runtime/cuda/current_stream.cuh"
 
 namespace sd::cuda::conv_detail {

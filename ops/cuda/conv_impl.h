@@ -1,7 +1,8 @@
-// Internal interface between the conv2d entry points (conv.cu) and its two backends
-// (conv_cudnn.cu, conv_im2col.cu). Plain C++. Every tensor handed to a backend is dense in
-// the problem's layout (NCHW or channels-last, see layout.h), the weight a contiguous
-// [O, C, kh, kw], all on one GPU with one floating dtype.
+// Internal interface between the conv2d entry points (conv.cu) and its backends (conv_cudnn.cu,
+// conv_cudnn_graph.cu, conv_im2col.cu). Plain C++. Every tensor handed to a backend is dense in
+// the problem's layout (NCHW or channels-last, see runtime/image_layout.h); the weight is a
+// contiguous [O, C, kh, kw], or for the cuDNN backends of a channels-last problem possibly a
+// channels-last one; all on one GPU with one floating dtype.
 #pragma once
 #include <cstdint>
 

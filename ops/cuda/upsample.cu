@@ -2,7 +2,7 @@
 // its strides; the backward is one thread per input element summing its s x s block.
 #include "ops/cuda/cuda_common.cuh"
 #include "runtime/cuda/current_stream.cuh"
-#include "ops/cuda/layout.h"
+#include "runtime/image_layout.h"
 #include "ops/cuda/upsample.h"
 
 namespace sd::cuda {

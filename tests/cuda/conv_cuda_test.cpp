@@ -12,7 +12,7 @@
 #include "ops/conv.h"
 #include "ops/cuda/conv.h"
 #include "ops/cuda/gemm.h"
-#include "ops/cuda/layout.h"
+#include "runtime/image_layout.h"
 #include "ops/embedding.h"
 #include "ops/upsample.h"
 #include "ops/view.h"
@@ -186,7 +186,7 @@ TEST(CudaConv, OutputLayoutFollowsInput) {
     SCOPED_TRACE(bname);
     const std::vector<Tensor> got = run(Device::cuda());
     const Tensor& y = got[3];
-    EXPECT_TRUE(cuda::is_channels_last_dense(y) && !y.is_contiguous()) << y.str();
+    EXPECT_TRUE(is_channels_last_dense(y) && !y.is_contiguous()) << y.str();
     EXPECT_LT(test::relative_error(y, ref[3]), 1e-5);
     for (size_t i = 0; i < 3; ++i) EXPECT_LT(test::relative_error(got[i].grad(), ref[i].grad()), 1e-5) << "input " << i;
     EXPECT_TRUE(got[1].grad().is_contiguous());
@@ -197,7 +197,7 @@ TEST(CudaConv, OutputLayoutFollowsInput) {
     EXPECT_TRUE(yn.is_contiguous()) << yn.str();
     // The VAE's pad keeps channels-last, and so does the strided conv after it.
     Tensor yp = conv2d(pad2d(x, 0, 1, 0, 1), wg, Tensor(), {2, 2}, {0, 0});
-    EXPECT_TRUE(cuda::is_channels_last_dense(yp) && !yp.is_contiguous()) << yp.str();
+    EXPECT_TRUE(is_channels_last_dense(yp) && !yp.is_contiguous()) << yp.str();
   }
 }
 
@@ -328,7 +328,7 @@ TEST(CudaUpsample, LayoutAndExactF32) {
   Tensor nhwc = copy_to(nhwc_cpu, DType::F32, Device::cuda());
   nhwc.set_requires_grad(true);
   Tensor y = upsample_nearest2d(permute(nhwc, {0, 3, 1, 2}), 2);
-  EXPECT_TRUE(cuda::is_channels_last_dense(y) && !y.is_contiguous()) << y.str();
+  EXPECT_TRUE(is_channels_last_dense(y) && !y.is_contiguous()) << y.str();
   Tensor g_nhwc = random_tensor({2, 12, 10, 7}, DType::F32, 411);
   Tensor g = permute(copy_to(g_nhwc, DType::F32, Device::cuda()), {0, 3, 1, 2});  // channels-last upstream
   autograd::backward(y, g);
